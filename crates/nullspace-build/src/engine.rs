@@ -1,0 +1,495 @@
+//! The build engine: one road from request to published template.
+//!
+//! resolve → fetch (blobs into the store, in parallel) → apply + write (or the rootfs cache) →
+//! configure (runtime defaults) → publish (atomic rename + one database transaction).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::{stream, StreamExt, TryStreamExt};
+use sha2::{Digest as _, Sha256};
+
+use nullspace_oci::{BlobStore, Credentials, Platform, Reference, RegistryClient, RegistryConfig};
+use nullspace_rootfs::{build_rootfs, ApplyProgress, LayerInput, LayerStats, RootfsOptions};
+
+use crate::artifact::{
+    BuildConfigRecord, LayerRecord, RootfsRecord, SourceRecord, Staging, TemplateDocument,
+    ROOTFS_FILE, TEMPLATE_FILE,
+};
+use crate::data_dir::DataDir;
+use crate::error::{io_at, BuildError};
+use crate::events::{BuildEvent, EventSink};
+use crate::ids;
+use crate::request::{AuthKind, BuildRequest};
+use crate::store::{Store, LOCAL_NAMESPACE};
+
+/// Layers downloaded at once.
+const PARALLEL_DOWNLOADS: usize = 4;
+/// Version of the rootfs cache key recipe; bump when what goes into a rootfs changes.
+const ROOTFS_RECIPE: &str = "nullspace-rootfs-v1";
+
+/// What a successful build produced.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BuildOutcome {
+    /// Build id.
+    pub build_id: String,
+    /// Template id.
+    pub template_id: String,
+    /// Template name.
+    pub name: String,
+    /// Tags now pointing at it.
+    pub tags: Vec<String>,
+    /// `namespace/name:tag` of the first tag.
+    pub canonical_ref: String,
+    /// The artifact dir.
+    pub artifact_dir: PathBuf,
+    /// The rootfs image.
+    pub rootfs_path: PathBuf,
+    /// The template description.
+    pub template_json_path: PathBuf,
+    /// Whether the flattened rootfs came from the cache.
+    pub rootfs_cache_hit: bool,
+    /// Wall time of the build.
+    pub seconds: f64,
+    /// The full description.
+    pub template: TemplateDocument,
+}
+
+/// Runs builds against one data dir.
+pub struct Engine {
+    data: DataDir,
+    store: Store,
+    blobs: BlobStore,
+    registry: RegistryClient,
+}
+
+impl Engine {
+    /// Opens the engine on `data`, pulling with `registry`'s configuration.
+    pub fn open(data: DataDir, registry: RegistryConfig) -> Result<Engine, BuildError> {
+        let store = Store::open(&data.database())?;
+        let blobs = BlobStore::new(data.blobs())?;
+        let registry = RegistryClient::new(registry)?;
+        Ok(Engine {
+            data,
+            store,
+            blobs,
+            registry,
+        })
+    }
+
+    /// The data dir.
+    pub fn data_dir(&self) -> &DataDir {
+        &self.data
+    }
+
+    /// The durable records.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Builds `request` and publishes it; on failure nothing is published and the staging dir is
+    /// gone. `credentials` are used for this request only and never recorded.
+    pub async fn build(
+        &self,
+        request: &BuildRequest,
+        credentials: &Credentials,
+        events: Arc<dyn EventSink>,
+    ) -> Result<BuildOutcome, BuildError> {
+        request.validate()?;
+        let started = Instant::now();
+        let now = ids::now_rfc3339();
+        let build_id = ids::new_build_id();
+        let template_id =
+            self.store
+                .ensure_template(&request.name, &ids::new_template_id(), &now)?;
+        self.store.start_build(&build_id, &template_id, &now)?;
+        let result = self
+            .run(
+                request,
+                credentials,
+                events,
+                &build_id,
+                &template_id,
+                started,
+            )
+            .await;
+        if let Err(error) = &result {
+            self.store
+                .fail_build(&build_id, &error.to_string(), &ids::now_rfc3339())?;
+        }
+        result
+    }
+
+    async fn run(
+        &self,
+        request: &BuildRequest,
+        credentials: &Credentials,
+        events: Arc<dyn EventSink>,
+        build_id: &str,
+        template_id: &str,
+        started: Instant,
+    ) -> Result<BuildOutcome, BuildError> {
+        let staging = Staging::create(&self.data.staging(), build_id)?;
+        let requested = request.base.image_reference()?;
+        let reference = Reference::parse(&requested)?;
+        events.event(BuildEvent::Message {
+            message: format!("resolving {reference}"),
+        });
+        let image = self
+            .registry
+            .resolve(&reference, credentials, &Platform::host())
+            .await?;
+        let platform = image.platform.to_string();
+        events.event(BuildEvent::Resolved {
+            reference: reference.to_string(),
+            digest: image.manifest_digest.to_string(),
+            platform: platform.clone(),
+            layers: image
+                .manifest
+                .layers
+                .iter()
+                .map(|l| (l.digest.to_string(), l.size))
+                .collect(),
+        });
+        let imported =
+            nullspace_rootfs::runtime::import_config(&image.config_raw).map_err(|source| {
+                BuildError::ImageConfig {
+                    image: reference.to_string(),
+                    source,
+                }
+            })?;
+        for warning in &imported.warnings {
+            events.event(BuildEvent::Warning {
+                message: warning.clone(),
+            });
+        }
+        let diff_ids = &image.config.rootfs.diff_ids;
+        let layers: Vec<LayerRecord> = image
+            .manifest
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| LayerRecord {
+                digest: l.digest.to_string(),
+                media_type: l.media_type.clone(),
+                size: l.size,
+                diff_id: diff_ids.get(i).map(|d| d.to_string()),
+            })
+            .collect();
+        if !diff_ids.is_empty() && diff_ids.len() != layers.len() {
+            return Err(BuildError::Rootfs(
+                nullspace_rootfs::RootfsError::DiffIdMismatch {
+                    layer: reference.to_string(),
+                    expected: format!("{} layers in the manifest", layers.len()),
+                    actual: format!("{} diff_ids in the config", diff_ids.len()),
+                },
+            ));
+        }
+        let options = RootfsOptions {
+            min_size_bytes: request.disk_mb.map(|mb| mb * 1024 * 1024),
+            no_journal: false,
+        };
+        let cache_key = rootfs_cache_key(&layers, &options);
+        let staged_rootfs = staging.path().join(ROOTFS_FILE);
+        let cached = self.data.rootfs_cache().join(format!("{cache_key}.ext4"));
+        let cached_summary = self.data.rootfs_cache().join(format!("{cache_key}.json"));
+        let subject = format!("rootfs of {} layer(s) of {reference}", layers.len());
+        let hit = if request.skip_cache {
+            events.event(BuildEvent::Cache {
+                kind: "layer",
+                status: "bypass",
+                reason: Some("whole_build_skip_cache"),
+                subject: subject.clone(),
+            });
+            None
+        } else {
+            read_cached_rootfs(&cached, &cached_summary, &staged_rootfs)
+        };
+        let rootfs_cache_hit = hit.is_some();
+        let (size_bytes, entries) = match hit {
+            Some(found) => {
+                events.event(BuildEvent::Cache {
+                    kind: "layer",
+                    status: "hit",
+                    reason: None,
+                    subject,
+                });
+                found
+            }
+            None => {
+                if !request.skip_cache {
+                    events.event(BuildEvent::Cache {
+                        kind: "layer",
+                        status: "miss",
+                        reason: Some("missing_or_incompatible"),
+                        subject: subject.clone(),
+                    });
+                }
+                let inputs = self
+                    .fetch_layers(&image, credentials, &layers, events.clone())
+                    .await?;
+                let summary = self
+                    .write_rootfs(inputs, &staged_rootfs, options, events.clone())
+                    .await?;
+                if !request.skip_cache {
+                    store_cached_rootfs(
+                        &staged_rootfs,
+                        &cached,
+                        &cached_summary,
+                        summary.size_bytes,
+                        summary.entries,
+                    )?;
+                    events.event(BuildEvent::Cache {
+                        kind: "layer",
+                        status: "stored",
+                        reason: None,
+                        subject,
+                    });
+                }
+                (summary.size_bytes, summary.entries)
+            }
+        };
+        let canonical_ref = format!(
+            "{LOCAL_NAMESPACE}/{}:{}",
+            request.name,
+            request
+                .tags
+                .first()
+                .map(String::as_str)
+                .unwrap_or("default")
+        );
+        let document = TemplateDocument {
+            schema_version: 1,
+            build_id: build_id.to_string(),
+            template_id: template_id.to_string(),
+            name: request.name.clone(),
+            tags: request.tags.clone(),
+            source: SourceRecord {
+                kind: "oci_import".into(),
+                requested,
+                reference: reference.to_string(),
+                manifest_digest: image.manifest_digest.to_string(),
+                config_digest: image.manifest.config.digest.to_string(),
+                platform,
+                layers,
+            },
+            runtime_defaults: imported.runtime,
+            oci_metadata: imported.metadata,
+            rootfs: RootfsRecord {
+                path: ROOTFS_FILE.into(),
+                size_bytes,
+                entries,
+                writer_version: nullspace_ext4::WRITER_VERSION.into(),
+                cache_key,
+            },
+            build_config: BuildConfigRecord {
+                build_backend: "native".into(),
+                disk_mb: request.disk_mb,
+                cpu_count: request.cpu_count,
+                memory_mb: request.memory_mb,
+                internet_access: request.internet_access,
+                skip_cache: request.skip_cache,
+                base_image_auth_kind: match credentials {
+                    Credentials::Anonymous => None,
+                    _ => Some(AuthKind::Basic),
+                },
+            },
+            warnings: imported.warnings,
+            created_at: ids::now_rfc3339(),
+        };
+        let destination = self.data.templates().join(build_id);
+        let artifact_dir = staging.publish(&document, &destination)?;
+        if let Err(error) = self.store.publish(
+            build_id,
+            template_id,
+            &request.tags,
+            &artifact_dir,
+            &ids::now_rfc3339(),
+        ) {
+            let _ = std::fs::remove_dir_all(&artifact_dir);
+            return Err(error);
+        }
+        Ok(BuildOutcome {
+            build_id: build_id.to_string(),
+            template_id: template_id.to_string(),
+            name: request.name.clone(),
+            tags: request.tags.clone(),
+            canonical_ref,
+            rootfs_path: artifact_dir.join(ROOTFS_FILE),
+            template_json_path: artifact_dir.join(TEMPLATE_FILE),
+            artifact_dir,
+            rootfs_cache_hit,
+            seconds: started.elapsed().as_secs_f64(),
+            template: document,
+        })
+    }
+
+    /// Brings every layer blob into the store, several at once, and returns them bottom-up.
+    async fn fetch_layers(
+        &self,
+        image: &nullspace_oci::ResolvedImage,
+        credentials: &Credentials,
+        layers: &[LayerRecord],
+        events: Arc<dyn EventSink>,
+    ) -> Result<Vec<LayerInput>, BuildError> {
+        let downloads = image
+            .manifest
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(index, descriptor)| {
+                let events = events.clone();
+                async move {
+                    let total = descriptor.size;
+                    let cached = self.blobs.contains(&descriptor.digest);
+                    let progress = {
+                        let events = events.clone();
+                        move |bytes: u64| {
+                            events.event(BuildEvent::Download {
+                                index,
+                                bytes,
+                                total,
+                            })
+                        }
+                    };
+                    let path = self
+                        .registry
+                        .fetch_blob(image, descriptor, credentials, &self.blobs, &progress)
+                        .await?;
+                    events.event(BuildEvent::Downloaded { index, cached });
+                    events.event(BuildEvent::Cache {
+                        kind: "layer",
+                        status: if cached { "hit" } else { "stored" },
+                        reason: None,
+                        subject: format!("blob {}", descriptor.digest),
+                    });
+                    Ok::<_, BuildError>(path)
+                }
+            });
+        let paths: Vec<PathBuf> = stream::iter(downloads)
+            .buffered(PARALLEL_DOWNLOADS)
+            .try_collect()
+            .await?;
+        Ok(layers
+            .iter()
+            .zip(paths)
+            .map(|(layer, path)| LayerInput {
+                digest: layer.digest.clone(),
+                media_type: layer.media_type.clone(),
+                diff_id: layer.diff_id.clone(),
+                path,
+                size: layer.size,
+            })
+            .collect())
+    }
+
+    /// Applies the layers and writes the image on a blocking thread.
+    async fn write_rootfs(
+        &self,
+        inputs: Vec<LayerInput>,
+        output: &Path,
+        options: RootfsOptions,
+        events: Arc<dyn EventSink>,
+    ) -> Result<nullspace_rootfs::RootfsSummary, BuildError> {
+        let output = output.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let progress = EventProgress {
+                events,
+                sizes: inputs.iter().map(|l| l.size).collect(),
+            };
+            build_rootfs(&inputs, &output, &options, &progress)
+        })
+        .await
+        .map_err(|e| BuildError::Internal(format!("rootfs writer stopped: {e}")))?
+        .map_err(BuildError::from)
+    }
+}
+
+/// Forwards the rootfs builder's progress as build events.
+struct EventProgress {
+    events: Arc<dyn EventSink>,
+    sizes: Vec<u64>,
+}
+
+impl ApplyProgress for EventProgress {
+    fn layer_progress(&self, index: usize, compressed_bytes: u64) {
+        self.events.event(BuildEvent::Apply {
+            index,
+            bytes: compressed_bytes,
+            total: self.sizes.get(index).copied().unwrap_or(0),
+        });
+    }
+    fn layer_finished(&self, index: usize, stats: &LayerStats) {
+        self.events.event(BuildEvent::Applied {
+            index,
+            entries: stats.entries,
+        });
+    }
+}
+
+/// The rootfs cache key: the exact layer chain, how it is written, and the writer's version.
+/// Never a tag: `:latest` moving to new content changes the chain.
+fn rootfs_cache_key(layers: &[LayerRecord], options: &RootfsOptions) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(ROOTFS_RECIPE);
+    hasher.update([0]);
+    hasher.update(nullspace_ext4::WRITER_VERSION);
+    for layer in layers {
+        hasher.update([0]);
+        hasher.update(&layer.digest);
+        hasher.update([0]);
+        hasher.update(&layer.media_type);
+        hasher.update([0]);
+        hasher.update(layer.diff_id.as_deref().unwrap_or(""));
+    }
+    hasher.update(format!(
+        "\0min={:?}\0journal={}",
+        options.min_size_bytes, !options.no_journal
+    ));
+    hex::encode(hasher.finalize())
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CachedRootfs {
+    size_bytes: u64,
+    entries: u64,
+}
+
+/// Links a cached rootfs into the staging dir; `None` (a miss) when absent or unreadable.
+fn read_cached_rootfs(cached: &Path, summary: &Path, staged: &Path) -> Option<(u64, u64)> {
+    let facts: CachedRootfs = serde_json::from_slice(&std::fs::read(summary).ok()?).ok()?;
+    let actual = std::fs::metadata(cached).ok()?.len();
+    if actual != facts.size_bytes {
+        return None;
+    }
+    std::fs::hard_link(cached, staged).ok()?;
+    Some((facts.size_bytes, facts.entries))
+}
+
+/// Adds a freshly written rootfs to the cache (a hard link: artifacts are immutable).
+fn store_cached_rootfs(
+    staged: &Path,
+    cached: &Path,
+    summary: &Path,
+    size_bytes: u64,
+    entries: u64,
+) -> Result<(), BuildError> {
+    let mut permissions = std::fs::metadata(staged)
+        .map_err(io_at(staged))?
+        .permissions();
+    permissions.set_readonly(true);
+    std::fs::set_permissions(staged, permissions).map_err(io_at(staged))?;
+    let temporary = cached.with_extension(format!("tmp-{}", std::process::id()));
+    let _ = std::fs::remove_file(&temporary);
+    std::fs::hard_link(staged, &temporary).map_err(io_at(&temporary))?;
+    std::fs::rename(&temporary, cached).map_err(io_at(cached))?;
+    let json = serde_json::to_vec(&CachedRootfs {
+        size_bytes,
+        entries,
+    })
+    .map_err(|e| BuildError::Internal(e.to_string()))?;
+    let temporary = summary.with_extension(format!("tmp-{}", std::process::id()));
+    std::fs::write(&temporary, json).map_err(io_at(&temporary))?;
+    std::fs::rename(&temporary, summary).map_err(io_at(summary))
+}

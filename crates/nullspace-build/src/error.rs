@@ -1,0 +1,126 @@
+//! Build errors: each says what failed, where, and in which phase.
+
+use std::path::PathBuf;
+
+/// The phase a build failed in, as reported to users (`error_detail.phase`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Validating and planning the request.
+    Prepare,
+    /// Resolving, fetching and applying the base image.
+    BaseImageImport,
+    /// Writing the artifact and recording it.
+    Finalize,
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Phase::Prepare => "prepare",
+            Phase::BaseImageImport => "base_image_import",
+            Phase::Finalize => "finalize",
+        })
+    }
+}
+
+/// Why a build failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The request is invalid; nothing ran.
+    #[error("invalid request: {field}: {message}")]
+    InvalidRequest {
+        /// The field at fault.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// Local configuration is unusable.
+    #[error("configuration: {message}")]
+    Config {
+        /// What is wrong.
+        message: String,
+    },
+    /// The image reference is malformed.
+    #[error(transparent)]
+    Reference(#[from] nullspace_oci::ReferenceError),
+    /// The image could not be resolved or fetched.
+    #[error(transparent)]
+    Registry(#[from] nullspace_oci::Error),
+    /// The image's layers or config could not be turned into a rootfs.
+    #[error(transparent)]
+    Rootfs(#[from] nullspace_rootfs::RootfsError),
+    /// The image config is unreadable.
+    #[error("image {image}: {source}")]
+    ImageConfig {
+        /// The image.
+        image: String,
+        /// The parse error.
+        source: nullspace_rootfs::runtime::ConfigError,
+    },
+    /// The database failed.
+    #[error("database {path}: {source}")]
+    Database {
+        /// The database file.
+        path: PathBuf,
+        /// The SQLite error.
+        source: rusqlite::Error,
+    },
+    /// A name or ref was not found.
+    #[error("template {reference:?} not found")]
+    NotFound {
+        /// What was looked up.
+        reference: String,
+    },
+    /// A file operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path involved.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A background task died.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl BuildError {
+    /// The phase this error belongs to.
+    pub fn phase(&self) -> Phase {
+        match self {
+            BuildError::InvalidRequest { .. }
+            | BuildError::Config { .. }
+            | BuildError::Reference(_) => Phase::Prepare,
+            BuildError::Registry(_) | BuildError::Rootfs(_) | BuildError::ImageConfig { .. } => {
+                Phase::BaseImageImport
+            }
+            _ => Phase::Finalize,
+        }
+    }
+
+    /// Whether a registry rejected the credentials (or their absence).
+    pub fn is_authentication(&self) -> bool {
+        matches!(
+            self,
+            BuildError::Registry(nullspace_oci::Error::AuthRejected { .. })
+        )
+    }
+
+    /// A stable machine code for the error envelope.
+    pub fn code(&self) -> &'static str {
+        match self {
+            BuildError::InvalidRequest { .. } | BuildError::Reference(_) => "invalid_request",
+            BuildError::NotFound { .. } => "template_not_found",
+            _ => "build_error",
+        }
+    }
+}
+
+/// Shorthand for an [`BuildError::Io`] with its path.
+pub(crate) fn io_at(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {
+    move |source| BuildError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}

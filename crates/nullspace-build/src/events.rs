@@ -1,0 +1,85 @@
+//! What a running build reports, for progress bars, plain log lines and (later) the durable log.
+
+use serde::Serialize;
+
+/// One thing that happened during a build.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum BuildEvent {
+    /// The reference resolved to a manifest for a platform.
+    Resolved {
+        /// Canonical reference.
+        reference: String,
+        /// Manifest digest.
+        digest: String,
+        /// `os/arch[/variant]`.
+        platform: String,
+        /// Layer digests and sizes, bottom-up.
+        layers: Vec<(String, u64)>,
+    },
+    /// Bytes of a layer downloaded so far.
+    Download {
+        /// Layer index.
+        index: usize,
+        /// Bytes so far.
+        bytes: u64,
+        /// Layer size.
+        total: u64,
+    },
+    /// A layer's blob is in the store (downloaded or already there).
+    Downloaded {
+        /// Layer index.
+        index: usize,
+        /// Whether it was already in the store.
+        cached: bool,
+    },
+    /// Compressed bytes of a layer applied so far.
+    Apply {
+        /// Layer index.
+        index: usize,
+        /// Bytes so far.
+        bytes: u64,
+        /// Layer size.
+        total: u64,
+    },
+    /// A layer is applied.
+    Applied {
+        /// Layer index.
+        index: usize,
+        /// Entries the layer held.
+        entries: u64,
+    },
+    /// A cache decision.
+    Cache {
+        /// `file_blob`, `layer` or `final_artifact`.
+        kind: &'static str,
+        /// `hit`, `miss`, `stored` or `bypass`.
+        status: &'static str,
+        /// Why, for misses and bypasses.
+        reason: Option<&'static str>,
+        /// What the decision was about.
+        subject: String,
+    },
+    /// Something skipped or worth a look.
+    Warning {
+        /// The message.
+        message: String,
+    },
+    /// A step of the build in plain words.
+    Message {
+        /// The message.
+        message: String,
+    },
+}
+
+/// Receives build events.
+pub trait EventSink: Send + Sync {
+    /// Handles one event; must not block for long.
+    fn event(&self, event: BuildEvent);
+}
+
+impl<F: Fn(BuildEvent) + Send + Sync> EventSink for F {
+    fn event(&self, event: BuildEvent) {
+        self(event)
+    }
+}

@@ -1,0 +1,23 @@
+//! Nullspace template builds: the request model, the import pipeline, caches, artifacts and
+//! their atomic publication.
+//!
+//! A build walks one road: resolve the base reference, fetch its blobs into the content-addressed
+//! store, apply the layers into an ext4 rootfs (or take it from the rootfs cache), derive runtime
+//! defaults from the image config, then publish: one rename of the staging dir and one database
+//! transaction. A failure at any point leaves no artifact and no staging dir behind.
+#![deny(missing_docs)]
+
+pub mod artifact;
+pub mod data_dir;
+pub mod engine;
+pub mod error;
+pub mod events;
+pub mod ids;
+pub mod request;
+pub mod store;
+
+pub use data_dir::DataDir;
+pub use engine::{BuildOutcome, Engine};
+pub use error::{BuildError, Phase};
+pub use events::{BuildEvent, EventSink};
+pub use request::{BaseSelector, BuildRequest};

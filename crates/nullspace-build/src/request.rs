@@ -1,0 +1,253 @@
+//! What a user asks for: the base, the name and tags, and the build options.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::BuildError;
+
+/// Debian release used when `from_debian_image()` names none: the release our guest kernel and
+/// init are tested against.
+pub const DEFAULT_DEBIAN_VERSION: &str = "bookworm";
+
+/// The one base a build starts from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "value", rename_all = "snake_case")]
+pub enum BaseSelector {
+    /// `from_ubuntu_image(version)` → `ubuntu:<version>`.
+    UbuntuImage(String),
+    /// `from_debian_image([version])` → `debian:<version>` (default [`DEFAULT_DEBIAN_VERSION`]).
+    DebianImage(Option<String>),
+    /// `from_python_image(version)` → `python:<version>`.
+    PythonImage(String),
+    /// `from_node_image(version)` → `node:<version>`.
+    NodeImage(String),
+    /// `from_bun_image(version)` → `oven/bun:<version>`; the version is required.
+    BunImage(String),
+    /// `from_image(ref)`: any OCI image.
+    Image(String),
+    /// `from_base_image(ref)`: any OCI image, named as a base.
+    BaseImage(String),
+}
+
+impl BaseSelector {
+    /// The image reference this selector resolves to (before Docker Hub normalisation).
+    pub fn image_reference(&self) -> Result<String, BuildError> {
+        let version = |field: &str, v: &str| -> Result<String, BuildError> {
+            let v = v.trim();
+            if v.is_empty() {
+                return Err(BuildError::InvalidRequest {
+                    field: field.into(),
+                    message: "a version is required (e.g. \"1.2\")".into(),
+                });
+            }
+            if !v
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+                || v.starts_with(['.', '-'])
+                || v.len() > 128
+            {
+                return Err(BuildError::InvalidRequest {
+                    field: field.into(),
+                    message: format!("{v:?} is not a valid image tag"),
+                });
+            }
+            Ok(v.to_string())
+        };
+        let reference = |field: &str, r: &str| -> Result<String, BuildError> {
+            let r = r.trim();
+            if r.is_empty() {
+                return Err(BuildError::InvalidRequest {
+                    field: field.into(),
+                    message: "an image reference is required".into(),
+                });
+            }
+            Ok(r.to_string())
+        };
+        Ok(match self {
+            BaseSelector::UbuntuImage(v) => format!("ubuntu:{}", version("from_ubuntu_image", v)?),
+            BaseSelector::DebianImage(v) => format!(
+                "debian:{}",
+                version(
+                    "from_debian_image",
+                    v.as_deref().unwrap_or(DEFAULT_DEBIAN_VERSION)
+                )?
+            ),
+            BaseSelector::PythonImage(v) => format!("python:{}", version("from_python_image", v)?),
+            BaseSelector::NodeImage(v) => format!("node:{}", version("from_node_image", v)?),
+            BaseSelector::BunImage(v) => format!("oven/bun:{}", version("from_bun_image", v)?),
+            BaseSelector::Image(r) => reference("from_image", r)?,
+            BaseSelector::BaseImage(r) => reference("from_base_image", r)?,
+        })
+    }
+}
+
+/// Kinds of base-image credentials; the kind is recorded, the secret never.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthKind {
+    /// Username and password (or token).
+    Basic,
+}
+
+/// A build request, as the API's JSON carries it (minus secrets, which travel beside it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildRequest {
+    /// Single-segment template name.
+    pub name: String,
+    /// Tags to point at the result; `["default"]` when the user gives none.
+    pub tags: Vec<String>,
+    /// The base.
+    pub base: BaseSelector,
+    /// Minimum rootfs size in MiB.
+    pub disk_mb: Option<u64>,
+    /// vCPUs for the build VM (recorded; used once builds boot a VM).
+    pub cpu_count: Option<u32>,
+    /// Memory for the build VM in MiB (recorded; used once builds boot a VM).
+    pub memory_mb: Option<u32>,
+    /// Whether build steps may reach the network.
+    pub internet_access: bool,
+    /// Bypass every cache.
+    pub skip_cache: bool,
+}
+
+impl BuildRequest {
+    /// A request with defaults for `name` from `base`.
+    pub fn new(name: &str, base: BaseSelector) -> BuildRequest {
+        BuildRequest {
+            name: name.to_string(),
+            tags: vec!["default".into()],
+            base,
+            disk_mb: None,
+            cpu_count: None,
+            memory_mb: None,
+            internet_access: true,
+            skip_cache: false,
+        }
+    }
+
+    /// Checks names, tags and sizes; the error names the field.
+    pub fn validate(&self) -> Result<(), BuildError> {
+        validate_name(&self.name)?;
+        if self.tags.is_empty() {
+            return Err(BuildError::InvalidRequest {
+                field: "tags".into(),
+                message: "must not be empty (leave it out for [\"default\"])".into(),
+            });
+        }
+        for tag in &self.tags {
+            validate_tag(tag)?;
+        }
+        if let Some(disk_mb) = self.disk_mb {
+            if !(1..=16 * 1024 * 1024).contains(&disk_mb) {
+                return Err(BuildError::InvalidRequest {
+                    field: "disk_mb".into(),
+                    message: format!("{disk_mb} is out of range 1..=16777216"),
+                });
+            }
+        }
+        self.base.image_reference()?;
+        Ok(())
+    }
+}
+
+/// A template name: one segment, lower-case letters, digits, `.`, `_`, `-`, 1–63 characters,
+/// starting with a letter or digit.
+pub fn validate_name(name: &str) -> Result<(), BuildError> {
+    let bad = |message: String| BuildError::InvalidRequest {
+        field: "name".into(),
+        message,
+    };
+    if name.contains('/') || name.contains(':') {
+        return Err(bad(format!(
+            "{name:?} must be a single-segment name (no namespace, no tag; tags go in --tag)"
+        )));
+    }
+    let valid = !name.is_empty()
+        && name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c));
+    if !valid {
+        return Err(bad(format!(
+            "{name:?}: use 1-63 lower-case letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )));
+    }
+    Ok(())
+}
+
+/// A tag: 1–128 of letters, digits, `.`, `_`, `-`, not starting with `.` or `-`, and not a
+/// build id (`tb_...`), which refs reserve for exact builds.
+pub fn validate_tag(tag: &str) -> Result<(), BuildError> {
+    let valid = !tag.is_empty()
+        && tag.len() <= 128
+        && !tag.starts_with(['.', '-'])
+        && !tag.starts_with("tb_")
+        && tag
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if !valid {
+        return Err(BuildError::InvalidRequest {
+            field: "tags".into(),
+            message: format!(
+                "{tag:?}: use 1-128 letters, digits, '.', '_' or '-', not starting with '.', '-' or 'tb_'"
+            ),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selectors_map_to_their_images() {
+        let cases = [
+            (BaseSelector::UbuntuImage("22.04".into()), "ubuntu:22.04"),
+            (BaseSelector::DebianImage(None), "debian:bookworm"),
+            (
+                BaseSelector::DebianImage(Some("trixie".into())),
+                "debian:trixie",
+            ),
+            (BaseSelector::PythonImage("3.12".into()), "python:3.12"),
+            (BaseSelector::NodeImage("20".into()), "node:20"),
+            (BaseSelector::BunImage("1.2".into()), "oven/bun:1.2"),
+            (
+                BaseSelector::Image("r.example/a/b:1".into()),
+                "r.example/a/b:1",
+            ),
+        ];
+        for (selector, expected) in cases {
+            assert_eq!(selector.image_reference().unwrap(), expected);
+        }
+    }
+
+    #[test]
+    fn bun_needs_a_version() {
+        let err = BaseSelector::BunImage(" ".into())
+            .image_reference()
+            .unwrap_err();
+        assert!(err.to_string().contains("from_bun_image"), "{err}");
+    }
+
+    #[test]
+    fn names_are_single_segment() {
+        assert!(validate_name("python-dev").is_ok());
+        assert!(validate_name("acme/python")
+            .unwrap_err()
+            .to_string()
+            .contains("single-segment"));
+        assert!(validate_name("app:1").is_err());
+        assert!(validate_name("Upper").is_err());
+        assert!(validate_name("").is_err());
+    }
+
+    #[test]
+    fn tags_reject_empty_lists_and_build_ids() {
+        let mut request = BuildRequest::new("demo", BaseSelector::DebianImage(None));
+        request.tags.clear();
+        assert!(request.validate().unwrap_err().to_string().contains("tags"));
+        assert!(validate_tag("tb_123").is_err());
+        assert!(validate_tag("stable").is_ok());
+    }
+}

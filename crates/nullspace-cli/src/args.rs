@@ -1,0 +1,115 @@
+//! Command-line arguments.
+
+use clap::{Args, Parser, Subcommand};
+
+/// Build and manage Nullspace templates.
+#[derive(Debug, Parser)]
+#[command(name = "nullspace", version, about)]
+pub struct Cli {
+    /// Print results (and errors) as JSON on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build and inspect templates.
+    #[command(subcommand)]
+    Template(TemplateCommand),
+}
+
+/// `nullspace template ...`
+#[derive(Debug, Subcommand)]
+pub enum TemplateCommand {
+    /// Build a template from one base and publish it under a name.
+    Build(Box<BuildArgs>),
+    /// List templates.
+    List,
+    /// Show a template's description (template.json).
+    Get {
+        /// `name`, `name:tag`, `name:tb_...` or `local/name:tag`.
+        reference: String,
+    },
+    /// Exit 0 when the template exists, 3 when it does not.
+    Exists {
+        /// `name`, `name:tag`, `name:tb_...` or `local/name:tag`.
+        reference: String,
+    },
+}
+
+/// `nullspace template build`
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Template name: a single segment (tags go in --tag).
+    #[arg(long)]
+    pub name: String,
+    /// Tag to point at the build; repeatable. Default: `default`.
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// The base: exactly one of these.
+    #[command(flatten)]
+    pub base: BaseArgs,
+    /// Username for the base image's registry.
+    #[arg(long, requires = "password_source")]
+    pub username: Option<String>,
+    /// Password or token for the base image's registry (prefer --password-stdin).
+    #[arg(
+        long,
+        group = "password_source",
+        env = "NULLSPACE_BASE_IMAGE_PASSWORD",
+        hide_env_values = true
+    )]
+    pub password: Option<String>,
+    /// Read the registry password from standard input.
+    #[arg(long, group = "password_source")]
+    pub password_stdin: bool,
+    /// Minimum rootfs size in MiB.
+    #[arg(long)]
+    pub disk_mb: Option<u64>,
+    /// vCPUs for the build VM.
+    #[arg(long)]
+    pub cpu_count: Option<u32>,
+    /// Memory for the build VM in MiB.
+    #[arg(long)]
+    pub memory_mb: Option<u32>,
+    /// Build steps get no network.
+    #[arg(long)]
+    pub no_internet_access: bool,
+    /// Bypass every cache.
+    #[arg(long)]
+    pub skip_cache: bool,
+    /// Build backend; imports use `native`.
+    #[arg(long, value_parser = ["native", "buildkit"])]
+    pub backend: Option<String>,
+}
+
+/// The base selectors; clap enforces exactly one.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct BaseArgs {
+    /// `ubuntu:<VERSION>`.
+    #[arg(long, value_name = "VERSION")]
+    pub from_ubuntu_image: Option<String>,
+    /// `debian:<VERSION>` (default bookworm).
+    #[arg(long, value_name = "VERSION", num_args = 0..=1, default_missing_value = "")]
+    pub from_debian_image: Option<String>,
+    /// `python:<VERSION>`.
+    #[arg(long, value_name = "VERSION")]
+    pub from_python_image: Option<String>,
+    /// `node:<VERSION>`.
+    #[arg(long, value_name = "VERSION")]
+    pub from_node_image: Option<String>,
+    /// `oven/bun:<VERSION>` (version required).
+    #[arg(long, value_name = "VERSION")]
+    pub from_bun_image: Option<String>,
+    /// Any OCI image reference.
+    #[arg(long, value_name = "REF")]
+    pub from_image: Option<String>,
+    /// Any OCI image reference, as a base.
+    #[arg(long, value_name = "REF")]
+    pub from_base_image: Option<String>,
+}

@@ -1,0 +1,196 @@
+//! The `nullspace` command line: builds templates on this machine with the embedded engine.
+//!
+//! Exit codes: 0 success, 1 failure, 2 invalid request or usage, 3 not found, 4 authentication.
+
+mod args;
+mod progress;
+
+use std::io::Read;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use serde_json::json;
+
+use args::{BaseArgs, BuildArgs, Cli, Command, TemplateCommand};
+use nullspace_build::{BaseSelector, BuildError, BuildRequest, DataDir, Engine};
+use nullspace_oci::{Credentials, RegistryConfig};
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("NULLSPACE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let json_output = cli.json;
+    match run(cli) {
+        Ok(code) => code,
+        Err(error) => report(&error, json_output),
+    }
+}
+
+/// Prints an error (as the JSON envelope with `--json`) and picks the exit code.
+fn report(error: &anyhow::Error, json_output: bool) -> ExitCode {
+    let build_error = error.downcast_ref::<BuildError>();
+    let code = build_error.map(|e| e.code()).unwrap_or("error");
+    let auth = build_error.is_some_and(BuildError::is_authentication);
+    let (code, exit) = match code {
+        "invalid_request" => (code, 2),
+        c if c.ends_with("_not_found") => (code, 3),
+        _ if auth => ("authentication_failed", 4),
+        _ => (code, 1),
+    };
+    let message = format!("{error:#}");
+    if json_output {
+        let mut envelope =
+            json!({ "error": { "code": code, "message": message, "retryable": false } });
+        if let Some(e) = build_error {
+            envelope["error"]["phase"] = json!(e.phase().to_string());
+        }
+        println!("{envelope}");
+    } else {
+        eprintln!("error: {message}");
+    }
+    ExitCode::from(exit)
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let data = DataDir::from_env()?;
+    match cli.command {
+        Command::Template(TemplateCommand::Build(args)) => build(data, *args, cli.json),
+        Command::Template(TemplateCommand::List) => {
+            let engine = Engine::open(data, RegistryConfig::from_env())?;
+            let templates = engine.store().list()?;
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({ "templates": templates }))?
+                );
+            } else {
+                for template in templates {
+                    let tags: Vec<&str> = template.tags.iter().map(|(t, _)| t.as_str()).collect();
+                    println!(
+                        "{}\t{}\t{}",
+                        template.id,
+                        template.canonical_ref,
+                        tags.join(",")
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Template(TemplateCommand::Get { reference }) => {
+            let engine = Engine::open(data, RegistryConfig::from_env())?;
+            let found = engine.store().resolve(&reference)?;
+            let document = nullspace_build::artifact::read_document(&found.artifact_dir)?;
+            println!("{}", serde_json::to_string_pretty(&document)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Template(TemplateCommand::Exists { reference }) => {
+            let engine = Engine::open(data, RegistryConfig::from_env())?;
+            let exists = match engine.store().resolve(&reference) {
+                Ok(_) => true,
+                Err(BuildError::NotFound { .. }) => false,
+                Err(other) => return Err(other.into()),
+            };
+            if cli.json {
+                println!("{}", json!({ "exists": exists }));
+            }
+            Ok(if exists {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(3)
+            })
+        }
+    }
+}
+
+fn base_selector(base: BaseArgs) -> anyhow::Result<BaseSelector> {
+    Ok(if let Some(v) = base.from_ubuntu_image {
+        BaseSelector::UbuntuImage(v)
+    } else if let Some(v) = base.from_debian_image {
+        BaseSelector::DebianImage((!v.is_empty()).then_some(v))
+    } else if let Some(v) = base.from_python_image {
+        BaseSelector::PythonImage(v)
+    } else if let Some(v) = base.from_node_image {
+        BaseSelector::NodeImage(v)
+    } else if let Some(v) = base.from_bun_image {
+        BaseSelector::BunImage(v)
+    } else if let Some(r) = base.from_image {
+        BaseSelector::Image(r)
+    } else if let Some(r) = base.from_base_image {
+        BaseSelector::BaseImage(r)
+    } else {
+        anyhow::bail!("choose one base image (e.g. --from-debian-image bookworm)")
+    })
+}
+
+fn build(data: DataDir, args: BuildArgs, json_output: bool) -> anyhow::Result<ExitCode> {
+    if args.backend.as_deref() == Some("buildkit") {
+        return Err(BuildError::InvalidRequest {
+            field: "build_backend".into(),
+            message: "image imports use the native backend; buildkit serves Dockerfiles".into(),
+        }
+        .into());
+    }
+    let mut request = BuildRequest::new(&args.name, base_selector(args.base)?);
+    if !args.tags.is_empty() {
+        request.tags = args.tags;
+    }
+    request.disk_mb = args.disk_mb;
+    request.cpu_count = args.cpu_count;
+    request.memory_mb = args.memory_mb;
+    request.internet_access = !args.no_internet_access;
+    request.skip_cache = args.skip_cache;
+    let password = if args.password_stdin {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("reading the password from standard input")?;
+        Some(text.trim_end_matches(['\r', '\n']).to_string())
+    } else {
+        args.password
+    };
+    let credentials = match (args.username, password) {
+        (Some(username), Some(password)) => Credentials::Basic { username, password },
+        (None, Some(_)) => anyhow::bail!("--password needs --username"),
+        _ => Credentials::Anonymous,
+    };
+    let engine = Engine::open(data, RegistryConfig::from_env())?;
+    let display = Arc::new(progress::Display::for_stderr());
+    let sink = {
+        let display = display.clone();
+        Arc::new(move |event| display.show(event))
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let outcome = runtime.block_on(engine.build(&request, &credentials, sink))?;
+    if json_output {
+        println!("{}", serde_json::to_string_pretty(&outcome)?);
+    } else {
+        let t = &outcome.template;
+        println!("built {} ({})", outcome.canonical_ref, outcome.build_id);
+        println!(
+            "  image     {} @ {}",
+            t.source.reference, t.source.manifest_digest
+        );
+        println!("  platform  {}", t.source.platform);
+        println!(
+            "  rootfs    {} ({} MiB, {} entries{})",
+            outcome.rootfs_path.display(),
+            t.rootfs.size_bytes / (1024 * 1024),
+            t.rootfs.entries,
+            if outcome.rootfs_cache_hit {
+                ", from cache"
+            } else {
+                ""
+            }
+        );
+        println!("  template  {}", outcome.template_json_path.display());
+        println!("  took      {:.2}s", outcome.seconds);
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,7 @@
+//! End-to-end tests of the `nullspace` binary against the real test environment: the CNCF
+//! registry with the debootstrap and multi-layer fixtures, e2fsprogs, and umoci as the oracle.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod harness;
+mod import;
+mod tree;

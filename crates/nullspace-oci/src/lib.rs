@@ -1,0 +1,36 @@
+//! Nullspace templates: OCI images.
+//!
+//! Image references and their normalisation ([`Reference`]), the registry client
+//! ([`RegistryClient`], OCI distribution spec) with its auth providers ([`Credentials`],
+//! bearer tokens, Docker's config.json), manifests and indexes ([`manifest`]), platform
+//! selection for the microVM ([`platform`]), the content-addressed [`BlobStore`] and local
+//! sources (OCI layout directories, OCI archives, docker archives: [`layout`]).
+//!
+//! It knows nothing of ext4 or templates.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod client;
+pub mod config;
+pub mod digest;
+pub mod error;
+pub mod layout;
+pub mod manifest;
+pub mod media_types;
+pub mod platform;
+pub mod reference;
+pub mod resolved;
+pub mod store;
+
+pub use auth::Credentials;
+pub use client::{RegistryClient, RegistryConfig, RetryPolicy};
+pub use config::ImageConfig;
+pub use digest::Digest;
+pub use error::Error;
+pub use layout::{open_docker_archive, open_oci_archive, open_oci_layout};
+pub use manifest::{Descriptor, ImageIndex, ImageManifest};
+pub use platform::Platform;
+pub use reference::{Reference, ReferenceError};
+pub use resolved::{ImageSource, ResolvedImage};
+pub use store::BlobStore;
