@@ -7,7 +7,6 @@ use serde::{Deserialize, Serialize};
 use nullspace_rootfs::runtime::{OciMetadata, RuntimeDefaults};
 
 use crate::error::{io_at, BuildError};
-use crate::request::AuthKind;
 
 /// File name of the rootfs inside an artifact.
 pub const ROOTFS_FILE: &str = "rootfs.ext4";
@@ -76,8 +75,9 @@ pub struct BuildConfigRecord {
     pub internet_access: bool,
     /// Whole-build cache bypass.
     pub skip_cache: bool,
-    /// Kind of base-image credentials used, never the credentials.
-    pub base_image_auth_kind: Option<AuthKind>,
+    /// Kind of base-image credentials used (`basic`, `bearer`, `gcp`, `ecr`), never the
+    /// credentials themselves.
+    pub base_image_auth_kind: Option<String>,
 }
 
 /// `template.json`.
@@ -134,7 +134,7 @@ impl Staging {
     /// Writes `template.json`, then moves the whole staging dir to `destination` in one rename.
     /// After this the artifact is complete or absent, never partial.
     pub fn publish(
-        mut self,
+        &mut self,
         document: &TemplateDocument,
         destination: &Path,
     ) -> Result<PathBuf, BuildError> {

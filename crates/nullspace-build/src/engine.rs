@@ -21,7 +21,7 @@ use crate::data_dir::DataDir;
 use crate::error::{io_at, BuildError};
 use crate::events::{BuildEvent, EventSink};
 use crate::ids;
-use crate::request::{AuthKind, BuildRequest};
+use crate::request::BuildRequest;
 use crate::store::{Store, LOCAL_NAMESPACE};
 
 /// Layers downloaded at once.
@@ -54,6 +54,32 @@ pub struct BuildOutcome {
     pub seconds: f64,
     /// The full description.
     pub template: TemplateDocument,
+}
+
+/// A build in progress: its ids, its staging dir and when it started.
+pub struct BuildContext {
+    /// Build id (`tb_...`).
+    pub build_id: String,
+    /// Template id (`tmpl_...`).
+    pub template_id: String,
+    /// The build's private scratch dir, removed unless the build publishes.
+    pub staging: Staging,
+    /// When the build began.
+    pub started: Instant,
+}
+
+/// An image ready to import, and how to describe where it came from.
+pub struct ImageInput {
+    /// The resolved image; its blobs are fetched from its source unless already stored.
+    pub image: nullspace_oci::ResolvedImage,
+    /// What the user asked for.
+    pub requested: String,
+    /// Canonical form of where it came from.
+    pub reference: String,
+    /// Source kind: `oci_import`, `dockerfile`, `declarative` or `template_base`.
+    pub kind: &'static str,
+    /// Backend: `native` or `buildkit`.
+    pub backend: &'static str,
 }
 
 /// Runs builds against one data dir.
@@ -97,6 +123,15 @@ impl Engine {
         events: Arc<dyn EventSink>,
     ) -> Result<BuildOutcome, BuildError> {
         request.validate()?;
+        let mut build = self.begin(request)?;
+        let result = self
+            .import_from_registry(request, credentials, events, &mut build)
+            .await;
+        self.end(build, result)
+    }
+
+    /// Records a new build of `request` as running and makes its staging dir.
+    pub fn begin(&self, request: &BuildRequest) -> Result<BuildContext, BuildError> {
         let started = Instant::now();
         let now = ids::now_rfc3339();
         let build_id = ids::new_build_id();
@@ -104,33 +139,36 @@ impl Engine {
             self.store
                 .ensure_template(&request.name, &ids::new_template_id(), &now)?;
         self.store.start_build(&build_id, &template_id, &now)?;
-        let result = self
-            .run(
-                request,
-                credentials,
-                events,
-                &build_id,
-                &template_id,
-                started,
-            )
-            .await;
+        let staging = Staging::create(&self.data.staging(), &build_id)?;
+        Ok(BuildContext {
+            build_id,
+            template_id,
+            staging,
+            started,
+        })
+    }
+
+    /// Records how a build begun with [`Engine::begin`] ended; its staging dir goes away.
+    pub fn end(
+        &self,
+        build: BuildContext,
+        result: Result<BuildOutcome, BuildError>,
+    ) -> Result<BuildOutcome, BuildError> {
         if let Err(error) = &result {
             self.store
-                .fail_build(&build_id, &error.to_string(), &ids::now_rfc3339())?;
+                .fail_build(&build.build_id, &error.to_string(), &ids::now_rfc3339())?;
         }
+        drop(build);
         result
     }
 
-    async fn run(
+    async fn import_from_registry(
         &self,
         request: &BuildRequest,
         credentials: &Credentials,
         events: Arc<dyn EventSink>,
-        build_id: &str,
-        template_id: &str,
-        started: Instant,
+        build: &mut BuildContext,
     ) -> Result<BuildOutcome, BuildError> {
-        let staging = Staging::create(&self.data.staging(), build_id)?;
         let requested = request.base.image_reference()?;
         let reference = Reference::parse(&requested)?;
         events.event(BuildEvent::Message {
@@ -140,9 +178,41 @@ impl Engine {
             .registry
             .resolve(&reference, credentials, &Platform::host())
             .await?;
+        let source = ImageInput {
+            image,
+            requested,
+            reference: reference.to_string(),
+            kind: "oci_import",
+            backend: "native",
+        };
+        self.import_image(request, credentials, source, events, build)
+            .await
+    }
+
+    /// Imports a resolved image (from a registry, or a local OCI archive whose blobs are already
+    /// in the store) into a rootfs and publishes the template.
+    pub async fn import_image(
+        &self,
+        request: &BuildRequest,
+        credentials: &Credentials,
+        source: ImageInput,
+        events: Arc<dyn EventSink>,
+        build: &mut BuildContext,
+    ) -> Result<BuildOutcome, BuildError> {
+        let ImageInput {
+            image,
+            requested,
+            reference,
+            kind,
+            backend,
+        } = source;
+        let build_id = build.build_id.as_str();
+        let template_id = build.template_id.as_str();
+        let staging = &mut build.staging;
+        let started = build.started;
         let platform = image.platform.to_string();
         events.event(BuildEvent::Resolved {
-            reference: reference.to_string(),
+            reference: reference.clone(),
             digest: image.manifest_digest.to_string(),
             platform: platform.clone(),
             layers: image
@@ -266,7 +336,7 @@ impl Engine {
             name: request.name.clone(),
             tags: request.tags.clone(),
             source: SourceRecord {
-                kind: "oci_import".into(),
+                kind: kind.into(),
                 requested,
                 reference: reference.to_string(),
                 manifest_digest: image.manifest_digest.to_string(),
@@ -284,16 +354,14 @@ impl Engine {
                 cache_key,
             },
             build_config: BuildConfigRecord {
-                build_backend: "native".into(),
+                build_backend: backend.into(),
                 disk_mb: request.disk_mb,
                 cpu_count: request.cpu_count,
                 memory_mb: request.memory_mb,
                 internet_access: request.internet_access,
                 skip_cache: request.skip_cache,
-                base_image_auth_kind: match credentials {
-                    Credentials::Anonymous => None,
-                    _ => Some(AuthKind::Basic),
-                },
+                base_image_auth_kind: (!matches!(credentials, Credentials::Anonymous))
+                    .then(|| credentials.kind().to_string()),
             },
             warnings: imported.warnings,
             created_at: ids::now_rfc3339(),

@@ -80,14 +80,6 @@ impl BaseSelector {
     }
 }
 
-/// Kinds of base-image credentials; the kind is recorded, the secret never.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AuthKind {
-    /// Username and password (or token).
-    Basic,
-}
-
 /// A build request, as the API's JSON carries it (minus secrets, which travel beside it).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BuildRequest {

@@ -67,6 +67,24 @@ pub struct BuildArgs {
     /// Read the registry password from standard input.
     #[arg(long, group = "password_source")]
     pub password_stdin: bool,
+    /// GCP Artifact Registry: a service-account key file, exchanged for an access token.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["username", "aws_access_key_id"])]
+    pub gcp_service_account_json: Option<std::path::PathBuf>,
+    /// AWS ECR: access key id (the secret comes from --aws-secret-access-key or the env).
+    #[arg(long, requires = "aws_secret_access_key")]
+    pub aws_access_key_id: Option<String>,
+    /// AWS ECR: secret access key.
+    #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub aws_secret_access_key: Option<String>,
+    /// AWS ECR: session token for temporary credentials.
+    #[arg(long, env = "AWS_SESSION_TOKEN", hide_env_values = true)]
+    pub aws_session_token: Option<String>,
+    /// AWS ECR: region (default: taken from the ECR registry host).
+    #[arg(long, env = "AWS_REGION")]
+    pub aws_region: Option<String>,
+    /// AWS ECR: API endpoint override (private endpoints, emulators).
+    #[arg(long, value_name = "URL")]
+    pub aws_ecr_endpoint: Option<String>,
     /// Minimum rootfs size in MiB.
     #[arg(long)]
     pub disk_mb: Option<u64>,

@@ -155,11 +155,29 @@ fn build(data: DataDir, args: BuildArgs, json_output: bool) -> anyhow::Result<Ex
     } else {
         args.password
     };
-    let credentials = match (args.username, password) {
-        (Some(username), Some(password)) => Credentials::Basic { username, password },
-        (None, Some(_)) => anyhow::bail!("--password needs --username"),
-        _ => Credentials::Anonymous,
+    let credentials = if let Some(key_file) = &args.gcp_service_account_json {
+        let key = std::fs::read_to_string(key_file).with_context(|| {
+            format!("reading the GCP service-account key {}", key_file.display())
+        })?;
+        Credentials::gcp(key)
+    } else if let (Some(access_key_id), Some(secret_access_key)) =
+        (args.aws_access_key_id, args.aws_secret_access_key)
+    {
+        Credentials::Ecr {
+            access_key_id,
+            secret_access_key,
+            session_token: args.aws_session_token,
+            region: args.aws_region.unwrap_or_default(),
+            endpoint: args.aws_ecr_endpoint,
+        }
+    } else {
+        match (args.username, password) {
+            (Some(username), Some(password)) => Credentials::Basic { username, password },
+            (None, Some(_)) => anyhow::bail!("--password needs --username"),
+            _ => Credentials::Anonymous,
+        }
     };
+
     let engine = Engine::open(data, RegistryConfig::from_env())?;
     let display = Arc::new(progress::Display::for_stderr());
     let sink = {

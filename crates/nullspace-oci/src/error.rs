@@ -157,6 +157,10 @@ pub enum Error {
     /// A configuration value is malformed.
     #[error("invalid registry configuration: {0}")]
     Config(String),
+    /// Cloud credentials (GCP service-account key, AWS access key) are malformed, or their
+    /// exchange for registry credentials failed.
+    #[error(transparent)]
+    CloudAuth(#[from] crate::auth::CloudAuthError),
     /// Docker's config.json or a credential helper failed.
     #[error("docker credentials for {registry}: {reason}")]
     DockerCredentials {

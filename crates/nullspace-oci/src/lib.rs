@@ -2,7 +2,8 @@
 //!
 //! Image references and their normalisation ([`Reference`]), the registry client
 //! ([`RegistryClient`], OCI distribution spec) with its auth providers ([`Credentials`],
-//! bearer tokens, Docker's config.json), manifests and indexes ([`manifest`]), platform
+//! bearer tokens, Docker's config.json, GCP service-account keys ([`auth::gcp`]) and AWS ECR
+//! access keys ([`auth::ecr`]) exchanged for registry credentials at pull time), manifests and indexes ([`manifest`]), platform
 //! selection for the microVM ([`platform`]), the content-addressed [`BlobStore`] and local
 //! sources (OCI layout directories, OCI archives, docker archives: [`layout`]).
 //!

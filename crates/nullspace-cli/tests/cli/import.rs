@@ -269,16 +269,32 @@ fn multilayer_fixture_matches_an_independent_extraction_file_by_file() {
     check_runtime_defaults(template, &expected["config"]);
 
     // The oracle: umoci unpacks the same image as root, applying the same OCI layer rules.
+    // Debian's umoci reads no zstd layers, so skopeo first recompresses them to gzip.
     let oracle = tempfile::tempdir().unwrap();
-    let bundle = oracle.path().join("bundle");
-    let status = Command::new("umoci")
-        .args(["unpack", "--image"])
-        .arg(format!("{}:latest", layout.display()))
-        .arg(&bundle)
+    let converted = oracle.path().join("gzip-layout");
+    let status = Command::new("skopeo")
+        .args([
+            "copy",
+            "--quiet",
+            "--dest-compress",
+            "--dest-compress-format",
+            "gzip",
+        ])
+        .args(["--dest-compress-level", "1"])
+        .arg(format!("oci:{}:latest", layout.display()))
+        .arg(format!("oci:{}:latest", converted.display()))
         .status()
         .unwrap();
-    assert!(status.success(), "umoci unpack failed");
-    let theirs = tree::facts(&bundle.join("rootfs"));
+    assert!(status.success(), "skopeo copy failed");
+    let unpacked = oracle.path().join("rootfs");
+    let status = Command::new("umoci")
+        .args(["--log", "error", "raw", "unpack", "--image"])
+        .arg(format!("{}:latest", converted.display()))
+        .arg(&unpacked)
+        .status()
+        .unwrap();
+    assert!(status.success(), "umoci raw unpack failed");
+    let theirs = tree::facts(&unpacked);
     let mounted = Mounted::new(&rootfs);
     let ours = tree::facts(mounted.dir.path());
 

@@ -12,7 +12,10 @@ use std::time::Duration;
 
 use reqwest::Url;
 
+use crate::auth::ecr::{self, EcrAuthRequest, EcrTokenProvider};
+use crate::auth::gcp::GcpTokenProvider;
 use crate::auth::token::TokenCache;
+use crate::auth::{CloudAuthError, Credentials};
 use crate::error::Error;
 use crate::reference::Reference;
 
@@ -34,6 +37,10 @@ struct Inner {
     tokens: TokenCache,
     /// Hosts that asked for basic auth; credentials are then sent up front.
     basic_hosts: Mutex<HashSet<String>>,
+    /// Exchanges GCP service-account keys for access tokens.
+    gcp: GcpTokenProvider,
+    /// Exchanges AWS access keys for ECR passwords.
+    ecr: EcrTokenProvider,
 }
 
 /// One place a repository can be pulled from: a mirror or the registry itself.
@@ -84,6 +91,8 @@ impl RegistryClient {
             .map_err(|e| Error::Config(format!("http client: {e}")))?;
         Ok(RegistryClient {
             inner: Arc::new(Inner {
+                gcp: GcpTokenProvider::new(http.clone(), config.clone(), retry),
+                ecr: EcrTokenProvider::new(http.clone(), config.clone(), retry),
                 http,
                 config,
                 retry,
@@ -96,6 +105,67 @@ impl RegistryClient {
     /// The configuration in use.
     pub fn config(&self) -> &RegistryConfig {
         &self.inner.config
+    }
+
+    /// The credentials to present to `registry` (`host[:port]`): [`Credentials::Gcp`] and
+    /// [`Credentials::Ecr`] are exchanged for basic credentials (cached until shortly before
+    /// they expire); the others are returned as they are. [`RegistryClient::resolve`] and
+    /// [`RegistryClient::fetch_blob`] call this themselves; it is public for callers that hand
+    /// credentials to another tool (e.g. a Docker config for BuildKit).
+    ///
+    /// For ECR, an empty region is read from an ECR registry host, and a region that differs
+    /// from the registry host's is refused before anything is sent.
+    pub async fn exchange_credentials(
+        &self,
+        credentials: &Credentials,
+        registry: &str,
+    ) -> Result<Credentials, Error> {
+        match credentials {
+            Credentials::Gcp {
+                service_account_json,
+            } => self.inner.gcp.credentials(service_account_json).await,
+            Credentials::Ecr { .. } => {
+                let Some(mut request) = EcrAuthRequest::from_credentials(credentials) else {
+                    return Ok(credentials.clone());
+                };
+                let host_region = ecr::registry_region(registry);
+                match host_region {
+                    Some(r) if request.region.is_empty() => request.region = r,
+                    Some(r) if r != request.region => {
+                        return Err(CloudAuthError::EcrRegionMismatch {
+                            region: request.region.to_owned(),
+                            registry: registry.to_owned(),
+                            registry_region: r.to_owned(),
+                        }
+                        .into())
+                    }
+                    _ => {}
+                }
+                self.inner.ecr.credentials(&request).await
+            }
+            other => Ok(other.clone()),
+        }
+    }
+
+    /// Forgets what `credentials` were exchanged for (after `registry` refused it), so the
+    /// next pull exchanges them again.
+    pub(crate) fn forget_exchanged(&self, credentials: &Credentials, registry: &str) {
+        match credentials {
+            Credentials::Gcp {
+                service_account_json,
+            } => self.inner.gcp.forget(service_account_json),
+            Credentials::Ecr { .. } => {
+                if let Some(mut request) = EcrAuthRequest::from_credentials(credentials) {
+                    if let Some(r) =
+                        ecr::registry_region(registry).filter(|_| request.region.is_empty())
+                    {
+                        request.region = r;
+                    }
+                    self.inner.ecr.forget(&request);
+                }
+            }
+            _ => {}
+        }
     }
 
     /// The endpoints for `reference`, in the order they are tried: mirrors, then upstream.

@@ -45,6 +45,27 @@ fn fingerprint(c: &Credentials) -> String {
             hex::encode(h.get(..8).unwrap_or_default())
         }
         Credentials::Bearer(t) => hex::encode(Sha256::digest(t).get(..8).unwrap_or_default()),
+        // Exchanged for basic credentials before any request; hashed all the same.
+        Credentials::Gcp {
+            service_account_json,
+        } => hex::encode(
+            Sha256::digest(format!("gcp\0{service_account_json}"))
+                .get(..8)
+                .unwrap_or_default(),
+        ),
+        Credentials::Ecr {
+            access_key_id,
+            secret_access_key,
+            session_token,
+            region,
+            endpoint,
+        } => hex::encode(
+            Sha256::digest(format!(
+                "ecr\0{access_key_id}\0{secret_access_key}\0{session_token:?}\0{region}\0{endpoint:?}"
+            ))
+            .get(..8)
+            .unwrap_or_default(),
+        ),
     }
 }
 
@@ -111,7 +132,26 @@ impl RegistryClient {
     }
 
     /// A GET to a registry endpoint with authentication and retries; returns a 2xx response.
+    /// Cloud credentials (GCP, ECR) are exchanged first, and forgotten if the registry refuses
+    /// what they were exchanged for.
     pub(crate) async fn registry_get(
+        &self,
+        req: &RegistryGet<'_>,
+        credentials: &Credentials,
+    ) -> Result<Response, Error> {
+        if req.ep.mirror || !credentials.needs_exchange() {
+            return self.registry_get_with(req, credentials).await;
+        }
+        let exchanged = self.exchange_credentials(credentials, &req.ep.host).await?;
+        let result = self.registry_get_with(req, &exchanged).await;
+        if let Err(Error::AuthRejected { .. }) = &result {
+            self.forget_exchanged(credentials, &req.ep.host);
+        }
+        result
+    }
+
+    /// [`RegistryClient::registry_get`] with credentials a registry takes as they are.
+    async fn registry_get_with(
         &self,
         req: &RegistryGet<'_>,
         credentials: &Credentials,

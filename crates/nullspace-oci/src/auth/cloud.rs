@@ -1,0 +1,300 @@
+//! What the cloud providers ([`super::gcp`], [`super::ecr`]) share: their error type, a cache
+//! of exchanged credentials, bounded retries of the exchange, and the scrubbing of what a
+//! token endpoint answers before it reaches a message.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use reqwest::{RequestBuilder, Response};
+
+use crate::auth::Credentials;
+use crate::client::retry::{retryable_status, RetryPolicy};
+
+/// Exchanged credentials are dropped this long before they expire.
+pub const REFRESH_MARGIN: Duration = Duration::from_secs(60);
+
+/// The longest message taken from a token endpoint's error body.
+const MAX_MESSAGE_CHARS: usize = 300;
+
+/// What went wrong turning cloud credentials (a GCP service-account key, an AWS access key)
+/// into registry credentials. Messages never contain a private key, a secret access key or a
+/// token.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CloudAuthError {
+    /// The GCP service-account key is malformed.
+    #[error("gcp service account key{}: invalid: {reason}", for_subject(.client_email.as_deref()))]
+    InvalidGcpKey {
+        /// The key's `client_email`, when it could be read.
+        client_email: Option<String>,
+        /// What is wrong (never the key itself).
+        reason: String,
+    },
+    /// An AWS access key, region or endpoint is malformed.
+    #[error("ecr credentials: invalid {field}: {reason}")]
+    InvalidEcrCredentials {
+        /// The field that failed (`region`, `access_key_id`, `endpoint`, ...).
+        field: &'static str,
+        /// What is wrong (never a secret).
+        reason: String,
+    },
+    /// The credentials name another AWS region than the registry lives in.
+    #[error(
+        "ecr credentials are for region {region} but registry {registry} is in region \
+         {registry_region}; use region {registry_region}"
+    )]
+    EcrRegionMismatch {
+        /// The region of the credentials.
+        region: String,
+        /// The registry host.
+        registry: String,
+        /// The region in the registry host.
+        registry_region: String,
+    },
+    /// The token endpoint refused the exchange.
+    #[error(
+        "{provider} token exchange ({subject}) at {endpoint} was rejected: http {status}{}",
+        detail(.code.as_deref(), .message.as_deref())
+    )]
+    Rejected {
+        /// `gcp` or `ecr`.
+        provider: &'static str,
+        /// Whose credentials (service account e-mail, or AWS region and access key id).
+        subject: String,
+        /// The token endpoint URL.
+        endpoint: String,
+        /// The HTTP status.
+        status: u16,
+        /// The error code from the response (`invalid_grant`, `UnrecognizedClientException`).
+        code: Option<String>,
+        /// The error message from the response, shortened.
+        message: Option<String>,
+    },
+    /// The token endpoint could not be reached, or answered something unusable.
+    #[error("{provider} token exchange ({subject}) at {endpoint} failed: {reason}")]
+    Exchange {
+        /// `gcp` or `ecr`.
+        provider: &'static str,
+        /// Whose credentials.
+        subject: String,
+        /// The token endpoint URL.
+        endpoint: String,
+        /// What went wrong (never a secret).
+        reason: String,
+    },
+}
+
+fn for_subject(email: Option<&str>) -> String {
+    email.map(|e| format!(" for {e}")).unwrap_or_default()
+}
+
+fn detail(code: Option<&str>, message: Option<&str>) -> String {
+    let mut s = String::new();
+    for part in [code, message].into_iter().flatten() {
+        s.push_str(": ");
+        s.push_str(part);
+    }
+    s
+}
+
+/// Shortens `s` and drops control characters, for text from a remote error body.
+pub(crate) fn scrub(s: &str) -> String {
+    let cleaned: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let trimmed = cleaned.trim();
+    if trimmed.chars().count() > MAX_MESSAGE_CHARS {
+        let mut out: String = trimmed.chars().take(MAX_MESSAGE_CHARS).collect();
+        out.push('…');
+        out
+    } else {
+        trimmed.to_owned()
+    }
+}
+
+/// Describes a JSON parse error by its position only (serde messages can quote values).
+pub(crate) fn json_error(e: &serde_json::Error) -> String {
+    format!("not valid json (line {} column {})", e.line(), e.column())
+}
+
+/// The error chain of a transport error on one line, without URLs.
+pub(crate) fn transport_reason(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(&e);
+    while let Some(cause) = src {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        src = cause.source();
+    }
+    s
+}
+
+/// Sends `build()` until the answer is not a transient failure (connection error, 429, 5xx)
+/// or `policy` is exhausted.
+pub(crate) async fn send_retrying(
+    policy: RetryPolicy,
+    what: &str,
+    build: impl Fn() -> RequestBuilder,
+) -> Result<Response, reqwest::Error> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match build().send().await {
+            Ok(resp) if retryable_status(resp.status().as_u16()) && policy.may_retry(attempt) => {
+                tracing::warn!(
+                    what,
+                    status = resp.status().as_u16(),
+                    attempt,
+                    "retrying token exchange after server error"
+                );
+            }
+            Ok(resp) => return Ok(resp),
+            Err(e) if !e.is_builder() && !e.is_redirect() && policy.may_retry(attempt) => {
+                tracing::warn!(what, error = %transport_reason(e), attempt, "retrying token exchange after transport error");
+            }
+            Err(e) => return Err(e),
+        }
+        policy.backoff(attempt).await;
+    }
+}
+
+/// One cached exchange: the registry credentials and when to stop using them.
+type Slot = Arc<tokio::sync::Mutex<Option<(Credentials, Instant)>>>;
+
+/// Registry credentials obtained by an exchange, keyed by a hash of everything that went into
+/// it (so a changed key or secret never reuses another's token). Concurrent callers with the
+/// same key wait for one exchange instead of each making their own.
+#[derive(Default)]
+pub(crate) struct ExchangeCache {
+    slots: Mutex<HashMap<[u8; 32], Slot>>,
+}
+
+impl std::fmt::Debug for ExchangeCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ExchangeCache(<redacted>)")
+    }
+}
+
+impl ExchangeCache {
+    fn slot(&self, key: [u8; 32]) -> Slot {
+        let Ok(mut slots) = self.slots.lock() else {
+            return Slot::default();
+        };
+        // Drop expired entries nobody is using, so the map stays small.
+        let now = Instant::now();
+        slots.retain(|k, slot| {
+            *k == key
+                || match slot.try_lock() {
+                    Ok(v) => v.as_ref().is_some_and(|(_, until)| *until > now),
+                    Err(_) => true,
+                }
+        });
+        slots.entry(key).or_default().clone()
+    }
+
+    /// The cached credentials for `key`, or those `exchange` yields (cached until the instant
+    /// it returns, when there is one).
+    pub(crate) async fn get_or_exchange<F, Fut, E>(
+        &self,
+        key: [u8; 32],
+        exchange: F,
+    ) -> Result<Credentials, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<(Credentials, Option<Instant>), E>>,
+    {
+        let slot = self.slot(key);
+        let mut guard = slot.lock().await;
+        if let Some((creds, until)) = guard.as_ref() {
+            if *until > Instant::now() {
+                return Ok(creds.clone());
+            }
+        }
+        *guard = None;
+        let (creds, until) = exchange().await?;
+        if let Some(until) = until.filter(|u| *u > Instant::now()) {
+            *guard = Some((creds.clone(), until));
+        }
+        Ok(creds)
+    }
+
+    /// Forgets the credentials for `key` (after a registry refused them).
+    pub(crate) fn forget(&self, key: &[u8; 32]) {
+        if let Ok(mut slots) = self.slots.lock() {
+            slots.remove(key);
+        }
+    }
+}
+
+/// When to stop using a credential valid for `lifetime` from now: [`REFRESH_MARGIN`] before it
+/// expires, or never cached (`None`) when it is too short-lived for that.
+pub(crate) fn cache_until(lifetime: Duration) -> Option<Instant> {
+    lifetime
+        .checked_sub(REFRESH_MARGIN)
+        .filter(|d| !d.is_zero())
+        .map(|d| Instant::now() + d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn caches_until_expiry_and_forgets() {
+        let cache = ExchangeCache::default();
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let exchange = |life: Duration| {
+            calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move { Ok::<_, ()>((Credentials::basic("u", "p"), cache_until(life))) }
+        };
+        let k = [1u8; 32];
+        for _ in 0..3 {
+            let c = cache
+                .get_or_exchange(k, || exchange(Duration::from_secs(3600)))
+                .await;
+            assert_eq!(c, Ok(Credentials::basic("u", "p")));
+        }
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+        cache.forget(&k);
+        let _ = cache
+            .get_or_exchange(k, || exchange(Duration::from_secs(3600)))
+            .await;
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+        // Too short-lived to cache: every call exchanges.
+        let k2 = [2u8; 32];
+        for _ in 0..2 {
+            let _ = cache
+                .get_or_exchange(k2, || exchange(Duration::from_secs(30)))
+                .await;
+        }
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 4);
+    }
+
+    #[test]
+    fn scrubs_remote_text() {
+        assert_eq!(scrub(" a\nb\u{7} "), "a b");
+        let long = "x".repeat(1000);
+        assert_eq!(scrub(&long).chars().count(), MAX_MESSAGE_CHARS + 1);
+    }
+
+    #[test]
+    fn messages_are_lower_case_and_detailed() {
+        let e = CloudAuthError::Rejected {
+            provider: "ecr",
+            subject: "region us-east-1".into(),
+            endpoint: "https://api.ecr.us-east-1.amazonaws.com/".into(),
+            status: 403,
+            code: Some("UnrecognizedClientException".into()),
+            message: Some("The security token included in the request is invalid.".into()),
+        };
+        assert_eq!(
+            e.to_string(),
+            "ecr token exchange (region us-east-1) at https://api.ecr.us-east-1.amazonaws.com/ \
+             was rejected: http 403: UnrecognizedClientException: The security token included \
+             in the request is invalid."
+        );
+    }
+}
