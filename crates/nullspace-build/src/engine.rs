@@ -132,17 +132,27 @@ impl Engine {
 
     /// Records a new build of `request` as running and makes its staging dir.
     pub fn begin(&self, request: &BuildRequest) -> Result<BuildContext, BuildError> {
+        let template_id = self.store.ensure_template(
+            &request.name,
+            &ids::new_template_id(),
+            &ids::now_rfc3339(),
+        )?;
+        self.begin_with(&ids::new_build_id(), &template_id)
+    }
+
+    /// Like [`Engine::begin`], for a caller (the build service) that already allotted the ids.
+    pub fn begin_with(
+        &self,
+        build_id: &str,
+        template_id: &str,
+    ) -> Result<BuildContext, BuildError> {
         let started = Instant::now();
-        let now = ids::now_rfc3339();
-        let build_id = ids::new_build_id();
-        let template_id =
-            self.store
-                .ensure_template(&request.name, &ids::new_template_id(), &now)?;
-        self.store.start_build(&build_id, &template_id, &now)?;
-        let staging = Staging::create(&self.data.staging(), &build_id)?;
+        self.store
+            .start_build(build_id, template_id, &ids::now_rfc3339())?;
+        let staging = Staging::create(&self.data.staging(), build_id)?;
         Ok(BuildContext {
-            build_id,
-            template_id,
+            build_id: build_id.to_string(),
+            template_id: template_id.to_string(),
             staging,
             started,
         })
@@ -162,7 +172,8 @@ impl Engine {
         result
     }
 
-    async fn import_from_registry(
+    /// Resolves the request's base image in its registry, then imports and publishes it.
+    pub async fn import_from_registry(
         &self,
         request: &BuildRequest,
         credentials: &Credentials,

@@ -10,6 +10,8 @@ pub enum Phase {
     Prepare,
     /// Resolving, fetching and applying the base image.
     BaseImageImport,
+    /// Running build steps (BuildKit evaluating a Dockerfile).
+    BuildSteps,
     /// Writing the artifact and recording it.
     Finalize,
 }
@@ -19,6 +21,7 @@ impl std::fmt::Display for Phase {
         f.write_str(match self {
             Phase::Prepare => "prepare",
             Phase::BaseImageImport => "base_image_import",
+            Phase::BuildSteps => "build_steps",
             Phase::Finalize => "finalize",
         })
     }
@@ -58,6 +61,9 @@ pub enum BuildError {
         /// The parse error.
         source: nullspace_rootfs::runtime::ConfigError,
     },
+    /// BuildKit could not run or the Dockerfile build failed.
+    #[error(transparent)]
+    Buildkit(#[from] crate::buildkit::BuildkitError),
     /// The database failed.
     #[error("database {path}: {source}")]
     Database {
@@ -95,6 +101,7 @@ impl BuildError {
             BuildError::Registry(_) | BuildError::Rootfs(_) | BuildError::ImageConfig { .. } => {
                 Phase::BaseImageImport
             }
+            BuildError::Buildkit(_) => Phase::BuildSteps,
             _ => Phase::Finalize,
         }
     }
@@ -112,6 +119,9 @@ impl BuildError {
         match self {
             BuildError::InvalidRequest { .. } | BuildError::Reference(_) => "invalid_request",
             BuildError::NotFound { .. } => "template_not_found",
+            BuildError::Buildkit(crate::buildkit::BuildkitError::Unreachable { .. }) => {
+                "buildkit_unavailable"
+            }
             _ => "build_error",
         }
     }

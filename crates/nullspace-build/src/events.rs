@@ -65,6 +65,22 @@ pub enum BuildEvent {
         /// The message.
         message: String,
     },
+    /// A BuildKit step started (`[stage-1 2/3] RUN make`; numbers are per stage).
+    Step {
+        /// 1-based index within its stage.
+        index: usize,
+        /// Steps in that stage.
+        total: usize,
+        /// The step as BuildKit names it.
+        name: String,
+    },
+    /// A line a build step printed (secret values scrubbed).
+    Log {
+        /// `stdout` or `stderr`.
+        stream: &'static str,
+        /// The line.
+        message: String,
+    },
     /// A step of the build in plain words.
     Message {
         /// The message.

@@ -8,8 +8,12 @@
 #![deny(missing_docs)]
 
 pub mod artifact;
+pub mod buildkit;
 pub mod data_dir;
+pub mod declarative;
+pub mod dockerfile;
 pub mod engine;
+pub mod engine_dockerfile;
 pub mod error;
 pub mod events;
 pub mod ids;

@@ -65,6 +65,16 @@ pub struct TemplateSummary {
     pub tags: Vec<(String, String)>,
 }
 
+/// Opens the data dir's SQLite database the way every user of it must: WAL (readers don't block
+/// the writer), foreign keys on, and a busy timeout for concurrent writers.
+pub fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
+    let connection = Connection::open(path)?;
+    connection.pragma_update(None, "journal_mode", "WAL")?;
+    connection.pragma_update(None, "foreign_keys", "ON")?;
+    connection.busy_timeout(std::time::Duration::from_secs(10))?;
+    Ok(connection)
+}
+
 /// The SQLite store.
 pub struct Store {
     path: PathBuf,
@@ -78,16 +88,7 @@ impl Store {
             path: path.to_path_buf(),
             source,
         };
-        let connection = Connection::open(path).map_err(err)?;
-        connection
-            .pragma_update(None, "journal_mode", "WAL")
-            .map_err(err)?;
-        connection
-            .pragma_update(None, "foreign_keys", "ON")
-            .map_err(err)?;
-        connection
-            .busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(err)?;
+        let connection = open_connection(path).map_err(err)?;
         connection.execute_batch(SCHEMA).map_err(err)?;
         Ok(Store {
             path: path.to_path_buf(),

@@ -20,6 +20,22 @@ pub enum Command {
     /// Build and inspect templates.
     #[command(subcommand)]
     Template(TemplateCommand),
+    /// Run the template build service (HTTP API) on this machine.
+    Serve(ServeArgs),
+}
+
+/// `nullspace serve`
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free one; the address is printed).
+    #[arg(long, default_value = "127.0.0.1:8080", env = "NULLSPACE_LISTEN")]
+    pub listen: std::net::SocketAddr,
+    /// Builds that run at once.
+    #[arg(long, default_value_t = 2, env = "NULLSPACE_WORKERS")]
+    pub workers: usize,
+    /// Accept requests without an API key, all as OWNER (local development only).
+    #[arg(long, value_name = "OWNER")]
+    pub no_auth_as: Option<String>,
 }
 
 /// `nullspace template ...`
@@ -53,6 +69,9 @@ pub struct BuildArgs {
     /// The base: exactly one of these.
     #[command(flatten)]
     pub base: BaseArgs,
+    /// Dockerfile build flags.
+    #[command(flatten)]
+    pub dockerfile: crate::dockerfile_cmd::DockerfileArgs,
     /// Username for the base image's registry.
     #[arg(long, requires = "password_source")]
     pub username: Option<String>,
@@ -100,7 +119,7 @@ pub struct BuildArgs {
     /// Bypass every cache.
     #[arg(long)]
     pub skip_cache: bool,
-    /// Build backend; imports use `native`.
+    /// Build backend; imports use `native`, Dockerfiles `buildkit`.
     #[arg(long, value_parser = ["native", "buildkit"])]
     pub backend: Option<String>,
 }
@@ -130,4 +149,7 @@ pub struct BaseArgs {
     /// Any OCI image reference, as a base.
     #[arg(long, value_name = "REF")]
     pub from_base_image: Option<String>,
+    /// A Dockerfile, built with BuildKit (context: its folder unless --context).
+    #[arg(long, value_name = "PATH")]
+    pub from_dockerfile: Option<std::path::PathBuf>,
 }

@@ -3,7 +3,9 @@
 //! Exit codes: 0 success, 1 failure, 2 invalid request or usage, 3 not found, 4 authentication.
 
 mod args;
+mod dockerfile_cmd;
 mod progress;
+mod serve;
 
 use std::io::Read;
 use std::process::ExitCode;
@@ -61,6 +63,7 @@ fn report(error: &anyhow::Error, json_output: bool) -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let data = DataDir::from_env()?;
     match cli.command {
+        Command::Serve(args) => serve::serve(data, args),
         Command::Template(TemplateCommand::Build(args)) => build(data, *args, cli.json),
         Command::Template(TemplateCommand::List) => {
             let engine = Engine::open(data, RegistryConfig::from_env())?;
@@ -124,13 +127,27 @@ fn base_selector(base: BaseArgs) -> anyhow::Result<BaseSelector> {
         BaseSelector::Image(r)
     } else if let Some(r) = base.from_base_image {
         BaseSelector::BaseImage(r)
+    } else if base.from_dockerfile.is_some() {
+        // Unused: a Dockerfile's FROM lines are its base.
+        BaseSelector::DebianImage(None)
     } else {
         anyhow::bail!("choose one base image (e.g. --from-debian-image bookworm)")
     })
 }
 
 fn build(data: DataDir, args: BuildArgs, json_output: bool) -> anyhow::Result<ExitCode> {
-    if args.backend.as_deref() == Some("buildkit") {
+    let dockerfile = match args.base.from_dockerfile.clone() {
+        Some(path) => Some(dockerfile_cmd::spec(
+            path,
+            args.dockerfile,
+            args.backend.as_deref(),
+        )?),
+        None => {
+            dockerfile_cmd::reject_without_dockerfile(&args.dockerfile)?;
+            None
+        }
+    };
+    if args.backend.as_deref() == Some("buildkit") && dockerfile.is_none() {
         return Err(BuildError::InvalidRequest {
             field: "build_backend".into(),
             message: "image imports use the native backend; buildkit serves Dockerfiles".into(),
@@ -177,7 +194,6 @@ fn build(data: DataDir, args: BuildArgs, json_output: bool) -> anyhow::Result<Ex
             _ => Credentials::Anonymous,
         }
     };
-
     let engine = Engine::open(data, RegistryConfig::from_env())?;
     let display = Arc::new(progress::Display::for_stderr());
     let sink = {
@@ -185,7 +201,16 @@ fn build(data: DataDir, args: BuildArgs, json_output: bool) -> anyhow::Result<Ex
         Arc::new(move |event| display.show(event))
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    let outcome = runtime.block_on(engine.build(&request, &credentials, sink))?;
+    let outcome = match &dockerfile {
+        Some(spec) => runtime.block_on(dockerfile_cmd::build(
+            &engine,
+            &request,
+            spec,
+            &credentials,
+            sink,
+        ))?,
+        None => runtime.block_on(engine.build(&request, &credentials, sink))?,
+    };
     if json_output {
         println!("{}", serde_json::to_string_pretty(&outcome)?);
     } else {

@@ -51,41 +51,13 @@ impl Display {
     }
 }
 
+/// Plain-line mode: milestones only; per-byte progress is left to the bars.
 fn show_line(event: &BuildEvent) {
-    match event {
-        BuildEvent::Resolved {
-            reference,
-            digest,
-            platform,
-            layers,
-        } => eprintln!(
-            "resolved {reference} to {digest} ({platform}, {} layers)",
-            layers.len()
-        ),
-        BuildEvent::Downloaded { index, cached } => eprintln!(
-            "layer {}: {}",
-            index + 1,
-            if *cached {
-                "already in the store"
-            } else {
-                "downloaded"
-            }
-        ),
-        BuildEvent::Applied { index, entries } => {
-            eprintln!("layer {}: applied ({entries} entries)", index + 1)
-        }
-        BuildEvent::Cache {
-            kind,
-            status,
-            reason,
-            subject,
-        } => match reason {
-            Some(reason) => eprintln!("cache {kind} {status} ({reason}): {subject}"),
-            None => eprintln!("cache {kind} {status}: {subject}"),
-        },
-        BuildEvent::Warning { message } => eprintln!("warning: {message}"),
-        BuildEvent::Message { message } => eprintln!("{message}"),
-        BuildEvent::Download { .. } | BuildEvent::Apply { .. } => {}
+    if !matches!(
+        event,
+        BuildEvent::Download { .. } | BuildEvent::Apply { .. }
+    ) {
+        eprintln!("{}", line(event));
     }
 }
 
@@ -166,6 +138,20 @@ fn line(event: &BuildEvent) -> String {
         } => format!("cache {kind} {status}: {subject}"),
         BuildEvent::Warning { message } => format!("warning: {message}"),
         BuildEvent::Message { message } => message.clone(),
+        BuildEvent::Step { name, .. } => format!("step {name}"),
+        BuildEvent::Log { message, .. } => format!("  | {message}"),
+        BuildEvent::Downloaded { index, cached } => format!(
+            "layer {}: {}",
+            index + 1,
+            if *cached {
+                "already in the store"
+            } else {
+                "downloaded"
+            }
+        ),
+        BuildEvent::Applied { index, entries } => {
+            format!("layer {}: applied ({entries} entries)", index + 1)
+        }
         other => format!("{other:?}"),
     }
 }

@@ -2,6 +2,7 @@
 //! registry with the debootstrap and multi-layer fixtures, e2fsprogs, and umoci as the oracle.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod dockerfile;
 mod harness;
 mod import;
 mod tree;

@@ -1,0 +1,382 @@
+//! The Docker Engine driver: `docker buildx build` against the Engine's embedded BuildKit.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use tokio::io::AsyncReadExt;
+use tokio::process::Command;
+use tokio::sync::OnceCell;
+
+use super::progress::{ProgressFormat, ProgressParser};
+use super::{BuildkitDriver, BuildkitError, BuildkitInfo, BuildkitJob, Compression};
+use crate::events::{BuildEvent, EventSink};
+
+/// How to reach Docker's BuildKit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DockerBuildxConfig {
+    /// The docker CLI (`NULLSPACE_DOCKER`, else `docker` on `PATH`).
+    pub docker: PathBuf,
+    /// `DOCKER_HOST` for the client; `None` keeps the client's own choice.
+    pub docker_host: Option<String>,
+    /// The client's config dir (`DOCKER_CONFIG`, else `~/.docker`): its `cli-plugins/` holds
+    /// buildx.
+    pub docker_config: Option<PathBuf>,
+    /// Builder instance (`NULLSPACE_BUILDX_BUILDER`); `None` = the client's current one.
+    pub builder: Option<String>,
+    /// Progress output to request.
+    pub progress: ProgressFormat,
+}
+
+impl DockerBuildxConfig {
+    /// Reads `NULLSPACE_DOCKER`, `DOCKER_HOST`, `DOCKER_CONFIG`, `NULLSPACE_BUILDX_BUILDER` and
+    /// `NULLSPACE_BUILDKIT_PROGRESS` (`rawjson` | `plain`).
+    pub fn from_env() -> DockerBuildxConfig {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        DockerBuildxConfig {
+            docker: var("NULLSPACE_DOCKER").map_or_else(|| PathBuf::from("docker"), PathBuf::from),
+            docker_host: var("DOCKER_HOST"),
+            docker_config: var("DOCKER_CONFIG")
+                .map(PathBuf::from)
+                .or_else(|| dirs::home_dir().map(|h| h.join(".docker"))),
+            builder: var("NULLSPACE_BUILDX_BUILDER"),
+            progress: match var("NULLSPACE_BUILDKIT_PROGRESS").as_deref() {
+                Some("plain") => ProgressFormat::Plain,
+                _ => ProgressFormat::RawJson,
+            },
+        }
+    }
+}
+
+/// `docker buildx build` with the docker driver (Docker Engine ≥ 23 with the containerd image
+/// store, for `--output type=oci`).
+pub struct DockerBuildx {
+    config: DockerBuildxConfig,
+    info: OnceCell<BuildkitInfo>,
+}
+
+/// Probe used to learn whether the built-in frontend has heredocs (no `# syntax=`: that would
+/// pull a frontend image).
+const HEREDOC_PROBE: &str = "FROM scratch\nCOPY <<EOF /probe\nx\nEOF\n";
+
+impl DockerBuildx {
+    /// A driver with `config`; nothing runs until [`BuildkitDriver::detect`] or a build.
+    pub fn new(config: DockerBuildxConfig) -> DockerBuildx {
+        DockerBuildx {
+            config,
+            info: OnceCell::new(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &DockerBuildxConfig {
+        &self.config
+    }
+
+    fn endpoint(&self) -> String {
+        self.config
+            .docker_host
+            .clone()
+            .unwrap_or_else(|| "unix:///var/run/docker.sock".to_string())
+    }
+
+    /// A `docker` command with our environment; `docker_config` overrides the config dir.
+    fn command(&self, docker_config: Option<&Path>) -> Command {
+        let mut command = Command::new(&self.config.docker);
+        if let Some(host) = &self.config.docker_host {
+            command.env("DOCKER_HOST", host);
+        }
+        match docker_config.or(self.config.docker_config.as_deref()) {
+            Some(dir) => command.env("DOCKER_CONFIG", dir),
+            None => command.env_remove("DOCKER_CONFIG"),
+        };
+        command
+            .env("BUILDX_NO_DEFAULT_ATTESTATIONS", "1")
+            .env("DOCKER_CLI_HINTS", "false")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        command
+    }
+
+    /// Runs a short client command, returning stdout; failures say what the client said.
+    async fn output(&self, args: &[&str]) -> Result<String, BuildkitError> {
+        let out = self
+            .command(None)
+            .args(args)
+            .output()
+            .await
+            .map_err(|source| BuildkitError::Spawn {
+                binary: self.config.docker.clone(),
+                source,
+            })?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() {
+            Ok(stdout)
+        } else {
+            let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            Err(self.classify(&args.join(" "), stderr))
+        }
+    }
+
+    fn classify(&self, what: &str, detail: String) -> BuildkitError {
+        if detail.contains("Cannot connect to the Docker daemon")
+            || detail.contains("connection refused")
+            || detail.contains("no such file or directory") && detail.contains(".sock")
+        {
+            BuildkitError::Unreachable {
+                endpoint: self.endpoint(),
+                detail,
+            }
+        } else {
+            BuildkitError::Unsupported {
+                what: format!("docker {what}"),
+                detail,
+            }
+        }
+    }
+
+    async fn probe(&self) -> Result<BuildkitInfo, BuildkitError> {
+        let engine_version = self
+            .output(&["version", "--format", "{{.Server.Version}}"])
+            .await?
+            .trim()
+            .to_string();
+        let client_version = self
+            .output(&["buildx", "version"])
+            .await
+            .map_err(|e| match e {
+                BuildkitError::Unsupported { detail, .. } => BuildkitError::Unsupported {
+                    what: "the buildx plugin (docker buildx) is missing; put docker-buildx in $DOCKER_CONFIG/cli-plugins".into(),
+                    detail,
+                },
+                other => other,
+            })?
+            .trim()
+            .to_string();
+        let mut inspect = vec!["buildx", "inspect"];
+        if let Some(b) = &self.config.builder {
+            inspect.push(b);
+        }
+        let text = self.output(&inspect).await?;
+        let field = |key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
+        };
+        if let Some(error) = field("Error:") {
+            return Err(self.classify("buildx inspect", error));
+        }
+        let builder = field("Name:").unwrap_or_else(|| "default".into());
+        let buildkit_version = field("BuildKit version:")
+            .or_else(|| field("Buildkit:"))
+            .unwrap_or_else(|| "unknown".into());
+        let heredocs = self.probe_heredocs().await?;
+        Ok(BuildkitInfo {
+            driver: "docker-buildx",
+            binary: Some(self.config.docker.clone()),
+            endpoint: self.endpoint(),
+            engine_version: Some(engine_version).filter(|v| !v.is_empty()),
+            builder,
+            buildkit_version,
+            client_version: Some(client_version),
+            heredocs,
+        })
+    }
+
+    async fn probe_heredocs(&self) -> Result<bool, BuildkitError> {
+        let dir =
+            std::env::temp_dir().join(format!("nullspace-heredoc-probe-{}", std::process::id()));
+        let io = |source| BuildkitError::Io {
+            path: dir.clone(),
+            source,
+        };
+        tokio::fs::create_dir_all(&dir).await.map_err(io)?;
+        let dockerfile = dir.join("Dockerfile");
+        tokio::fs::write(&dockerfile, HEREDOC_PROBE)
+            .await
+            .map_err(io)?;
+        let mut command = self.command(None);
+        command.args(["buildx", "build"]);
+        if let Some(b) = &self.config.builder {
+            command.args(["--builder", b]);
+        }
+        let dockerfile_arg = dockerfile.to_string_lossy().into_owned();
+        let dir_arg = dir.to_string_lossy().into_owned();
+        command.args([
+            "--network=none",
+            "--provenance=false",
+            "--output",
+            "type=cacheonly",
+            "--progress=plain",
+            "-f",
+            &dockerfile_arg,
+            &dir_arg,
+        ]);
+        let result = command.output().await;
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+        let out = result.map_err(|source| BuildkitError::Spawn {
+            binary: self.config.docker.clone(),
+            source,
+        })?;
+        if out.status.success() {
+            return Ok(true);
+        }
+        let detail = String::from_utf8_lossy(&out.stderr).into_owned();
+        match self.classify("buildx build (heredoc probe)", detail.clone()) {
+            e @ BuildkitError::Unreachable { .. } => Err(e),
+            _ if detail.contains("dockerfile parse error")
+                || detail.contains("unknown instruction")
+                || detail.contains("EOF") =>
+            {
+                Ok(false)
+            }
+            other => Err(other),
+        }
+    }
+
+    async fn run(
+        &self,
+        job: &BuildkitJob,
+        events: Arc<dyn EventSink>,
+    ) -> Result<(), BuildkitError> {
+        let mut command = self.command(job.docker_config.as_deref());
+        command.args(["buildx", "build"]);
+        if let Some(b) = &self.config.builder {
+            command.args(["--builder", b]);
+        }
+        let mut output = format!("type=oci,dest={}", job.output.display());
+        if job.compression == Compression::Zstd {
+            output.push_str(",compression=zstd,force-compression=true");
+        }
+        command
+            .arg(format!("--network={}", job.network.as_str()))
+            .arg("--provenance=false")
+            .arg("--output")
+            .arg(output)
+            .arg(match self.config.progress {
+                ProgressFormat::RawJson => "--progress=rawjson",
+                ProgressFormat::Plain => "--progress=plain",
+            });
+        for (id, file) in &job.secrets {
+            command
+                .arg("--secret")
+                .arg(format!("id={id},src={}", file.display()));
+        }
+        for (name, dir) in &job.named_contexts {
+            command
+                .arg("--build-context")
+                .arg(format!("{name}={}", dir.display()));
+        }
+        for (key, value) in &job.build_args {
+            // `--build-arg KEY` takes the value from the client's environment: not in argv.
+            command.arg("--build-arg").arg(key).env(key, value);
+        }
+        if let Some(ssh) = &job.ssh {
+            command.arg("--ssh").arg(ssh);
+        }
+        if job.no_cache {
+            command.arg("--no-cache");
+        }
+        command
+            .arg("-f")
+            .arg(&job.dockerfile)
+            .arg(&job.context)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().map_err(|source| BuildkitError::Spawn {
+            binary: self.config.docker.clone(),
+            source,
+        })?;
+        let mut parser = ProgressParser::new(self.config.progress, events, job.redactor.clone());
+        if let Some(mut stderr) = child.stderr.take() {
+            let mut chunk = vec![0u8; 64 * 1024];
+            loop {
+                let n = stderr
+                    .read(&mut chunk)
+                    .await
+                    .map_err(|source| BuildkitError::Io {
+                        path: PathBuf::from("<buildx stderr>"),
+                        source,
+                    })?;
+                if n == 0 {
+                    break;
+                }
+                parser.feed(&chunk[..n]);
+            }
+        }
+        parser.finish();
+        let status = child.wait().await.map_err(|source| BuildkitError::Io {
+            path: self.config.docker.clone(),
+            source,
+        })?;
+        if status.success() {
+            Ok(())
+        } else {
+            match parser.failure() {
+                BuildkitError::Failed { message } => Err(self.classify_failure(message)),
+                other => Err(other),
+            }
+        }
+    }
+
+    fn classify_failure(&self, message: String) -> BuildkitError {
+        match self.classify("buildx build", message) {
+            BuildkitError::Unsupported { detail, .. } => BuildkitError::Failed { message: detail },
+            other => other,
+        }
+    }
+}
+
+impl BuildkitDriver for DockerBuildx {
+    fn name(&self) -> &'static str {
+        "docker-buildx"
+    }
+
+    fn detect(&self) -> BoxFuture<'_, Result<BuildkitInfo, BuildkitError>> {
+        async move { self.info.get_or_try_init(|| self.probe()).await.cloned() }.boxed()
+    }
+
+    fn build<'a>(
+        &'a self,
+        job: &'a BuildkitJob,
+        events: Arc<dyn EventSink>,
+    ) -> BoxFuture<'a, Result<(), BuildkitError>> {
+        async move {
+            events.event(BuildEvent::Message {
+                message: format!(
+                    "buildkit: building {} (network {})",
+                    job.dockerfile.display(),
+                    job.network.as_str()
+                ),
+            });
+            self.run(job, events).await
+        }
+        .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[tokio::test]
+    async fn unreachable_daemon_is_named() {
+        let driver = DockerBuildx::new(DockerBuildxConfig {
+            docker: std::env::var("NULLSPACE_DOCKER")
+                .map(PathBuf::from)
+                .unwrap_or_else(|_| "docker".into()),
+            docker_host: Some("unix:///nonexistent/nullspace-test.sock".into()),
+            docker_config: std::env::var("DOCKER_CONFIG").ok().map(PathBuf::from),
+            builder: None,
+            progress: ProgressFormat::RawJson,
+        });
+        let err = driver.detect().await.unwrap_err().to_string();
+        // Without any docker binary the error names the binary instead.
+        assert!(
+            err.contains("nonexistent/nullspace-test.sock") || err.contains("cannot run"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,178 @@
+//! The BuildKit backend: a [`BuildkitDriver`] runs one Dockerfile build and writes an OCI
+//! archive; the engine then imports that archive like any registry image.
+//!
+//! The driver sees only a [`BuildkitJob`] (files on disk, build args, network mode, output
+//! path), never the request or the database, so another driver (e.g. `buildctl` against a
+//! standalone `buildkitd`) can be added beside [`DockerBuildx`] without touching the rest.
+
+mod docker;
+mod progress;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use serde::Serialize;
+
+use crate::events::EventSink;
+
+pub use docker::{DockerBuildx, DockerBuildxConfig};
+pub use progress::{ProgressFormat, Redactor};
+
+/// What a driver found out about its BuildKit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BuildkitInfo {
+    /// Driver name (`docker-buildx`).
+    pub driver: &'static str,
+    /// The client binary used, if any.
+    pub binary: Option<PathBuf>,
+    /// Where the daemon listens (`unix:///run/docker.sock`).
+    pub endpoint: String,
+    /// Docker Engine version, when the driver goes through one.
+    pub engine_version: Option<String>,
+    /// The builder instance (`default`).
+    pub builder: String,
+    /// BuildKit's version as reported by the builder (`v0.13.2`, `v0.0.0+unknown` for distro
+    /// builds).
+    pub buildkit_version: String,
+    /// The client plugin's version (`buildx 0.13.1`).
+    pub client_version: Option<String>,
+    /// Whether the built-in Dockerfile frontend accepts heredocs (probed with a tiny build).
+    pub heredocs: bool,
+}
+
+/// The build's network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Network {
+    /// No network for `RUN` steps (`internet_access = false`).
+    None,
+    /// The host's network (`internet_access = true`; the daemon has no bridge).
+    Host,
+}
+
+impl Network {
+    /// The `--network` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Network::None => "none",
+            Network::Host => "host",
+        }
+    }
+}
+
+/// Layer compression of the exported image.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    /// gzip (BuildKit's default).
+    #[default]
+    Gzip,
+    /// zstd, forced for every layer (faster to import).
+    Zstd,
+}
+
+/// One build for a driver to run: every input is a file or dir on this machine.
+#[derive(Clone, Debug)]
+pub struct BuildkitJob {
+    /// The Dockerfile.
+    pub dockerfile: PathBuf,
+    /// The build context (BuildKit applies its `.dockerignore`).
+    pub context: PathBuf,
+    /// Named contexts (`--build-context NAME=DIR`).
+    pub named_contexts: BTreeMap<String, PathBuf>,
+    /// Secret id → file holding the value (0600, in the staging dir).
+    pub secrets: BTreeMap<String, PathBuf>,
+    /// Build args (values passed through the child's environment, not its argv).
+    pub build_args: BTreeMap<String, String>,
+    /// Network for `RUN` steps.
+    pub network: Network,
+    /// `--ssh` value, only when the policy allows SSH forwarding.
+    pub ssh: Option<String>,
+    /// Where the OCI archive goes.
+    pub output: PathBuf,
+    /// Layer compression.
+    pub compression: Compression,
+    /// A private Docker config dir (registry credentials for this build), if any.
+    pub docker_config: Option<PathBuf>,
+    /// Ignore BuildKit's cache.
+    pub no_cache: bool,
+    /// Scrubs secret values out of logs and errors.
+    pub redactor: Redactor,
+}
+
+/// Why BuildKit could not build.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildkitError {
+    /// The client binary could not be started.
+    #[error("buildkit: cannot run {binary}: {source}")]
+    Spawn {
+        /// The binary.
+        binary: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The daemon does not answer.
+    #[error("buildkit: the Docker daemon at {endpoint} is unreachable: {detail} (start it, or set DOCKER_HOST / NULLSPACE_DOCKER)")]
+    Unreachable {
+        /// Where we looked.
+        endpoint: String,
+        /// What the client said.
+        detail: String,
+    },
+    /// The client lacks something we need (e.g. the buildx plugin).
+    #[error("buildkit: {what}: {detail}")]
+    Unsupported {
+        /// What is missing.
+        what: String,
+        /// What the client said.
+        detail: String,
+    },
+    /// A Dockerfile step failed.
+    #[error("buildkit: step {step} failed: {message}")]
+    StepFailed {
+        /// The step, as BuildKit names it (`[2/3] RUN make`).
+        step: String,
+        /// BuildKit's error (secrets redacted).
+        message: String,
+    },
+    /// The build failed outside a step (parse error, pull failure, export failure).
+    #[error("buildkit: build failed: {message}")]
+    Failed {
+        /// BuildKit's error (secrets redacted).
+        message: String,
+    },
+    /// A local file operation failed.
+    #[error("buildkit: {path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// A way to run BuildKit builds.
+pub trait BuildkitDriver: Send + Sync {
+    /// Short name (`docker-buildx`).
+    fn name(&self) -> &'static str;
+
+    /// Finds the daemon, builder, versions and frontend features; probes once and caches.
+    fn detect(&self) -> BoxFuture<'_, Result<BuildkitInfo, BuildkitError>>;
+
+    /// Runs `job`, reporting progress to `events`. Dropping the future kills the build.
+    fn build<'a>(
+        &'a self,
+        job: &'a BuildkitJob,
+        events: Arc<dyn EventSink>,
+    ) -> BoxFuture<'a, Result<(), BuildkitError>>;
+}
+
+/// The driver configured by the environment (`NULLSPACE_DOCKER`, `DOCKER_HOST`,
+/// `DOCKER_CONFIG`, `NULLSPACE_BUILDX_BUILDER`), shared by the whole process so its detection
+/// runs once.
+pub fn default_driver() -> &'static DockerBuildx {
+    static DRIVER: std::sync::OnceLock<DockerBuildx> = std::sync::OnceLock::new();
+    DRIVER.get_or_init(|| DockerBuildx::new(DockerBuildxConfig::from_env()))
+}

@@ -1,0 +1,387 @@
+//! Dockerfile (and declarative) builds: validate → BuildKit → OCI archive → the same import
+//! road as a registry image → publish.
+//!
+//! Everything BuildKit needs lives in `<staging>/buildkit/` (mode 0700): the Dockerfile as
+//! BuildKit reads it (any `# syntax=` line dropped, so no frontend image is pulled), an empty
+//! context for inline Dockerfiles, one 0600 file per build secret, a private Docker config
+//! holding only this build's registry credentials, and the exported `image.tar`. The secrets
+//! and the Docker config are deleted as soon as BuildKit exits, the rest once the archive's
+//! blobs are in the store, and all of it with the staging dir whatever happens (a dropped
+//! future kills the client, which cancels the BuildKit solve).
+//!
+//! Build envs travel as `--build-arg` values through the client's environment (not its argv):
+//! they are absent from the image's `Env`, but BuildKit records the args a `RUN` saw in that
+//! layer's history entry (`RUN |1 KEY=value ...`), which sits in the image config blob in the
+//! blob store. Secrets must therefore go in `build_secrets`, never in build envs.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use base64::Engine as _;
+use sha2::{Digest as _, Sha256};
+
+use nullspace_oci::{BlobStore, Credentials, Platform};
+
+use crate::buildkit::{
+    default_driver, BuildkitDriver, BuildkitJob, Compression, Network, Redactor,
+};
+use crate::declarative::{render, RenderedDockerfile, Step};
+use crate::dockerfile::{BuildkitPolicy, DockerfileKind, DockerfileSource, DockerfileSpec};
+use crate::engine::{BuildOutcome, Engine, ImageInput};
+use crate::error::{io_at, BuildError};
+use crate::events::{BuildEvent, EventSink};
+use crate::request::{BaseSelector, BuildRequest};
+
+/// How this server runs BuildKit builds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BuildkitOptions {
+    /// What Dockerfiles may do.
+    pub policy: BuildkitPolicy,
+    /// Layer compression of BuildKit's export.
+    pub compression: Compression,
+}
+
+impl BuildkitOptions {
+    /// From `NULLSPACE_BUILDKIT_ALLOW_SSH=1` and `NULLSPACE_BUILDKIT_COMPRESSION=zstd|gzip`.
+    pub fn from_env() -> BuildkitOptions {
+        let var = |k: &str| std::env::var(k).ok().unwrap_or_default();
+        BuildkitOptions {
+            policy: BuildkitPolicy {
+                allow_ssh: matches!(var("NULLSPACE_BUILDKIT_ALLOW_SSH").as_str(), "1" | "true"),
+                ..BuildkitPolicy::default()
+            },
+            compression: if var("NULLSPACE_BUILDKIT_COMPRESSION") == "zstd" {
+                Compression::Zstd
+            } else {
+                Compression::Gzip
+            },
+        }
+    }
+}
+
+/// Builds the [`DockerfileSpec`] for declarative `steps` on `base` (the plan: its
+/// [`RenderedDockerfile`] is what `plan`/`render` show). `context_dir` serves `copy` steps.
+pub fn declarative_spec(
+    base: &BaseSelector,
+    steps: &[Step],
+    context_dir: Option<PathBuf>,
+) -> Result<(DockerfileSpec, RenderedDockerfile), BuildError> {
+    let rendered = render(&base.image_reference()?, steps)?;
+    let mut spec = DockerfileSpec::new(DockerfileSource::Content(rendered.dockerfile.clone()));
+    spec.context_dir = context_dir;
+    spec.build_args = rendered.build_args.clone();
+    spec.kind = DockerfileKind::Declarative;
+    Ok((spec, rendered))
+}
+
+impl Engine {
+    /// Builds a Dockerfile with the environment's BuildKit ([`default_driver`],
+    /// [`BuildkitOptions::from_env`]) and publishes the imported result. `credentials` are the
+    /// request's `base_image_auth` (for the final stage's base registry).
+    pub async fn build_dockerfile(
+        &self,
+        request: &BuildRequest,
+        spec: &DockerfileSpec,
+        credentials: &Credentials,
+        events: Arc<dyn EventSink>,
+    ) -> Result<BuildOutcome, BuildError> {
+        self.build_dockerfile_with(
+            default_driver(),
+            &BuildkitOptions::from_env(),
+            request,
+            spec,
+            credentials,
+            events,
+        )
+        .await
+    }
+
+    /// Renders declarative `steps` on `request.base` and builds them with BuildKit.
+    pub async fn build_declarative(
+        &self,
+        request: &BuildRequest,
+        steps: &[Step],
+        context_dir: Option<PathBuf>,
+        credentials: &Credentials,
+        events: Arc<dyn EventSink>,
+    ) -> Result<BuildOutcome, BuildError> {
+        let (spec, _) = declarative_spec(&request.base, steps, context_dir)?;
+        self.build_dockerfile(request, &spec, credentials, events)
+            .await
+    }
+
+    /// [`Engine::build_dockerfile`] with an explicit driver and options. `request.base` is not
+    /// used: the Dockerfile's `FROM` lines are the base.
+    pub async fn build_dockerfile_with(
+        &self,
+        driver: &dyn BuildkitDriver,
+        options: &BuildkitOptions,
+        request: &BuildRequest,
+        spec: &DockerfileSpec,
+        credentials: &Credentials,
+        events: Arc<dyn EventSink>,
+    ) -> Result<BuildOutcome, BuildError> {
+        // Name, tags and sizes are checked as for any request; the base selector is moot.
+        let mut common = request.clone();
+        common.base = BaseSelector::DebianImage(None);
+        common.validate()?;
+        spec.validate(&options.policy, None)?;
+        let basic = match credentials {
+            Credentials::Anonymous => None,
+            Credentials::Basic { username, password } => Some((username.clone(), password.clone())),
+            _ => {
+                return Err(BuildError::InvalidRequest {
+                    field: "base_image_auth".into(),
+                    message: "BuildKit builds take username/password credentials only".into(),
+                })
+            }
+        };
+        let info = driver.detect().await?;
+        let parsed = spec.validate(&options.policy, Some(info.heredocs))?;
+        if let Some(line) = parsed.syntax_directive {
+            events.event(BuildEvent::Warning {
+                message: format!(
+                    "Dockerfile line {line}: the `# syntax=` directive is ignored; the built-in frontend of BuildKit {} is used",
+                    info.buildkit_version
+                ),
+            });
+        }
+        events.event(BuildEvent::Message {
+            message: format!(
+                "buildkit: {} via {} (builder {}, BuildKit {}, {})",
+                spec.kind.as_str(),
+                info.driver,
+                info.builder,
+                info.buildkit_version,
+                info.endpoint
+            ),
+        });
+        let mut build = self.begin(request)?;
+        let result = async {
+            let scratch = Scratch::create(&build.staging.path().join("buildkit"))?;
+            let mut auths: Vec<(String, String, String)> = spec
+                .registry_auth
+                .iter()
+                .map(|a| {
+                    (
+                        nullspace_oci::reference::normalize_registry(a.registry.trim()),
+                        a.username.clone(),
+                        String::from_utf8_lossy(a.password.expose()).into_owned(),
+                    )
+                })
+                .collect();
+            if let (Some((user, password)), Some(base)) = (&basic, parsed.final_base()) {
+                if let Ok(reference) = nullspace_oci::Reference::parse(&base) {
+                    if !auths.iter().any(|(host, _, _)| *host == reference.registry) {
+                        auths.push((reference.registry, user.clone(), password.clone()));
+                    }
+                }
+            }
+            let redactor = Redactor::new(
+                spec.build_secrets
+                    .values()
+                    .map(|v| v.expose())
+                    .chain(auths.iter().map(|(_, _, p)| p.as_bytes())),
+            );
+            let job = scratch.prepare(
+                spec,
+                &parsed.effective_text,
+                &auths,
+                request,
+                options,
+                redactor,
+            )?;
+            let built = driver.build(&job, events.clone()).await;
+            scratch.remove_credentials();
+            built?;
+            let size = std::fs::metadata(&job.output).map(|m| m.len()).unwrap_or(0);
+            events.event(BuildEvent::Message {
+                message: format!("buildkit: exported the OCI image ({} KiB)", size / 1024),
+            });
+            let blobs = BlobStore::new(self.data_dir().blobs())?;
+            let archive = job.output.clone();
+            let image = tokio::task::spawn_blocking(move || {
+                nullspace_oci::open_oci_archive(&archive, None, &Platform::host(), &blobs)
+            })
+            .await
+            .map_err(|e| BuildError::Internal(format!("OCI archive import stopped: {e}")))??;
+            drop(scratch);
+            let digest = hex::encode(Sha256::digest(parsed.effective_text.as_bytes()));
+            let requested = match (&spec.dockerfile, spec.kind) {
+                (_, DockerfileKind::Declarative) => parsed.final_base().unwrap_or_default(),
+                (DockerfileSource::Path(p), _) => p.display().to_string(),
+                (DockerfileSource::Content(_), _) => "<inline Dockerfile>".to_string(),
+            };
+            let source = ImageInput {
+                image,
+                requested,
+                reference: format!("{}@sha256:{digest}", spec.kind.as_str()),
+                kind: spec.kind.as_str(),
+                backend: "buildkit",
+            };
+            self.import_image(request, credentials, source, events.clone(), &mut build)
+                .await
+        }
+        .await;
+        self.end(build, result)
+    }
+}
+
+/// `<staging>/buildkit/`: BuildKit's inputs and output; removed on drop.
+struct Scratch {
+    dir: PathBuf,
+}
+
+impl Scratch {
+    fn create(dir: &Path) -> Result<Scratch, BuildError> {
+        private_dir(dir)?;
+        Ok(Scratch {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn secrets_dir(&self) -> PathBuf {
+        self.dir.join("secrets")
+    }
+
+    fn config_dir(&self) -> PathBuf {
+        self.dir.join("docker-config")
+    }
+
+    /// Writes every input and returns the job.
+    fn prepare(
+        &self,
+        spec: &DockerfileSpec,
+        text: &str,
+        auths: &[(String, String, String)],
+        request: &BuildRequest,
+        options: &BuildkitOptions,
+        redactor: Redactor,
+    ) -> Result<BuildkitJob, BuildError> {
+        let dockerfile = self.dir.join("Dockerfile");
+        std::fs::write(&dockerfile, text).map_err(io_at(&dockerfile))?;
+        // BuildKit prefers `<Dockerfile>.dockerignore` beside the Dockerfile over the context's.
+        if let DockerfileSource::Path(original) = &spec.dockerfile {
+            let mut name = original.file_name().unwrap_or_default().to_os_string();
+            name.push(".dockerignore");
+            let beside = original.with_file_name(name);
+            if beside.is_file() {
+                let target = self.dir.join("Dockerfile.dockerignore");
+                std::fs::copy(&beside, &target).map_err(io_at(&target))?;
+            }
+        }
+        let context = match spec.effective_context() {
+            Some(dir) => dir,
+            None => {
+                let empty = self.dir.join("context");
+                private_dir(&empty)?;
+                empty
+            }
+        };
+        let mut secrets = BTreeMap::new();
+        if !spec.build_secrets.is_empty() {
+            let dir = self.secrets_dir();
+            private_dir(&dir)?;
+            for (index, (id, value)) in spec.build_secrets.iter().enumerate() {
+                // File names are indexes: ids are validated, but need not be path-safe forever.
+                let path = dir.join(format!("secret-{index}"));
+                write_private(&path, value.expose())?;
+                secrets.insert(id.clone(), path);
+            }
+        }
+        let docker_config = if auths.is_empty() {
+            None
+        } else {
+            Some(self.docker_config(auths)?)
+        };
+        Ok(BuildkitJob {
+            dockerfile,
+            context,
+            named_contexts: spec.named_contexts.clone(),
+            secrets,
+            build_args: spec.build_args.clone(),
+            network: if request.internet_access {
+                Network::Host
+            } else {
+                Network::None
+            },
+            ssh: options
+                .policy
+                .allow_ssh
+                .then(|| options.policy.ssh_forward.clone()),
+            output: self.dir.join("image.tar"),
+            compression: options.compression,
+            docker_config,
+            no_cache: request.skip_cache,
+            redactor,
+        })
+    }
+
+    /// A Docker config dir holding only `auths` for this build, with the ambient config's
+    /// `cli-plugins/` and `buildx/` linked in so buildx and its builders still work.
+    fn docker_config(&self, auths: &[(String, String, String)]) -> Result<PathBuf, BuildError> {
+        let dir = self.config_dir();
+        private_dir(&dir)?;
+        let mut entries = serde_json::Map::new();
+        for (host, user, password) in auths {
+            let key = if host == nullspace_oci::reference::DOCKER_HUB {
+                "https://index.docker.io/v1/".to_string()
+            } else {
+                host.clone()
+            };
+            let auth =
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+            entries.insert(key, serde_json::json!({ "auth": auth }));
+        }
+        let json = serde_json::json!({ "auths": entries }).to_string();
+        let path = dir.join("config.json");
+        write_private(&path, json.as_bytes())?;
+        let ambient = std::env::var_os("DOCKER_CONFIG")
+            .map(PathBuf::from)
+            .or_else(|| dirs::home_dir().map(|h| h.join(".docker")));
+        if let Some(ambient) = ambient {
+            for sub in ["cli-plugins", "buildx"] {
+                let source = ambient.join(sub);
+                if source.is_dir() {
+                    let link = dir.join(sub);
+                    std::os::unix::fs::symlink(&source, &link).map_err(io_at(&link))?;
+                }
+            }
+        }
+        Ok(dir)
+    }
+
+    /// Deletes the secret files and the Docker config (as soon as BuildKit is done).
+    fn remove_credentials(&self) {
+        let _ = std::fs::remove_dir_all(self.secrets_dir());
+        let _ = std::fs::remove_dir_all(self.config_dir());
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn private_dir(dir: &Path) -> Result<(), BuildError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io_at(dir))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io_at(dir))
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), BuildError> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_at(path))?;
+    file.write_all(bytes).map_err(io_at(path))
+}

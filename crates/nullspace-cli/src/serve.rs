@@ -1,0 +1,60 @@
+//! `nullspace serve`: the template build service.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use crate::args::ServeArgs;
+use nullspace_build::DataDir;
+use nullspace_server::{ApiKeys, ServerConfig};
+
+/// Runs the server until SIGINT or SIGTERM.
+pub fn serve(data: DataDir, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let keys = ApiKeys::from_env().context("reading API keys")?;
+    if let Some(owner) = &args.no_auth_as {
+        anyhow::ensure!(
+            nullspace_server::auth::valid_owner(owner),
+            "--no-auth-as {owner:?}: use 1-63 lower-case letters, digits, '-' or '_'"
+        );
+        eprintln!("warning: authentication is disabled; every caller acts as {owner:?}");
+    }
+    let config = ServerConfig {
+        listen: args.listen,
+        data,
+        workers: args.workers,
+        keys,
+        open_owner: args.no_auth_as,
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(nullspace_server::serve(
+        config,
+        |address| {
+            // Scripts and tests read this line to find the port.
+            println!("nullspace serve: listening on http://{address}");
+        },
+        shutdown_signal(),
+    ))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}

@@ -1,0 +1,163 @@
+//! `nullspace template build --from-dockerfile` through the real BuildKit of the devenv.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::harness::{assert_fsck_clean, devenv, stderr, stdout, Cli};
+
+/// A CLI whose children see the devenv's Docker config (the harness hides the user's).
+fn run(cli: &Cli, args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
+    let mut command = cli.command();
+    command.env("DOCKER_CONFIG", &devenv()["DOCKER_CONFIG"]);
+    for (k, v) in envs {
+        command.env(k, v);
+    }
+    command.args(args).output().unwrap()
+}
+
+fn debugfs_cat(image: &Path, path: &str) -> Option<String> {
+    let out = Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("cat {path}"))
+        .arg(image)
+        .output()
+        .unwrap();
+    if String::from_utf8_lossy(&out.stderr).contains("File not found") {
+        None
+    } else {
+        Some(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+#[test]
+fn builds_a_dockerfile_with_secrets_and_named_contexts() {
+    let cli = Cli::new();
+    let work = tempfile::tempdir().unwrap();
+    let app = work.path().join("app");
+    let shared = work.path().join("shared");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::write(app.join("main.sh"), "echo main\n").unwrap();
+    std::fs::write(app.join("secret-notes.txt"), "ignored\n").unwrap();
+    std::fs::write(app.join(".dockerignore"), "secret-notes.txt\n").unwrap();
+    std::fs::write(shared.join("lib.sh"), "echo lib\n").unwrap();
+    let secret_file = work.path().join("token.txt");
+    std::fs::write(&secret_file, "file-secret-9876").unwrap();
+    std::fs::write(
+        app.join("Dockerfile"),
+        "FROM debian:bookworm\n\
+         COPY . /app/\n\
+         COPY --from=shared lib.sh /app/lib.sh\n\
+         RUN --mount=type=secret,id=env_tok --mount=type=secret,id=file_tok \\\n\
+         \x20   cat /run/secrets/env_tok /run/secrets/file_tok | wc -c > /app/secret-bytes\n\
+         WORKDIR /app\n\
+         CMD [\"sh\", \"main.sh\"]\n",
+    )
+    .unwrap();
+    let dockerfile = app.join("Dockerfile");
+    let context_arg = format!("shared={}", shared.display());
+    let file_arg = format!("file_tok={}", secret_file.display());
+    let out = run(
+        &cli,
+        &[
+            "--json",
+            "template",
+            "build",
+            "--name",
+            "from-df",
+            "--from-dockerfile",
+            dockerfile.to_str().unwrap(),
+            "--build-secret-env",
+            "env_tok=NS_TEST_TOKEN",
+            "--build-secret-file",
+            &file_arg,
+            "--build-context",
+            &context_arg,
+        ],
+        &[("NS_TEST_TOKEN", "env-secret-1234")],
+    );
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let outcome: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rootfs = Path::new(outcome["rootfs_path"].as_str().unwrap());
+    assert_fsck_clean(rootfs);
+    assert_eq!(debugfs_cat(rootfs, "/app/main.sh").unwrap(), "echo main\n");
+    assert_eq!(debugfs_cat(rootfs, "/app/lib.sh").unwrap(), "echo lib\n");
+    assert_eq!(debugfs_cat(rootfs, "/app/secret-notes.txt"), None);
+    assert_eq!(
+        debugfs_cat(rootfs, "/app/secret-bytes").unwrap().trim(),
+        "31"
+    );
+    let t = &outcome["template"];
+    assert_eq!(t["source"]["kind"], "dockerfile");
+    assert_eq!(t["build_config"]["build_backend"], "buildkit");
+    assert_eq!(t["runtime_defaults"]["workdir"], "/app");
+    assert_eq!(t["runtime_defaults"]["start_cmd"], "sh main.sh");
+    let everything = format!("{}{}", stdout(&out), stderr(&out));
+    for secret in ["env-secret-1234", "file-secret-9876"] {
+        assert!(!everything.contains(secret));
+        for file in cli.files() {
+            let bytes = std::fs::read(&file).unwrap_or_default();
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{secret} in {}",
+                file.display()
+            );
+        }
+    }
+    let got = run(&cli, &["template", "get", "from-df"], &[]);
+    assert!(got.status.success());
+    assert!(stdout(&got).contains("\"dockerfile\""));
+}
+
+#[test]
+fn native_backend_and_missing_secrets_exit_2() {
+    let cli = Cli::new();
+    let work = tempfile::tempdir().unwrap();
+    let dockerfile = work.path().join("Dockerfile");
+    std::fs::write(
+        &dockerfile,
+        "FROM debian:bookworm\nRUN --mount=type=secret,id=npm true\n",
+    )
+    .unwrap();
+    let path = dockerfile.to_str().unwrap();
+    let base = [
+        "--json",
+        "template",
+        "build",
+        "--name",
+        "x",
+        "--from-dockerfile",
+        path,
+    ];
+    let mut native = base.to_vec();
+    native.extend(["--backend", "native"]);
+    let out = run(&cli, &native, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let envelope: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(envelope["error"]["code"], "invalid_request");
+    assert!(envelope["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("native"));
+    let out = run(&cli, &base, &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stdout(&out).contains("line 2"), "{}", stdout(&out));
+    let out = run(
+        &cli,
+        &[
+            "template",
+            "build",
+            "--name",
+            "x",
+            "--from-debian-image",
+            "--context",
+            "/tmp",
+        ],
+        &[],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "--context needs --from-dockerfile"
+    );
+}

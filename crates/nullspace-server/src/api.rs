@@ -1,0 +1,673 @@
+//! Routes and handlers. Each handler parses its input into typed values, calls the runner or the
+//! store, and renders a view; errors are [`ApiError`]s rendered by [`middleware`].
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use futures_util::Stream;
+use serde_json::{json, Value};
+
+use nullspace_build::request::validate_tag;
+
+use crate::auth::ApiKeys;
+use crate::entry::LogEntry;
+use crate::error::ApiError;
+use crate::refs::resolve_ref;
+use crate::request::{parse_auth, parse_build_request, Base, BuildDefinition};
+use crate::runner::Runner;
+use crate::store::{status, HistoryFilter};
+use crate::view;
+
+/// The OpenAPI document, as kept in the repository.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+/// Entries returned by one status poll.
+const PAGE: usize = 1000;
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub struct AppState {
+    /// The build queue.
+    pub runner: Arc<Runner>,
+    /// API keys.
+    pub keys: Arc<ApiKeys>,
+    /// With no keys configured and auth disabled, every caller is this owner.
+    pub open_owner: Option<String>,
+}
+
+/// The authenticated caller.
+#[derive(Clone, Debug)]
+pub struct Owner(pub String);
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The router with every route and the middleware.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/openapi.json", get(openapi))
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/v1/templates", get(list_templates))
+        .route("/v1/templates/builds", post(create_build))
+        .route("/v1/templates/builds/{build_id}", get(get_build))
+        .route("/v1/templates/builds/{build_id}/logs", get(stream_logs))
+        .route("/v1/templates/builds/{build_id}/cancel", post(cancel_build))
+        .route("/v1/templates/builds/{build_id}/retry", post(retry_build))
+        .route(
+            "/v1/templates/builds/{build_id}/promote",
+            post(promote_build),
+        )
+        .route("/v1/templates/validate", post(validate))
+        .route("/v1/templates/plan", post(plan))
+        .route("/v1/templates/refs/{*reference}", get(get_ref))
+        .route("/v1/templates/{template}/builds", get(history))
+        .fallback(|request: Request| async move { ApiError::no_route(request.uri().path()) })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware,
+        ))
+        .with_state(state)
+}
+
+fn new_request_id() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut rng = rand::thread_rng();
+    let suffix: String = (0..16)
+        .map(|_| char::from(ALPHABET[rng.gen_range(0..ALPHABET.len())]))
+        .collect();
+    format!("req_{suffix}")
+}
+
+fn render(error: &ApiError, request_id: &str) -> Response {
+    (error.status, Json(error.body(request_id))).into_response()
+}
+
+/// Authenticates the caller, tags the request with a request id, and renders errors as the
+/// envelope.
+async fn middleware(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let request_id = new_request_id();
+    let path = request.uri().path();
+    let public = path == "/openapi.json" || path == "/healthz";
+    let mut response = if public {
+        next.run(request).await
+    } else {
+        match authenticate(&state, &request) {
+            Ok(owner) => {
+                request.extensions_mut().insert(Owner(owner));
+                next.run(request).await
+            }
+            Err(error) => render(&error, &request_id),
+        }
+    };
+    if let Some(error) = response.extensions_mut().remove::<ApiError>() {
+        response = render(&error, &request_id);
+    }
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+fn authenticate(state: &AppState, request: &Request) -> ApiResult<String> {
+    if let Some(owner) = &state.open_owner {
+        return Ok(owner.clone());
+    }
+    let header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <api key>"))?;
+    let key = header
+        .to_str()
+        .ok()
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| ApiError::unauthorized("expected Authorization: Bearer <api key>"))?;
+    state
+        .keys
+        .owner(key)
+        .map(str::to_string)
+        .ok_or_else(|| ApiError::unauthorized("invalid API key"))
+}
+
+fn json_body(bytes: &Bytes) -> ApiResult<Value> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(json!({}));
+    }
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::invalid_body(format!("the request body is not valid JSON: {e}")))
+}
+
+fn only_fields(body: &Value, allowed: &[&str]) -> ApiResult<()> {
+    let object = body
+        .as_object()
+        .ok_or_else(|| ApiError::invalid_body("the request body must be a JSON object"))?;
+    match object.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(unknown) => Err(ApiError::invalid(unknown, "unknown field")),
+        None => Ok(()),
+    }
+}
+
+fn query_u64(query: &HashMap<String, String>, name: &str) -> ApiResult<Option<u64>> {
+    query
+        .get(name)
+        .map(|v| {
+            v.parse()
+                .map_err(|_| ApiError::invalid(name, "must be a non-negative integer"))
+        })
+        .transpose()
+}
+
+fn query_bool(query: &HashMap<String, String>, name: &str) -> ApiResult<bool> {
+    match query.get(name).map(String::as_str) {
+        None | Some("false") | Some("0") => Ok(false),
+        Some("true") | Some("1") | Some("") => Ok(true),
+        Some(_) => Err(ApiError::invalid(name, "must be true or false")),
+    }
+}
+
+/// A template base must name an existing template of the caller.
+fn check_base(state: &AppState, owner: &str, definition: &BuildDefinition) -> ApiResult<()> {
+    if let Base::Template { reference } = &definition.base {
+        resolve_ref(state.runner.store().as_ref(), owner, reference)?;
+    }
+    Ok(())
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
+async fn create_build(
+    State(state): State<AppState>,
+    Extension(Owner(owner)): Extension<Owner>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let body = json_body(&body)?;
+    let (definition, auth) = parse_build_request(&body)?;
+    check_base(&state, &owner, &definition)?;
+    let record = state
+        .runner
+        .submit(&owner, definition, auth.map(|a| a.0), None)?;
+    Ok((StatusCode::ACCEPTED, Json(view::build(&record))))
+}
+
+async fn get_build(
+    State(state): State<AppState>,
+    Extension(Owner(owner)): Extension<Owner>,
+    Path(build_id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    let offset = query_u64(&query, "offset")?.unwrap_or(0);
+    let store = state.runner.store();
+    let record = store
+        .build(Some(&owner), &build_id)?
+        .ok_or_else(|| ApiError::build_not_found(&build_id))?;
+    let entries = store.entries(&build_id, offset, PAGE)?;
+    let next_offset = entries.last().map(|e| e.offset + 1).unwrap_or(offset);
+    Ok(Json(json!({
+        "build": view::build(&record),
+        "entries": entries,
+        "next_offset": next_offset,
+    })))
+}
+
+struct LogStream {
+    state: AppState,
+    build_id: String,
+    offset: u64,
+    follow: bool,
+    buffer: std::collections::VecDeque<LogEntry>,
+    done: bool,
+    changes: tokio::sync::watch::Receiver<u64>,
+}
+
+impl LogStream {
+    async fn next(&mut self) -> Option<LogEntry> {
+        loop {
+            if let Some(entry) = self.buffer.pop_front() {
+                self.offset = entry.offset + 1;
+                return Some(entry);
+            }
+            if self.done {
+                return None;
+            }
+            let store = self.state.runner.store();
+            // Read the status before the entries: a terminal status is written together with
+            // the final entries, so entries read after seeing it are complete.
+            let terminal = match store.build(None, &self.build_id) {
+                Ok(Some(record)) => status::is_terminal(&record.status),
+                _ => true,
+            };
+            match store.entries(&self.build_id, self.offset, PAGE) {
+                Ok(entries) if !entries.is_empty() => {
+                    self.buffer.extend(entries);
+                    continue;
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!("log stream {}: {error}", self.build_id);
+                    self.done = true;
+                    continue;
+                }
+            }
+            if !self.follow || terminal {
+                self.done = true;
+                continue;
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.changes.changed()).await;
+        }
+    }
+}
+
+async fn stream_logs(
+    State(state): State<AppState>,
+    Extension(Owner(owner)): Extension<Owner>,
+    Path(build_id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    let offset = match query_u64(&query, "offset")? {
+        Some(offset) => offset,
+        None => query_u64(&query, "cursor")?.unwrap_or(0),
+    };
+    let follow = query_bool(&query, "follow")?;
+    state
+        .runner
+        .store()
+        .build(Some(&owner), &build_id)?
+        .ok_or_else(|| ApiError::build_not_found(&build_id))?;
+    let changes = state.runner.subscribe();
+    let stream = LogStream {
+        state,
+        build_id,
+        offset,
+        follow,
+        buffer: Default::default(),
+        done: false,
+        changes,
+    };
+    let events = futures_util::stream::unfold(stream, |mut stream| async move {
+        let entry = stream.next().await?;
+        let event = Event::default()
+            .id(entry.offset.to_string())
+            .event("log")
+            .json_data(&entry)
+            .unwrap_or_else(|_| Event::default().comment("unserializable entry"));
+        Some((Ok(event), stream))
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+async fn cancel_build(
+    State(state): State<AppState>,
+    Extension(Owner(owner)): Extension<Owner>,
+    Path(build_id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let body = json_body(&body)?;
+    only_fields(&body, &["reason"])?;
+    let reason = match body.get("reason") {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s.clone(),
+        Some(_) => return Err(ApiError::invalid("reason", "must be a string")),
+    };
+    let record = state.runner.cancel(&owner, &build_id, &reason)?;
+    Ok(Json(json!({ "build": view::build(&record) })))
+}
+
+async fn retry_build(
+    State(state): State<AppState>,
+    Extension(Owner(owner)): Extension<Owner>,
+    Path(build_id): Path<String>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let body = json_body(&body)?;
+    only_fields(
+        &body,
+        &["tags", "base_image_auth", "build_secrets", "registry_auth"],
+    )?;
+    for field in ["build_secrets", "registry_auth"] {
+        if body
+            .get(field)
+            .is_some_and(|v| !v.is_null() && v.as_array().is_none_or(|a| !a.is_empty()))
+        {
+            return Err(ApiError::invalid(
+                field,
+                "not supported: only BuildKit Dockerfile builds use it, and this server does not run them yet",
+            ));
+        }
+    }
+    let original = state
+        .runner
+        .store()
+        .build(Some(&owner), &build_id)?
+        .ok_or_else(|| ApiError::build_not_found(&build_id))?;
+    let mut definition = original.definition.clone();
+    if let Some(tags) = body.get("tags").filter(|t| !t.is_null()) {
+        let tags: Vec<String> = match tags {
+            Value::String(tag) => vec![tag.clone()],
+            Value::Array(items) => items
+                .iter()
+                .map(|t| {
+                    t.as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| ApiError::invalid("tags", "must be strings"))
+                })
+                .collect::<ApiResult<_>>()?,
+            _ => {
+                return Err(ApiError::invalid(
+                    "tags",
+                    "must be a string or a list of strings",
+                ))
+            }
+        };
+        if tags.is_empty() {
+            return Err(ApiError::invalid(
+                "tags",
+                "must not be empty (leave it out to keep the original tags)",
+            ));
+        }
+        for tag in &tags {
+            validate_tag(tag).map_err(|e| ApiError::invalid("tags", e))?;
+        }
+        definition.tags = tags;
+    }
+    let auth = match body.get("base_image_auth") {
+        Some(value) => parse_auth(value)?,
+        None => None,
+    };
+    match (&original.definition.base_image_auth_kind, &auth) {
+        (Some(kind), None) => {
+            return Err(ApiError::invalid(
+                "base_image_auth",
+                format!(
+                    "build {build_id} used private base-image credentials ({kind}); stored credentials are never replayed, so a retry needs a fresh base_image_auth"
+                ),
+            ))
+        }
+        (None, Some(_)) if matches!(definition.base, Base::Template { .. }) => {
+            return Err(ApiError::invalid(
+                "base_image_auth",
+                "a template base needs no registry credentials",
+            ))
+        }
+        _ => {}
+    }
+    definition.base_image_auth_kind = auth.as_ref().map(|a| a.0.kind().to_string());
+    check_base(&state, &owner, &definition)?;
+    let record = state.runner.submit(
+        &owner,
+        definition,
+        auth.map(|a| a.0),
+        Some(original.id.clone()),
+    )?;
+    Ok((StatusCode::ACCEPTED, Json(view::build(&record))))
+}
+
+async fn promote_build(
+    State(state): State<AppState>,
+    Extension(Owner(owner)): Extension<Owner>,
+    Path(build_id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let body = json_body(&body)?;
+    only_fields(&body, &["tag"])?;
+    let tag = body
+        .get("tag")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::invalid("tag", "is required (a string)"))?;
+    validate_tag(tag).map_err(|e| ApiError::invalid("tag", e))?;
+    let store = state.runner.store();
+    let record = store
+        .build(Some(&owner), &build_id)?
+        .ok_or_else(|| ApiError::build_not_found(&build_id))?;
+    let view = view::build(&record);
+    if view["promotability"]["promotable"] != json!(true) {
+        return Err(ApiError::conflict(format!(
+            "build {build_id} is {} and cannot be promoted ({}); only ready builds with a retained artifact can",
+            record.status,
+            view["promotability"]["reason"].as_str().unwrap_or("not promotable")
+        )));
+    }
+    store.set_tag(&record.template_id, tag, &record.id)?;
+    let record = store.build(Some(&owner), &build_id)?.unwrap_or(record);
+    Ok(Json(json!({
+        "build": view::build(&record),
+        "tag": tag,
+        "canonical_ref": format!("{owner}/{}:{tag}", record.name),
+    })))
+}
+
+fn validation_warnings(definition: &BuildDefinition) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if definition.cpu_count.is_some() || definition.memory_mb.is_some() {
+        warnings.push(
+            "cpu_count and memory_mb are recorded but unused: image imports boot no build VM yet"
+                .to_string(),
+        );
+    }
+    if !definition.internet_access {
+        warnings.push(
+            "internet_access=false has no effect on an image import (the base image is still pulled)"
+                .to_string(),
+        );
+    }
+    warnings
+}
+
+async fn validate(
+    State(state): State<AppState>,
+    Extension(Owner(owner)): Extension<Owner>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let body = json_body(&body)?;
+    let checked = parse_build_request(&body)
+        .and_then(|(definition, _)| check_base(&state, &owner, &definition).map(|_| definition));
+    Ok(Json(match checked {
+        Ok(definition) => json!({
+            "valid": true,
+            "errors": [],
+            "warnings": validation_warnings(&definition),
+        }),
+        Err(error) => json!({
+            "valid": false,
+            "errors": [{ "code": error.code, "message": error.message, "phase": "prepare" }],
+            "warnings": [],
+        }),
+    }))
+}
+
+async fn plan(
+    State(state): State<AppState>,
+    Extension(Owner(owner)): Extension<Owner>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let body = json_body(&body)?;
+    let (definition, auth) = parse_build_request(&body)?;
+    let mut warnings = validation_warnings(&definition);
+    let (base_image, base_template, defaults) = match &definition.base {
+        Base::Image { selector } => {
+            let requested = selector
+                .image_reference()
+                .map_err(|e| ApiError::invalid_body(e.to_string()))?;
+            let canonical = nullspace_oci::Reference::parse(&requested)
+                .map(|r| r.to_string())
+                .map_err(|e| ApiError::invalid("base_image", e))?;
+            warnings.push(
+                "runtime defaults (env, user, workdir, start command, readiness) come from the image config when the build resolves it".to_string(),
+            );
+            (Some(canonical), None, None)
+        }
+        Base::Template { reference } => {
+            let parent = resolve_ref(state.runner.store().as_ref(), &owner, reference)?;
+            let defaults = parent.build.result.map(|r| r.runtime_defaults);
+            (
+                None,
+                Some(format!(
+                    "{owner}/{}:{}",
+                    parent.template.name, parent.build.id
+                )),
+                defaults,
+            )
+        }
+    };
+    Ok(Json(json!({
+        "build_plan": {
+            "source_kind": definition.base.source_kind(),
+            "build_backend": definition.build_backend,
+            "name": definition.name,
+            "tags": definition.tags,
+            "base_image": base_image,
+            "base_template": base_template,
+            "run_steps": [],
+            "build_steps": [],
+            "build_envs": {},
+            "env_assignments": [],
+            "default_env_keys": defaults.as_ref().map(|d| d.env.keys().cloned().collect::<Vec<_>>()),
+            "ignored_instructions": [],
+            "start_cmd": defaults.as_ref().and_then(|d| d.start_cmd.clone()),
+            "default_user": defaults.as_ref().and_then(|d| d.user.clone()),
+            "default_workdir": defaults.as_ref().and_then(|d| d.workdir.clone()),
+            "readiness": defaults.as_ref().and_then(|d| d.readiness.clone()),
+            "ignored_instruction_warnings": [],
+            "build_config": {
+                "vcpus": definition.cpu_count,
+                "memory_mib": definition.memory_mb,
+                "internet_access": definition.internet_access,
+                "disk_mb": definition.disk_mb,
+                "skip_cache": definition.skip_cache,
+            },
+        },
+        "warnings": warnings,
+        "requires_base_image_auth": auth.is_some(),
+        "source_digest": null,
+        "context_manifest": null,
+        "dockerfile_digest": null,
+    })))
+}
+
+async fn history(
+    State(state): State<AppState>,
+    Extension(Owner(owner)): Extension<Owner>,
+    Path(template): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    for key in query.keys() {
+        if !["status", "backend", "limit", "cursor"].contains(&key.as_str()) {
+            return Err(ApiError::invalid(key, "unknown query parameter"));
+        }
+    }
+    let status_filter = query.get("status").cloned();
+    if let Some(s) = &status_filter {
+        if ![
+            status::WAITING,
+            status::BUILDING,
+            status::READY,
+            status::ERROR,
+            status::CANCELLED,
+        ]
+        .contains(&s.as_str())
+        {
+            return Err(ApiError::invalid(
+                "status",
+                "must be waiting, building, ready, error or cancelled",
+            ));
+        }
+    }
+    let backend = query.get("backend").cloned();
+    if let Some(b) = &backend {
+        if b != "native" && b != "buildkit" {
+            return Err(ApiError::invalid("backend", "must be native or buildkit"));
+        }
+    }
+    let limit = query_u64(&query, "limit")?.unwrap_or(100).clamp(1, 1000) as usize;
+    let before = query_u64(&query, "cursor")?
+        .map(|c| i64::try_from(c).map_err(|_| ApiError::invalid("cursor", "is out of range")))
+        .transpose()?;
+    let store = state.runner.store();
+    let row = store
+        .template(&owner, &template)?
+        .ok_or_else(|| ApiError::template_not_found(&template))?;
+    let rows = store.history(
+        &owner,
+        &row.id,
+        &HistoryFilter {
+            status: status_filter,
+            backend,
+            limit: limit + 1,
+            before,
+        },
+    )?;
+    let more = rows.len() > limit;
+    let rows = &rows[..rows.len().min(limit)];
+    let next_cursor = if more {
+        rows.last().map(|(seq, _)| seq.to_string())
+    } else {
+        None
+    };
+    Ok(Json(json!({
+        "builds": rows.iter().map(|(_, r)| view::history_row(r)).collect::<Vec<_>>(),
+        "next_cursor": next_cursor,
+    })))
+}
+
+async fn get_ref(
+    State(state): State<AppState>,
+    Extension(Owner(owner)): Extension<Owner>,
+    Path(reference): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    let store = state.runner.store();
+    let details = if reference.starts_with("tmpl_") {
+        let row = store
+            .template(&owner, &reference)?
+            .ok_or_else(|| ApiError::template_not_found(&reference))?;
+        let build = crate::refs::default_tag(&row)
+            .and_then(|tag| row.tags.iter().find(|(t, _)| *t == tag).cloned())
+            .map(|(_, b)| store.build(Some(&owner), &b))
+            .transpose()?
+            .flatten();
+        view::template(&row, None, build.as_ref())
+    } else {
+        let resolved = resolve_ref(store.as_ref(), &owner, &reference)?;
+        view::template(
+            &resolved.template,
+            resolved.tag.as_deref(),
+            Some(&resolved.build),
+        )
+    };
+    let details = view::mask(details, query.get("fields").map(String::as_str))
+        .map_err(|m| ApiError::invalid("fields", m))?;
+    Ok(Json(details))
+}
+
+async fn list_templates(
+    State(state): State<AppState>,
+    Extension(Owner(owner)): Extension<Owner>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    let store = state.runner.store();
+    let mut templates = Vec::new();
+    for row in store.templates(&owner)? {
+        let build = crate::refs::default_tag(&row)
+            .and_then(|tag| row.tags.iter().find(|(t, _)| *t == tag).cloned())
+            .map(|(_, b)| store.build(Some(&owner), &b))
+            .transpose()?
+            .flatten();
+        let details = view::template(&row, None, build.as_ref());
+        templates.push(
+            view::mask(details, query.get("fields").map(String::as_str))
+                .map_err(|m| ApiError::invalid("fields", m))?,
+        );
+    }
+    Ok(Json(json!({ "templates": templates })))
+}

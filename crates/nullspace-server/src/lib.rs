@@ -1,0 +1,114 @@
+//! The Nullspace template build service: the HTTP API (spec §3) over a durable [`BuildStore`].
+//!
+//! `POST /v1/templates/builds` records a `waiting` build and queues it; a bounded pool of
+//! workers ([`runner::Runner`]) runs it with the engine (`building`), and it ends `ready`,
+//! `error` or `cancelled`. Log entries are durable and addressed by offset, replayable by
+//! polling (`GET /v1/templates/builds/{id}?offset=`) or as SSE (`.../logs`). Builds and
+//! templates belong to the API key's owner; other callers get not found.
+//!
+//! Base-image credentials are used for the request only: held in memory until the build
+//! starts, never stored, logged or returned (the build records their kind).
+#![deny(missing_docs)]
+
+pub mod api;
+pub mod auth;
+pub mod entry;
+pub mod error;
+pub mod refs;
+pub mod request;
+pub mod runner;
+pub mod store;
+pub mod view;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use nullspace_build::{DataDir, Engine};
+use nullspace_oci::RegistryConfig;
+
+pub use auth::ApiKeys;
+pub use store::{BuildStore, SqliteStore};
+
+/// What `nullspace serve` needs.
+#[derive(Debug)]
+pub struct ServerConfig {
+    /// Address to listen on (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// The data dir.
+    pub data: DataDir,
+    /// Builds run at once.
+    pub workers: usize,
+    /// API keys; empty only together with `open_owner`.
+    pub keys: ApiKeys,
+    /// With auth disabled, the owner every caller acts as.
+    pub open_owner: Option<String>,
+}
+
+/// Why the server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The engine could not open the data dir.
+    #[error(transparent)]
+    Engine(Box<nullspace_build::BuildError>),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// The registry client could not be configured.
+    #[error(transparent)]
+    Registry(#[from] nullspace_oci::Error),
+    /// No API keys and auth not disabled.
+    #[error(
+        "no API keys: set {} (key:owner,...) or {}, or disable auth explicitly",
+        auth::API_KEYS_ENV,
+        auth::API_KEYS_FILE_ENV
+    )]
+    NoKeys,
+    /// Listening or serving failed.
+    #[error("{address}: {source}")]
+    Io {
+        /// The address.
+        address: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Opens the engine and the store, recovers builds interrupted by a crash, and returns the
+/// router's state.
+pub fn open(config: &ServerConfig) -> Result<api::AppState, ServerError> {
+    if config.keys.is_empty() && config.open_owner.is_none() {
+        return Err(ServerError::NoKeys);
+    }
+    let engine = Engine::open(config.data.clone(), RegistryConfig::from_env())
+        .map_err(|e| ServerError::Engine(Box::new(e)))?;
+    let engine = Arc::new(engine);
+    let store: Arc<dyn BuildStore> = Arc::new(SqliteStore::open(&config.data.database())?);
+    let runner = runner::Runner::new(store, engine, config.workers);
+    runner.recover()?;
+    Ok(api::AppState {
+        runner,
+        keys: Arc::new(config.keys.clone()),
+        open_owner: config.open_owner.clone(),
+    })
+}
+
+/// Serves until `shutdown` resolves; `on_listening` gets the bound address.
+pub async fn serve(
+    config: ServerConfig,
+    on_listening: impl FnOnce(SocketAddr),
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let state = open(&config)?;
+    let io = |source| ServerError::Io {
+        address: config.listen.to_string(),
+        source,
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(io)?;
+    on_listening(listener.local_addr().map_err(io)?);
+    axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(io)
+}

@@ -1,0 +1,555 @@
+//! The build queue: a bounded pool of workers that run `waiting` builds with the engine, write
+//! their log entries, and record how they end; cancellation; recovery after a crash.
+//!
+//! Base-image credentials live only in memory, beside the queue, until the build that needs
+//! them starts; they are never written anywhere.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{watch, Semaphore};
+use tokio::task::AbortHandle;
+
+use nullspace_build::artifact::{read_document, SourceRecord, ROOTFS_FILE, TEMPLATE_FILE};
+use nullspace_build::engine::BuildContext;
+use nullspace_build::{ids, BuildError, BuildEvent, BuildOutcome, Engine, EventSink};
+use nullspace_oci::Credentials;
+
+use crate::entry::{CacheSummary, EventMapper, LogEntry, IMPORT_STEPS};
+use crate::error::{ApiError, ErrorDetail};
+use crate::refs::resolve_ref;
+use crate::request::{Base, BuildDefinition};
+use crate::store::{status, BuildRecord, BuildResult, BuildStore, Finish, StoreError};
+
+/// Runs builds; one per server.
+pub struct Runner {
+    store: Arc<dyn BuildStore>,
+    engine: Arc<Engine>,
+    permits: Arc<Semaphore>,
+    running: Mutex<HashMap<String, AbortHandle>>,
+    cancels: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
+    credentials: Mutex<HashMap<String, Credentials>>,
+    changes: watch::Sender<u64>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Runner {
+    /// A runner with `workers` concurrent builds.
+    pub fn new(store: Arc<dyn BuildStore>, engine: Arc<Engine>, workers: usize) -> Arc<Runner> {
+        Arc::new(Runner {
+            store,
+            engine,
+            permits: Arc::new(Semaphore::new(workers.max(1))),
+            running: Mutex::new(HashMap::new()),
+            cancels: Mutex::new(HashMap::new()),
+            credentials: Mutex::new(HashMap::new()),
+            changes: watch::Sender::new(0),
+        })
+    }
+
+    /// Fires whenever a log entry or a status is written.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn BuildStore> {
+        &self.store
+    }
+
+    /// Records a new `waiting` build of `owner` and queues it. `retry_of` names the build it
+    /// retries.
+    pub fn submit(
+        self: &Arc<Self>,
+        owner: &str,
+        definition: BuildDefinition,
+        credentials: Option<Credentials>,
+        retry_of: Option<String>,
+    ) -> Result<BuildRecord, ApiError> {
+        let now = ids::now_rfc3339();
+        let template_id =
+            self.store
+                .ensure_template(owner, &definition.name, &ids::new_template_id(), &now)?;
+        let record = BuildRecord {
+            id: ids::new_build_id(),
+            owner: owner.to_string(),
+            template_id,
+            name: definition.name.clone(),
+            tags: definition.tags.clone(),
+            status: status::WAITING.into(),
+            definition,
+            created_at: now.clone(),
+            updated_at: now.clone(),
+            queued_at: now,
+            started_at: None,
+            finished_at: None,
+            duration_ms: None,
+            failure_phase: None,
+            error_message: None,
+            result: None,
+            cache_summary: CacheSummary::default(),
+            retry_of,
+        };
+        self.store.insert_build(&record)?;
+        let mut queued = LogEntry::new(
+            "message",
+            "info",
+            format!(
+                "queued: build {} of {} from {}",
+                record.id,
+                record.name,
+                record.definition.base_description()
+            ),
+        )
+        .phase("preparing");
+        if let Some(previous) = &record.retry_of {
+            queued.kind = "retry".into();
+            queued.phase = Some("retry".into());
+            queued.message = format!("{} (retry of {previous})", queued.message);
+        }
+        self.store.append_entry(&record.id, &queued)?;
+        if let Some(credentials) = credentials {
+            lock(&self.credentials).insert(record.id.clone(), credentials);
+        }
+        self.spawn(record.id.clone());
+        self.changed();
+        Ok(record)
+    }
+
+    fn spawn(self: &Arc<Self>, id: String) {
+        let runner = self.clone();
+        let mut running = lock(&self.running);
+        let key = id.clone();
+        // Created before the build can start, so a cancel always finds it (a notification
+        // sent before the build listens is kept).
+        lock(&self.cancels).insert(id.clone(), Arc::new(tokio::sync::Notify::new()));
+        let handle = tokio::spawn(async move {
+            let permit = runner.permits.clone().acquire_owned().await;
+            if permit.is_ok() {
+                if let Err(error) = runner.run(&id).await {
+                    tracing::error!("build {id}: {error}");
+                }
+            }
+            lock(&runner.running).remove(&id);
+            lock(&runner.cancels).remove(&id);
+            runner.changed();
+        });
+        running.insert(key, handle.abort_handle());
+    }
+
+    /// Cancels a queued or running build of `owner`; a build that already ended is returned
+    /// as it is.
+    pub fn cancel(&self, owner: &str, id: &str, reason: &str) -> Result<BuildRecord, ApiError> {
+        let record = self
+            .store
+            .build(Some(owner), id)?
+            .ok_or_else(|| ApiError::build_not_found(id))?;
+        if status::is_terminal(&record.status) {
+            return Ok(record);
+        }
+        let now = ids::now_rfc3339();
+        let reason = if reason.trim().is_empty() {
+            "cancelled by request".to_string()
+        } else {
+            reason.trim().to_string()
+        };
+        let mut cancelled =
+            LogEntry::new("cancelled", "warn", format!("build cancelled: {reason}"))
+                .phase("cleanup");
+        cancelled.result = Some(status::CANCELLED.into());
+        let mut end = LogEntry::new("end", "info", "build ended: cancelled").phase("cleanup");
+        end.result = Some(status::CANCELLED.into());
+        let finish = Finish {
+            status: status::CANCELLED,
+            finished_at: now.clone(),
+            duration_ms: duration_since(record.started_at.as_deref()),
+            failure_phase: None,
+            error_message: Some(format!("cancelled: {reason}")),
+            result: None,
+            cache_summary: None,
+        };
+        if self.store.finish(id, &finish, &[cancelled, end])? {
+            lock(&self.credentials).remove(id);
+            if let Some(cancel) = lock(&self.cancels).remove(id) {
+                // Dropping the build's future removes its staging dir.
+                cancel.notify_one();
+            }
+            if let Some(handle) = lock(&self.running).remove(id) {
+                handle.abort();
+            }
+            if record.status == status::BUILDING {
+                let _ = self
+                    .engine
+                    .store()
+                    .fail_build(id, &format!("cancelled: {reason}"), &now);
+            }
+            self.changed();
+        }
+        Ok(self.store.build(Some(owner), id)?.unwrap_or(record))
+    }
+
+    /// After a restart: builds left `building` failed with the server; `waiting` builds run
+    /// again, unless they needed credentials, which did not survive.
+    pub fn recover(self: &Arc<Self>) -> Result<(), StoreError> {
+        let now = ids::now_rfc3339();
+        for id in self.store.builds_in(status::BUILDING)? {
+            let message = "the server stopped while this build was running (crash or restart); nothing was published; retry the build";
+            let record = self.store.build(None, &id)?;
+            self.fail(&id, record.as_ref(), "build", message, &now)?;
+            let _ = self.engine.store().fail_build(&id, message, &now);
+            let _ = std::fs::remove_dir_all(self.engine.data_dir().staging().join(&id));
+        }
+        for id in self.store.builds_in(status::WAITING)? {
+            let record = self.store.build(None, &id)?;
+            if record
+                .as_ref()
+                .is_some_and(|r| r.definition.base_image_auth_kind.is_some())
+            {
+                let message = "base-image credentials are held in memory only and were lost when the server restarted; retry with a fresh base_image_auth";
+                self.fail(&id, record.as_ref(), "prepare", message, &now)?;
+            } else {
+                self.spawn(id);
+            }
+        }
+        Ok(())
+    }
+
+    fn fail(
+        &self,
+        id: &str,
+        record: Option<&BuildRecord>,
+        phase: &str,
+        message: &str,
+        now: &str,
+    ) -> Result<bool, StoreError> {
+        let detail = ErrorDetail {
+            phase: phase.into(),
+            message: message.into(),
+        };
+        let mut error = LogEntry::new("error", "error", message).phase("finalize");
+        error.error_detail = Some(detail);
+        let mut end = LogEntry::new("end", "error", "build ended: error").phase("finalize");
+        end.result = Some(status::ERROR.into());
+        let finish = Finish {
+            status: status::ERROR,
+            finished_at: now.into(),
+            duration_ms: record.and_then(|r| duration_since(r.started_at.as_deref())),
+            failure_phase: Some(phase.into()),
+            error_message: Some(message.into()),
+            result: None,
+            cache_summary: None,
+        };
+        let done = self.store.finish(id, &finish, &[error, end])?;
+        self.changed();
+        Ok(done)
+    }
+
+    async fn run(self: &Arc<Self>, id: &str) -> Result<(), StoreError> {
+        let now = ids::now_rfc3339();
+        let start = LogEntry::new("start", "info", "build started")
+            .phase("preparing")
+            .step(1, IMPORT_STEPS);
+        if !self.store.mark_building(id, &now, &start)? {
+            return Ok(());
+        }
+        self.changed();
+        let Some(record) = self.store.build(None, id)? else {
+            return Ok(());
+        };
+        let credentials = lock(&self.credentials).remove(id);
+        let credentials = match (credentials, &record.definition.base_image_auth_kind) {
+            (Some(c), _) => c,
+            (None, None) => Credentials::Anonymous,
+            (None, Some(_)) => {
+                self.fail(
+                    id,
+                    Some(&record),
+                    "prepare",
+                    "base-image credentials are no longer available; retry with a fresh base_image_auth",
+                    &now,
+                )?;
+                return Ok(());
+            }
+        };
+        let summary = Arc::new(Mutex::new(CacheSummary::default()));
+        let sink: Arc<dyn EventSink> = {
+            let runner = self.clone();
+            let id = id.to_string();
+            let template_id = record.template_id.clone();
+            let summary = summary.clone();
+            let mapper = EventMapper::default();
+            Arc::new(move |event: BuildEvent| {
+                if let BuildEvent::Cache { kind, status, .. } = &event {
+                    lock(&summary).count(kind, status);
+                }
+                if let Some(mut entry) = mapper.map(&event) {
+                    entry.build_id = id.clone();
+                    entry.template_id = template_id.clone();
+                    if let Err(error) = runner.store.append_entry(&id, &entry) {
+                        tracing::warn!("build {id}: log entry lost: {error}");
+                    }
+                    runner.changed();
+                }
+            })
+        };
+        // The engine's future is not `Send` (rustc cannot prove it for its download stream),
+        // so it runs on a blocking thread of this runtime; cancelling drops it there, which
+        // removes the build's staging dir.
+        let cancel = lock(&self.cancels)
+            .entry(id.to_string())
+            .or_insert_with(|| Arc::new(tokio::sync::Notify::new()))
+            .clone();
+        let outcome = {
+            let runner = self.clone();
+            let record = record.clone();
+            let handle = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || {
+                handle.block_on(async {
+                    tokio::select! {
+                        outcome = runner.execute(&record, &credentials, sink) => Some(outcome),
+                        _ = cancel.notified() => None,
+                    }
+                })
+            })
+            .await
+        };
+        let outcome = match outcome {
+            Ok(Some(outcome)) => outcome,
+            Ok(None) => return Ok(()),
+            Err(error) => Err(BuildError::Internal(format!("build task stopped: {error}"))),
+        };
+        let now = ids::now_rfc3339();
+        let cache_summary = lock(&summary).clone();
+        match outcome {
+            Ok(outcome) => {
+                let document = &outcome.template;
+                let canonical_ref = format!(
+                    "{}/{}:{}",
+                    record.owner,
+                    record.name,
+                    record.tags.first().map(String::as_str).unwrap_or("default")
+                );
+                let result = BuildResult {
+                    runtime_defaults: document.runtime_defaults.clone(),
+                    oci_metadata: document.oci_metadata.clone(),
+                    source_digest: Some(document.source.manifest_digest.clone()),
+                    artifact_dir: outcome.artifact_dir.to_string_lossy().into_owned(),
+                    rootfs_size_bytes: document.rootfs.size_bytes,
+                };
+                let published = LogEntry::new(
+                    "message",
+                    "info",
+                    format!(
+                        "published {canonical_ref} (tags {})",
+                        record.tags.join(", ")
+                    ),
+                )
+                .phase("finalize")
+                .step(IMPORT_STEPS, IMPORT_STEPS);
+                let mut end = LogEntry::new("end", "info", "build ended: ready").phase("finalize");
+                end.result = Some(status::READY.into());
+                end.result_metadata = Some(serde_json::json!({
+                    "canonical_ref": canonical_ref,
+                    "duration_ms": duration_since(record.started_at.as_deref()),
+                }));
+                let finish = Finish {
+                    status: status::READY,
+                    finished_at: now,
+                    duration_ms: duration_since(record.started_at.as_deref()),
+                    failure_phase: None,
+                    error_message: None,
+                    result: Some(result),
+                    cache_summary: Some(cache_summary),
+                };
+                self.store.finish(
+                    id,
+                    &finish,
+                    &[with_ids(published, &record), with_ids(end, &record)],
+                )?;
+                self.changed();
+            }
+            Err(error) => {
+                let phase = error.phase().to_string();
+                let message = error.to_string();
+                let mut entry = LogEntry::new("error", "error", message.clone()).phase("finalize");
+                entry.error_detail = Some(ErrorDetail {
+                    phase: phase.clone(),
+                    message: message.clone(),
+                });
+                let mut end = LogEntry::new("end", "error", "build ended: error").phase("finalize");
+                end.result = Some(status::ERROR.into());
+                let finish = Finish {
+                    status: status::ERROR,
+                    finished_at: now,
+                    duration_ms: duration_since(record.started_at.as_deref()),
+                    failure_phase: Some(phase),
+                    error_message: Some(message),
+                    result: None,
+                    cache_summary: Some(cache_summary),
+                };
+                self.store.finish(
+                    id,
+                    &finish,
+                    &[with_ids(entry, &record), with_ids(end, &record)],
+                )?;
+                self.changed();
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the engine for one build: its records, staging dir, import and publication.
+    async fn execute(
+        &self,
+        record: &BuildRecord,
+        credentials: &Credentials,
+        events: Arc<dyn EventSink>,
+    ) -> Result<BuildOutcome, BuildError> {
+        let request = record.definition.engine_request();
+        let mut context = self.engine.begin_with(&record.id, &record.template_id)?;
+        let result = match &record.definition.base {
+            Base::Image { .. } => {
+                self.engine
+                    .import_from_registry(&request, credentials, events.clone(), &mut context)
+                    .await
+            }
+            Base::Template { reference } => {
+                self.build_on_template(record, reference, events.clone(), &mut context)
+            }
+        };
+        self.engine.end(context, result)
+    }
+
+    /// `from_template`: the parent's rootfs (linked, never copied: artifacts are immutable)
+    /// and its runtime defaults, published under the new name.
+    #[allow(clippy::result_large_err)] // `BuildError` is the engine's error type.
+    fn build_on_template(
+        &self,
+        record: &BuildRecord,
+        reference: &str,
+        events: Arc<dyn EventSink>,
+        context: &mut BuildContext,
+    ) -> Result<BuildOutcome, BuildError> {
+        let parent = resolve_ref(self.store.as_ref(), &record.owner, reference).map_err(|e| {
+            BuildError::InvalidRequest {
+                field: "base.value".into(),
+                message: e.message,
+            }
+        })?;
+        let artifact_dir = parent
+            .build
+            .result
+            .as_ref()
+            .map(|r| std::path::PathBuf::from(&r.artifact_dir))
+            .ok_or_else(|| BuildError::NotFound {
+                reference: reference.to_string(),
+            })?;
+        let parent_document = read_document(&artifact_dir)?;
+        events.event(BuildEvent::Message {
+            message: format!(
+                "using template {reference} (build {}, {} MiB rootfs)",
+                parent.build.id,
+                parent_document.rootfs.size_bytes / (1024 * 1024)
+            ),
+        });
+        if let Some(disk_mb) = record.definition.disk_mb {
+            if disk_mb * 1024 * 1024 > parent_document.rootfs.size_bytes {
+                return Err(BuildError::InvalidRequest {
+                    field: "disk_mb".into(),
+                    message: format!(
+                        "{disk_mb} MiB is larger than the parent template's rootfs ({} MiB); growing a template base is not supported yet",
+                        parent_document.rootfs.size_bytes / (1024 * 1024)
+                    ),
+                });
+            }
+        }
+        let staged = context.staging.path().join(ROOTFS_FILE);
+        let source_rootfs = artifact_dir.join(ROOTFS_FILE);
+        if std::fs::hard_link(&source_rootfs, &staged).is_err() {
+            std::fs::copy(&source_rootfs, &staged).map_err(|source| BuildError::Io {
+                path: source_rootfs.clone(),
+                source,
+            })?;
+        }
+        events.event(BuildEvent::Cache {
+            kind: "layer",
+            status: "hit",
+            reason: None,
+            subject: format!("rootfs of template {reference}"),
+        });
+        let mut document = parent_document.clone();
+        document.build_id = record.id.clone();
+        document.template_id = record.template_id.clone();
+        document.name = record.name.clone();
+        document.tags = record.tags.clone();
+        document.source = SourceRecord {
+            kind: "template_base".into(),
+            requested: reference.to_string(),
+            reference: format!(
+                "{}/{}:{}",
+                record.owner, parent.template.name, parent.build.id
+            ),
+            ..parent_document.source.clone()
+        };
+        document.build_config.build_backend = "native".into();
+        document.build_config.disk_mb = record.definition.disk_mb;
+        document.build_config.cpu_count = record.definition.cpu_count;
+        document.build_config.memory_mb = record.definition.memory_mb;
+        document.build_config.internet_access = record.definition.internet_access;
+        document.build_config.skip_cache = record.definition.skip_cache;
+        document.build_config.base_image_auth_kind = None;
+        document.created_at = ids::now_rfc3339();
+        let destination = self.engine.data_dir().templates().join(&record.id);
+        let published = context.staging.publish(&document, &destination)?;
+        if let Err(error) = self.engine.store().publish(
+            &record.id,
+            &record.template_id,
+            &record.tags,
+            &published,
+            &ids::now_rfc3339(),
+        ) {
+            let _ = std::fs::remove_dir_all(&published);
+            return Err(error);
+        }
+        Ok(BuildOutcome {
+            build_id: record.id.clone(),
+            template_id: record.template_id.clone(),
+            name: record.name.clone(),
+            tags: record.tags.clone(),
+            canonical_ref: format!(
+                "{}/{}:{}",
+                record.owner,
+                record.name,
+                record.tags.first().map(String::as_str).unwrap_or("default")
+            ),
+            rootfs_path: published.join(ROOTFS_FILE),
+            template_json_path: published.join(TEMPLATE_FILE),
+            artifact_dir: published,
+            rootfs_cache_hit: true,
+            seconds: context.started.elapsed().as_secs_f64(),
+            template: document,
+        })
+    }
+}
+
+fn with_ids(mut entry: LogEntry, record: &BuildRecord) -> LogEntry {
+    entry.build_id = record.id.clone();
+    entry.template_id = record.template_id.clone();
+    entry
+}
+
+/// Milliseconds since an RFC 3339 time.
+fn duration_since(started: Option<&str>) -> Option<u64> {
+    let started = humantime::parse_rfc3339(started?).ok()?;
+    let elapsed = std::time::SystemTime::now().duration_since(started).ok()?;
+    u64::try_from(elapsed.as_millis()).ok()
+}

@@ -1,0 +1,589 @@
+//! Durable state of the API: build records (the queue), their log entries, and the templates and
+//! tags they publish into.
+//!
+//! [`BuildStore`] is what the server needs; [`SqliteStore`] implements it on the data dir's
+//! `nullspace.db`, beside the engine's tables (`templates`, `builds`, `tags`, owned by
+//! `nullspace_build::store`): API builds live in `api_builds`, their logs in `api_log_entries`,
+//! and templates are the engine's rows with `namespace` = the owner's namespace. A PostgreSQL
+//! implementation would keep the same tables.
+//!
+//! Every terminal transition writes the new status and its final log entries in one
+//! transaction, so a log follower that sees a terminal status can read the complete log.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+
+use nullspace_rootfs::runtime::{OciMetadata, RuntimeDefaults};
+
+use crate::entry::{CacheSummary, LogEntry};
+use crate::request::BuildDefinition;
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed.
+    #[error("database {path}: {source}")]
+    Database {
+        /// The database file.
+        path: PathBuf,
+        /// The SQLite error.
+        source: rusqlite::Error,
+    },
+    /// A stored JSON document is unreadable.
+    #[error("database {path}: stored {what} is unreadable: {source}")]
+    Corrupt {
+        /// The database file.
+        path: PathBuf,
+        /// Which document.
+        what: &'static str,
+        /// The parse error.
+        source: serde_json::Error,
+    },
+    /// The lock is poisoned (a thread panicked while holding it).
+    #[error("database lock poisoned")]
+    Poisoned,
+}
+
+/// Build statuses.
+pub mod status {
+    /// Queued, not started.
+    pub const WAITING: &str = "waiting";
+    /// Running.
+    pub const BUILDING: &str = "building";
+    /// Published.
+    pub const READY: &str = "ready";
+    /// Failed.
+    pub const ERROR: &str = "error";
+    /// Cancelled.
+    pub const CANCELLED: &str = "cancelled";
+    /// Whether `status` is terminal.
+    pub fn is_terminal(status: &str) -> bool {
+        matches!(status, READY | ERROR | CANCELLED)
+    }
+}
+
+/// What a ready build produced.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BuildResult {
+    /// Runtime defaults (env values stay server-side; the API shows keys only).
+    pub runtime_defaults: RuntimeDefaults,
+    /// OCI metadata hints.
+    pub oci_metadata: OciMetadata,
+    /// Manifest digest of the source image.
+    pub source_digest: Option<String>,
+    /// The artifact dir.
+    pub artifact_dir: String,
+    /// Rootfs size in bytes.
+    pub rootfs_size_bytes: u64,
+}
+
+/// One build as the API knows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BuildRecord {
+    /// `tb_...`.
+    pub id: String,
+    /// The API key owner that created it.
+    pub owner: String,
+    /// `tmpl_...`.
+    pub template_id: String,
+    /// Template name.
+    pub name: String,
+    /// Tags requested (and promoted to it).
+    pub tags: Vec<String>,
+    /// `waiting`, `building`, `ready`, `error` or `cancelled`.
+    pub status: String,
+    /// The sanitized definition (no secrets).
+    pub definition: BuildDefinition,
+    /// RFC 3339 times.
+    pub created_at: String,
+    /// Last change.
+    pub updated_at: String,
+    /// When it entered the queue.
+    pub queued_at: String,
+    /// When it started running.
+    pub started_at: Option<String>,
+    /// When it ended.
+    pub finished_at: Option<String>,
+    /// Running time.
+    pub duration_ms: Option<u64>,
+    /// Failure phase.
+    pub failure_phase: Option<String>,
+    /// Failure message.
+    pub error_message: Option<String>,
+    /// What a ready build produced.
+    pub result: Option<BuildResult>,
+    /// Cache decisions.
+    pub cache_summary: CacheSummary,
+    /// The build this one retries.
+    pub retry_of: Option<String>,
+}
+
+/// How a build ended.
+#[derive(Clone, Debug)]
+pub struct Finish {
+    /// `ready`, `error` or `cancelled`.
+    pub status: &'static str,
+    /// When.
+    pub finished_at: String,
+    /// Running time.
+    pub duration_ms: Option<u64>,
+    /// Failure phase.
+    pub failure_phase: Option<String>,
+    /// Failure message.
+    pub error_message: Option<String>,
+    /// Result of a ready build.
+    pub result: Option<BuildResult>,
+    /// Cache decisions.
+    pub cache_summary: Option<CacheSummary>,
+}
+
+/// A template and its tags.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TemplateRow {
+    /// `tmpl_...`.
+    pub id: String,
+    /// Namespace (the owner's).
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Tags and the builds they point at.
+    pub tags: Vec<(String, String)>,
+}
+
+/// Filters of a build history listing.
+#[derive(Clone, Debug, Default)]
+pub struct HistoryFilter {
+    /// Only this status.
+    pub status: Option<String>,
+    /// Only this backend.
+    pub backend: Option<String>,
+    /// At most this many rows.
+    pub limit: usize,
+    /// Rows older than this sequence number (the cursor).
+    pub before: Option<i64>,
+}
+
+/// What the API needs from durable storage.
+pub trait BuildStore: Send + Sync + 'static {
+    /// The id of `owner`'s template `name`, creating it (with `new_id`) if needed.
+    fn ensure_template(
+        &self,
+        owner: &str,
+        name: &str,
+        new_id: &str,
+        now: &str,
+    ) -> Result<String, StoreError>;
+    /// Records a new `waiting` build.
+    fn insert_build(&self, record: &BuildRecord) -> Result<(), StoreError>;
+    /// A build of `owner` (any owner when `None`).
+    fn build(&self, owner: Option<&str>, id: &str) -> Result<Option<BuildRecord>, StoreError>;
+    /// `waiting` → `building`; false when the build is no longer waiting.
+    fn mark_building(&self, id: &str, now: &str, entry: &LogEntry) -> Result<bool, StoreError>;
+    /// Ends a `waiting`/`building` build with its final entries in one transaction; false
+    /// (and nothing written) when it had already ended.
+    fn finish(&self, id: &str, finish: &Finish, entries: &[LogEntry]) -> Result<bool, StoreError>;
+    /// Appends an entry to a build that has not ended; returns its offset, `None` if ended.
+    fn append_entry(&self, id: &str, entry: &LogEntry) -> Result<Option<u64>, StoreError>;
+    /// Entries from `offset` on, at most `limit`.
+    fn entries(&self, id: &str, offset: u64, limit: usize) -> Result<Vec<LogEntry>, StoreError>;
+    /// The number of entries (the next offset).
+    fn entry_count(&self, id: &str) -> Result<u64, StoreError>;
+    /// `owner`'s builds of a template, newest first, with each row's sequence number.
+    fn history(
+        &self,
+        owner: &str,
+        template_id: &str,
+        filter: &HistoryFilter,
+    ) -> Result<Vec<(i64, BuildRecord)>, StoreError>;
+    /// `owner`'s template by id or name.
+    fn template(&self, owner: &str, id_or_name: &str) -> Result<Option<TemplateRow>, StoreError>;
+    /// `owner`'s templates.
+    fn templates(&self, owner: &str) -> Result<Vec<TemplateRow>, StoreError>;
+    /// Points `tag` of a template at a build, and records the tag on the build.
+    fn set_tag(&self, template_id: &str, tag: &str, build_id: &str) -> Result<(), StoreError>;
+    /// Ids of builds in `status`, oldest first.
+    fn builds_in(&self, status: &str) -> Result<Vec<String>, StoreError>;
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS templates (
+    id TEXT PRIMARY KEY,
+    namespace TEXT NOT NULL,
+    name TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    UNIQUE (namespace, name)
+);
+CREATE TABLE IF NOT EXISTS api_builds (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    owner TEXT NOT NULL,
+    template_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    backend TEXT NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS api_builds_template ON api_builds (template_id, seq);
+CREATE INDEX IF NOT EXISTS api_builds_status ON api_builds (status, seq);
+CREATE TABLE IF NOT EXISTS api_log_entries (
+    build_id TEXT NOT NULL,
+    offset INTEGER NOT NULL,
+    entry TEXT NOT NULL,
+    PRIMARY KEY (build_id, offset)
+);
+";
+
+/// [`BuildStore`] on SQLite.
+pub struct SqliteStore {
+    path: PathBuf,
+    connection: Mutex<Connection>,
+}
+
+impl SqliteStore {
+    /// Opens the database at `path` (the engine's `nullspace.db`; open the engine first so its
+    /// tables exist).
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let err = |source| StoreError::Database {
+            path: path.to_path_buf(),
+            source,
+        };
+        let connection = nullspace_build::store::open_connection(path).map_err(err)?;
+        connection.execute_batch(SCHEMA).map_err(err)?;
+        Ok(SqliteStore {
+            path: path.to_path_buf(),
+            connection: Mutex::new(connection),
+        })
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        let mut guard = self.connection.lock().map_err(|_| StoreError::Poisoned)?;
+        f(&mut guard).map_err(|source| StoreError::Database {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(
+        &self,
+        what: &'static str,
+        text: &str,
+    ) -> Result<T, StoreError> {
+        serde_json::from_str(text).map_err(|source| StoreError::Corrupt {
+            path: self.path.clone(),
+            what,
+            source,
+        })
+    }
+
+    fn encode<T: Serialize>(&self, what: &'static str, value: &T) -> Result<String, StoreError> {
+        serde_json::to_string(value).map_err(|source| StoreError::Corrupt {
+            path: self.path.clone(),
+            what,
+            source,
+        })
+    }
+}
+
+fn insert_entry(tx: &Connection, id: &str, entry: &LogEntry) -> rusqlite::Result<u64> {
+    let template_id: String = tx.query_row(
+        "SELECT template_id FROM api_builds WHERE id = ?1",
+        params![id],
+        |r| r.get(0),
+    )?;
+    let next: i64 = tx.query_row(
+        "SELECT COALESCE(MAX(offset) + 1, 0) FROM api_log_entries WHERE build_id = ?1",
+        params![id],
+        |r| r.get(0),
+    )?;
+    let offset = u64::try_from(next).unwrap_or(0);
+    tx.execute(
+        "INSERT INTO api_log_entries (build_id, offset, entry) VALUES (?1, ?2, ?3)",
+        params![id, next, entry_json(entry, id, &template_id, offset)],
+    )?;
+    Ok(offset)
+}
+
+fn entry_json(entry: &LogEntry, id: &str, template_id: &str, offset: u64) -> String {
+    let mut entry = entry.clone();
+    entry.build_id = id.to_string();
+    entry.template_id = template_id.to_string();
+    entry.offset = offset;
+    serde_json::to_string(&entry).unwrap_or_else(|_| "{}".into())
+}
+
+impl BuildStore for SqliteStore {
+    fn ensure_template(
+        &self,
+        owner: &str,
+        name: &str,
+        new_id: &str,
+        now: &str,
+    ) -> Result<String, StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT OR IGNORE INTO templates (id, namespace, name, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![new_id, owner, name, now],
+            )?;
+            c.query_row(
+                "SELECT id FROM templates WHERE namespace = ?1 AND name = ?2",
+                params![owner, name],
+                |row| row.get(0),
+            )
+        })
+    }
+
+    fn insert_build(&self, record: &BuildRecord) -> Result<(), StoreError> {
+        let json = self.encode("build record", record)?;
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO api_builds (id, owner, template_id, status, backend, record) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    record.id,
+                    record.owner,
+                    record.template_id,
+                    record.status,
+                    record.definition.build_backend,
+                    json
+                ],
+            )
+            .map(|_| ())
+        })
+    }
+
+    fn build(&self, owner: Option<&str>, id: &str) -> Result<Option<BuildRecord>, StoreError> {
+        let row: Option<(String, String)> = self.with(|c| {
+            c.query_row(
+                "SELECT owner, record FROM api_builds WHERE id = ?1",
+                params![id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+        })?;
+        match row {
+            Some((row_owner, json)) if owner.is_none_or(|o| o == row_owner) => {
+                Ok(Some(self.decode("build record", &json)?))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn mark_building(&self, id: &str, now: &str, entry: &LogEntry) -> Result<bool, StoreError> {
+        let Some(mut record) = self.build(None, id)? else {
+            return Ok(false);
+        };
+        if record.status != status::WAITING {
+            return Ok(false);
+        }
+        record.status = status::BUILDING.into();
+        record.started_at = Some(now.into());
+        record.updated_at = now.into();
+        let json = self.encode("build record", &record)?;
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let changed = tx.execute(
+                "UPDATE api_builds SET status = 'building', record = ?2 WHERE id = ?1 AND status = 'waiting'",
+                params![id, json],
+            )?;
+            if changed == 1 {
+                insert_entry(&tx, id, entry)?;
+            }
+            tx.commit()?;
+            Ok(changed == 1)
+        })
+    }
+
+    fn finish(&self, id: &str, finish: &Finish, entries: &[LogEntry]) -> Result<bool, StoreError> {
+        let Some(mut record) = self.build(None, id)? else {
+            return Ok(false);
+        };
+        if status::is_terminal(&record.status) {
+            return Ok(false);
+        }
+        let previous = record.status.clone();
+        record.status = finish.status.into();
+        record.finished_at = Some(finish.finished_at.clone());
+        record.updated_at = finish.finished_at.clone();
+        record.duration_ms = finish.duration_ms;
+        record.failure_phase = finish.failure_phase.clone();
+        record.error_message = finish.error_message.clone();
+        record.result = finish.result.clone();
+        if let Some(summary) = &finish.cache_summary {
+            record.cache_summary = summary.clone();
+        }
+        let json = self.encode("build record", &record)?;
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let changed = tx.execute(
+                "UPDATE api_builds SET status = ?2, record = ?3 WHERE id = ?1 AND status = ?4",
+                params![id, finish.status, json, previous],
+            )?;
+            if changed == 1 {
+                for entry in entries {
+                    insert_entry(&tx, id, entry)?;
+                }
+            }
+            tx.commit()?;
+            Ok(changed == 1)
+        })
+    }
+
+    fn append_entry(&self, id: &str, entry: &LogEntry) -> Result<Option<u64>, StoreError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let active: Option<String> = tx
+                .query_row(
+                    "SELECT status FROM api_builds WHERE id = ?1",
+                    params![id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if active.is_none_or(|s| status::is_terminal(&s)) {
+                return Ok(None);
+            }
+            let offset = insert_entry(&tx, id, entry)?;
+            tx.commit()?;
+            Ok(Some(offset))
+        })
+    }
+
+    fn entries(&self, id: &str, offset: u64, limit: usize) -> Result<Vec<LogEntry>, StoreError> {
+        let offset = i64::try_from(offset).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows: Vec<String> = self.with(|c| {
+            let mut statement = c.prepare(
+                "SELECT entry FROM api_log_entries WHERE build_id = ?1 AND offset >= ?2 ORDER BY offset LIMIT ?3",
+            )?;
+            let rows = statement
+                .query_map(params![id, offset, limit], |r| r.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()?;
+            Ok(rows)
+        })?;
+        rows.iter()
+            .map(|json| self.decode("log entry", json))
+            .collect()
+    }
+
+    fn entry_count(&self, id: &str) -> Result<u64, StoreError> {
+        let count: i64 = self.with(|c| {
+            c.query_row(
+                "SELECT COALESCE(MAX(offset) + 1, 0) FROM api_log_entries WHERE build_id = ?1",
+                params![id],
+                |r| r.get(0),
+            )
+        })?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    fn history(
+        &self,
+        owner: &str,
+        template_id: &str,
+        filter: &HistoryFilter,
+    ) -> Result<Vec<(i64, BuildRecord)>, StoreError> {
+        let limit = i64::try_from(filter.limit).unwrap_or(i64::MAX);
+        let rows: Vec<(i64, String)> = self.with(|c| {
+            let mut statement = c.prepare(
+                "SELECT seq, record FROM api_builds
+                 WHERE owner = ?1 AND template_id = ?2
+                   AND (?3 IS NULL OR status = ?3) AND (?4 IS NULL OR backend = ?4)
+                   AND (?5 IS NULL OR seq < ?5)
+                 ORDER BY seq DESC LIMIT ?6",
+            )?;
+            let rows = statement
+                .query_map(
+                    params![
+                        owner,
+                        template_id,
+                        filter.status,
+                        filter.backend,
+                        filter.before,
+                        limit
+                    ],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })?;
+        rows.into_iter()
+            .map(|(seq, json)| Ok((seq, self.decode("build record", &json)?)))
+            .collect()
+    }
+
+    fn template(&self, owner: &str, id_or_name: &str) -> Result<Option<TemplateRow>, StoreError> {
+        Ok(self
+            .templates(owner)?
+            .into_iter()
+            .find(|t| t.id == id_or_name || t.name == id_or_name))
+    }
+
+    fn templates(&self, owner: &str) -> Result<Vec<TemplateRow>, StoreError> {
+        let rows: Vec<(String, String, Option<String>, Option<String>)> = self.with(|c| {
+            let mut statement = c.prepare(
+                "SELECT t.id, t.name, g.tag, g.build_id FROM templates t
+                 LEFT JOIN tags g ON g.template_id = t.id
+                 WHERE t.namespace = ?1 ORDER BY t.name, g.tag",
+            )?;
+            let rows = statement
+                .query_map(params![owner], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })?;
+        let mut out: Vec<TemplateRow> = Vec::new();
+        for (id, name, tag, build) in rows {
+            if out.last().is_none_or(|last| last.id != id) {
+                out.push(TemplateRow {
+                    id: id.clone(),
+                    namespace: owner.to_string(),
+                    name,
+                    tags: Vec::new(),
+                });
+            }
+            if let (Some(tag), Some(build), Some(last)) = (tag, build, out.last_mut()) {
+                last.tags.push((tag, build));
+            }
+        }
+        Ok(out)
+    }
+
+    fn set_tag(&self, template_id: &str, tag: &str, build_id: &str) -> Result<(), StoreError> {
+        let Some(mut record) = self.build(None, build_id)? else {
+            return Ok(());
+        };
+        if !record.tags.iter().any(|t| t == tag) {
+            record.tags.push(tag.to_string());
+        }
+        record.updated_at = nullspace_build::ids::now_rfc3339();
+        let json = self.encode("build record", &record)?;
+        self.with(|c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "INSERT INTO tags (template_id, tag, build_id) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (template_id, tag) DO UPDATE SET build_id = excluded.build_id",
+                params![template_id, tag, build_id],
+            )?;
+            tx.execute(
+                "UPDATE api_builds SET record = ?2 WHERE id = ?1",
+                params![build_id, json],
+            )?;
+            tx.commit()
+        })
+    }
+
+    fn builds_in(&self, wanted: &str) -> Result<Vec<String>, StoreError> {
+        self.with(|c| {
+            let mut statement =
+                c.prepare("SELECT id FROM api_builds WHERE status = ?1 ORDER BY seq")?;
+            let rows = statement
+                .query_map(params![wanted], |r| r.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()?;
+            Ok(rows)
+        })
+    }
+}

@@ -1,0 +1,337 @@
+//! The API with the real `nullspace serve` binary: SSE replay from an offset, follow until the
+//! end, two callers isolated, a restart during a build, and the OpenAPI file.
+//!
+//! The binary is `$NULLSPACE_BIN`, else `<target>/debug/nullspace` (built on demand). Tests that
+//! pull images need the local registries (`scripts/devenv up`); they skip without them.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const ALICE: &str = "alice-key-0000000001";
+const BOB: &str = "bob-key-00000000002";
+
+fn binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("NULLSPACE_BIN") {
+        return PathBuf::from(bin);
+    }
+    let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let bin = target.join("debug").join("nullspace");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "nullspace-cli"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    bin
+}
+
+fn registry() -> Option<String> {
+    std::env::var("NULLSPACE_REGISTRY").ok()
+}
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(data: &Path) -> Server {
+        let mut child = Command::new(binary())
+            .args(["serve", "--listen", "127.0.0.1:0", "--workers", "2"])
+            .env("NULLSPACE_DATA_DIR", data)
+            .env("NULLSPACE_API_KEYS", format!("{ALICE}:alice,{BOB}:bob"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let url = loop {
+            let line = lines.next().expect("server exited").unwrap();
+            if let Some((_, url)) = line.split_once("listening on ") {
+                break url.trim().to_string();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        Server { child, url }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+async fn call(method: reqwest::Method, url: &str, key: &str, body: Option<Value>) -> (u16, Value) {
+    let mut request = client().request(method, url).bearer_auth(key);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// `(id, data)` of every SSE frame in `text`.
+fn frames(text: &str) -> Vec<(u64, Value)> {
+    text.split("\n\n")
+        .filter_map(|frame| {
+            let mut id = None;
+            let mut data = None;
+            for line in frame.lines() {
+                if let Some(v) = line.strip_prefix("id:") {
+                    id = v.trim().parse().ok();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data = serde_json::from_str(v.trim()).ok();
+                }
+            }
+            Some((id?, data?))
+        })
+        .collect()
+}
+
+async fn wait_status(url: &str, build: &str, wanted: &[&str]) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (code, body) = call(
+            reqwest::Method::GET,
+            &format!("{url}/v1/templates/builds/{build}"),
+            ALICE,
+            None,
+        )
+        .await;
+        assert_eq!(code, 200, "{body}");
+        if wanted.contains(&body["build"]["status"].as_str().unwrap()) {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "{build} stuck: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A port that accepts connections and never answers.
+fn blackhole() -> (TcpListener, String) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    (listener, address)
+}
+
+#[tokio::test]
+async fn sse_replays_from_an_offset_and_follows_to_the_end() {
+    let Some(registry) = registry() else {
+        eprintln!("skipped: NULLSPACE_REGISTRY not set");
+        return;
+    };
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path());
+    let (code, build) = call(
+        reqwest::Method::POST,
+        &format!("{}/v1/templates/builds", server.url),
+        ALICE,
+        Some(json!({"name": "sse", "base_image": format!("{registry}/library/debian:bookworm")})),
+    )
+    .await;
+    assert_eq!(code, 202, "{build}");
+    let id = build["build_id"].as_str().unwrap().to_string();
+    // Follow from the start while the build runs: every entry once, in order, until `end`.
+    let followed = client()
+        .get(format!(
+            "{}/v1/templates/builds/{id}/logs?follow=true",
+            server.url
+        ))
+        .bearer_auth(ALICE)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let followed = frames(&followed);
+    let offsets: Vec<u64> = followed.iter().map(|(o, _)| *o).collect();
+    assert_eq!(offsets, (0..followed.len() as u64).collect::<Vec<_>>());
+    assert_eq!(followed.last().unwrap().1["kind"], "end");
+    assert_eq!(followed.last().unwrap().1["result"], "ready");
+    assert!(followed
+        .iter()
+        .all(|(o, e)| e["offset"] == *o && e["build_id"] == id.as_str()));
+    // Replay from offset 2 (and via `cursor`): the same entries.
+    for query in ["offset=2", "cursor=2", "cursor=0&offset=2"] {
+        let replay = client()
+            .get(format!(
+                "{}/v1/templates/builds/{id}/logs?{query}",
+                server.url
+            ))
+            .bearer_auth(ALICE)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(frames(&replay), followed[2..].to_vec(), "{query}");
+    }
+    let status = wait_status(&server.url, &id, &["ready"]).await;
+    assert_eq!(status["next_offset"], followed.len());
+}
+
+#[tokio::test]
+async fn two_callers_are_isolated() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path());
+    let (hole, address) = blackhole();
+    let (_, build) = call(
+        reqwest::Method::POST,
+        &format!("{}/v1/templates/builds", server.url),
+        ALICE,
+        Some(json!({"name": "iso", "base_image": format!("{address}/a/b:1")})),
+    )
+    .await;
+    let id = build["build_id"].as_str().unwrap();
+    for (method, path) in [
+        (reqwest::Method::GET, format!("/v1/templates/builds/{id}")),
+        (
+            reqwest::Method::GET,
+            format!("/v1/templates/builds/{id}/logs"),
+        ),
+        (
+            reqwest::Method::POST,
+            format!("/v1/templates/builds/{id}/cancel"),
+        ),
+        (
+            reqwest::Method::POST,
+            format!("/v1/templates/builds/{id}/retry"),
+        ),
+    ] {
+        let (code, body) = call(
+            method,
+            &format!("{}{path}", server.url),
+            BOB,
+            Some(json!({})),
+        )
+        .await;
+        assert_eq!(code, 404, "{path}: {body}");
+        assert_eq!(body["code"], "template_build_not_found");
+    }
+    let (code, body) = call(
+        reqwest::Method::GET,
+        &format!("{}/v1/templates/iso/builds", server.url),
+        BOB,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (code, body["code"].as_str()),
+        (404, Some("template_not_found"))
+    );
+    let (code, body) = call(
+        reqwest::Method::GET,
+        &format!("{}/v1/templates/builds/{id}", server.url),
+        "not-a-key-at-all",
+        None,
+    )
+    .await;
+    assert_eq!((code, body["code"].as_str()), (401, Some("unauthorized")));
+    let (code, body) = call(
+        reqwest::Method::POST,
+        &format!("{}/v1/templates/builds/{id}/cancel", server.url),
+        ALICE,
+        Some(json!({"reason": "done"})),
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(body["build"]["status"], "cancelled");
+    drop(hole);
+}
+
+#[tokio::test]
+async fn a_restart_during_a_build_fails_it_with_a_reason() {
+    let data = tempfile::tempdir().unwrap();
+    let mut server = Server::start(data.path());
+    let (hole, address) = blackhole();
+    let (_, build) = call(
+        reqwest::Method::POST,
+        &format!("{}/v1/templates/builds", server.url),
+        ALICE,
+        Some(json!({"name": "crash", "base_image": format!("{address}/a/b:1")})),
+    )
+    .await;
+    let id = build["build_id"].as_str().unwrap().to_string();
+    wait_status(&server.url, &id, &["building"]).await;
+    let staging = data.path().join("staging").join(&id);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !staging.exists() {
+        assert!(Instant::now() < deadline, "no staging dir for {id}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.kill();
+    let server = Server::start(data.path());
+    let status = wait_status(&server.url, &id, &["error"]).await;
+    assert_eq!(status["build"]["failure_phase"], "build");
+    let entries = status["entries"].as_array().unwrap();
+    let error = &entries[entries.len() - 2];
+    assert_eq!(error["kind"], "error");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("server stopped"),
+        "{error}"
+    );
+    assert_eq!(entries.last().unwrap()["kind"], "end");
+    assert!(!data.path().join("staging").join(&id).exists());
+    drop(hole);
+}
+
+#[tokio::test]
+async fn the_served_openapi_document_is_the_file_in_the_repository() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path());
+    let served = client()
+        .get(format!("{}/openapi.json", server.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let file = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("openapi.json"))
+        .unwrap();
+    assert_eq!(served, file);
+    let document: Value = serde_json::from_str(&file).unwrap();
+    for path in [
+        "/v1/templates/builds",
+        "/v1/templates/builds/{build_id}",
+        "/v1/templates/builds/{build_id}/logs",
+        "/v1/templates/builds/{build_id}/cancel",
+        "/v1/templates/builds/{build_id}/retry",
+        "/v1/templates/builds/{build_id}/promote",
+        "/v1/templates/validate",
+        "/v1/templates/plan",
+        "/v1/templates/{template}/builds",
+        "/v1/templates/refs/{ref}",
+        "/v1/templates",
+    ] {
+        assert!(document["paths"].get(path).is_some(), "{path} undocumented");
+    }
+}

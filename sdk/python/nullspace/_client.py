@@ -1,0 +1,116 @@
+"""The HTTP client: base URL and API key from the environment, the error envelope, SSE."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
+
+import httpx
+
+from .errors import ApiError, error_from_response
+
+DEFAULT_API_URL = "http://127.0.0.1:8080"
+
+
+class Client:
+    """A thin client of the Nullspace HTTP API.
+
+    ``api_url`` defaults to ``$NULLSPACE_API_URL``, ``api_key`` to ``$NULLSPACE_API_KEY``.
+    The key never appears in ``repr``.
+    """
+
+    def __init__(
+        self,
+        api_url: Optional[str] = None,
+        api_key: Optional[str] = None,
+        *,
+        timeout: float = 30.0,
+    ) -> None:
+        self.api_url = (api_url or os.environ.get("NULLSPACE_API_URL") or DEFAULT_API_URL).rstrip("/")
+        self._api_key = api_key if api_key is not None else os.environ.get("NULLSPACE_API_KEY")
+        self._timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"Client(api_url={self.api_url!r})"
+
+    def _headers(self) -> Dict[str, str]:
+        headers = {"accept": "application/json", "user-agent": "nullspace-python/0.1.0"}
+        if self._api_key:
+            headers["authorization"] = f"Bearer {self._api_key}"
+        return headers
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Optional[Mapping[str, Any]] = None,
+        params: Optional[Mapping[str, Any]] = None,
+    ) -> Any:
+        """Sends a request and returns the decoded JSON, raising the matching error."""
+        try:
+            response = httpx.request(
+                method,
+                self.api_url + path,
+                json=json_body,
+                params=_params(params),
+                headers=self._headers(),
+                timeout=self._timeout,
+            )
+        except httpx.HTTPError as error:
+            raise ApiError(f"cannot reach {self.api_url}: {error}", code="connection_error") from None
+        return _decode(response)
+
+    def sse(self, path: str, params: Mapping[str, Any]) -> Iterator[Tuple[Optional[str], str, str]]:
+        """Yields ``(id, event, data)`` of a server-sent event stream until it closes."""
+        timeout = httpx.Timeout(self._timeout, read=None)
+        headers = dict(self._headers(), accept="text/event-stream")
+        with httpx.stream(
+            "GET", self.api_url + path, params=_params(params), headers=headers, timeout=timeout
+        ) as response:
+            if response.status_code >= 400:
+                response.read()
+                _decode(response)
+            event_id: Optional[str] = None
+            event = "message"
+            data: list[str] = []
+            for line in response.iter_lines():
+                if line == "":
+                    if data:
+                        yield event_id, event, "\n".join(data)
+                    event, data = "message", []
+                    continue
+                if line.startswith(":"):
+                    continue
+                field, _, value = line.partition(":")
+                value = value[1:] if value.startswith(" ") else value
+                if field == "data":
+                    data.append(value)
+                elif field == "event":
+                    event = value
+                elif field == "id":
+                    event_id = value
+            if data:
+                yield event_id, event, "\n".join(data)
+
+
+def _params(params: Optional[Mapping[str, Any]]) -> Optional[Dict[str, str]]:
+    if params is None:
+        return None
+    out: Dict[str, str] = {}
+    for key, value in params.items():
+        if value is None:
+            continue
+        out[key] = ("true" if value else "false") if isinstance(value, bool) else str(value)
+    return out
+
+
+def _decode(response: httpx.Response) -> Any:
+    try:
+        body = response.json() if response.content else {}
+    except json.JSONDecodeError:
+        body = {"error": response.text[:500], "code": "invalid_response"}
+    if response.status_code >= 400:
+        raise error_from_response(response.status_code, body)
+    return body

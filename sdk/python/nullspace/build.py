@@ -1,0 +1,226 @@
+"""``TemplateBuild``: a handle on a background build (spec §1.7)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Union
+
+import httpx
+
+from ._client import Client
+from .errors import ApiError, BuildError, ErrorDetail
+from .models import Build, BuildSnapshot, LogEntry
+
+BaseImageAuth = Union[Mapping[str, str], Sequence[str]]
+
+
+def auth_payload(auth: Optional[BaseImageAuth]) -> Optional[Dict[str, str]]:
+    """``{username, password}`` (or a kind-tagged object) from a mapping or a pair."""
+    if auth is None:
+        return None
+    if isinstance(auth, Mapping):
+        return {str(k): str(v) for k, v in auth.items()}
+    username, password = auth
+    return {"username": str(username), "password": str(password)}
+
+
+class TemplateBuild:
+    """A build started in the background, reattachable by its ``tb_...`` id."""
+
+    def __init__(self, build: Build, client: Optional[Client] = None) -> None:
+        self._client = client or Client()
+        self.build = build
+
+    def __repr__(self) -> str:
+        return f"TemplateBuild(build_id={self.build_id!r}, status={self.build.status!r})"
+
+    @property
+    def build_id(self) -> str:
+        """The build id."""
+        return self.build.build_id
+
+    @property
+    def id(self) -> str:
+        """The build id."""
+        return self.build.build_id
+
+    @property
+    def status(self) -> str:
+        """Status as last seen."""
+        return self.build.status
+
+    @property
+    def name(self) -> str:
+        """Template name."""
+        return self.build.name
+
+    @property
+    def canonical_ref(self) -> Optional[str]:
+        """``namespace/name:tag``."""
+        return self.build.canonical_ref
+
+    @property
+    def cache_summary(self) -> Optional[Dict[str, Any]]:
+        """Cache decisions, as last seen."""
+        return self.build.cache_summary
+
+    @property
+    def artifact_availability(self) -> Optional[Dict[str, Any]]:
+        """Whether the artifact is retained, as last seen."""
+        return self.build.artifact_availability
+
+    @property
+    def promotability(self) -> Optional[Dict[str, Any]]:
+        """Whether it can be promoted, as last seen."""
+        return self.build.promotability
+
+    @property
+    def retention_expires_at(self) -> Optional[str]:
+        """When the artifact may go away, as last seen."""
+        return self.build.retention_expires_at
+
+    @classmethod
+    def connect(
+        cls, build_id: str, *, api_url: Optional[str] = None, api_key: Optional[str] = None
+    ) -> "TemplateBuild":
+        """Reattaches to build ``build_id``."""
+        client = Client(api_url, api_key)
+        snapshot = BuildSnapshot.from_dict(
+            client.request("GET", f"/v1/templates/builds/{build_id}", params={"offset": 1 << 62})
+        )
+        return cls(snapshot.build, client)
+
+    def get_status(self, offset: int = 0) -> BuildSnapshot:
+        """The build and its log entries from ``offset`` on."""
+        snapshot = BuildSnapshot.from_dict(
+            self._client.request(
+                "GET", f"/v1/templates/builds/{self.build_id}", params={"offset": offset}
+            )
+        )
+        self.build = snapshot.build
+        return snapshot
+
+    def logs(self, offset: int = 0, follow: bool = False) -> Iterator[LogEntry]:
+        """Replays the durable log from ``offset``; with ``follow``, continues with live
+        entries until the build ends, reconnecting from the last offset if the stream drops."""
+        next_offset = offset
+        failures = 0
+        while True:
+            try:
+                for _, event, data in self._client.sse(
+                    f"/v1/templates/builds/{self.build_id}/logs",
+                    {"offset": next_offset, "follow": follow},
+                ):
+                    if event != "log":
+                        continue
+                    entry = LogEntry.from_dict(_json(data))
+                    next_offset = entry.offset + 1
+                    failures = 0
+                    yield entry
+            except (httpx.TransportError, httpx.StreamError) as error:
+                failures += 1
+                if failures > 5:
+                    raise ApiError(f"log stream lost: {error}", code="connection_error") from None
+                time.sleep(min(0.2 * 2**failures, 5.0))
+                continue
+            if not follow:
+                return
+            snapshot = self.get_status(next_offset)
+            if snapshot.build.is_terminal and not snapshot.entries:
+                return
+
+    def cancel(self, reason: str = "") -> Build:
+        """Cancels the build (idempotent once it has ended)."""
+        body = self._client.request(
+            "POST", f"/v1/templates/builds/{self.build_id}/cancel", json_body={"reason": reason}
+        )
+        self.build = Build.from_dict(body.get("build") or {})
+        return self.build
+
+    def retry(
+        self,
+        tags: Optional[Union[str, List[str]]] = None,
+        base_image_auth: Optional[BaseImageAuth] = None,
+    ) -> "TemplateBuild":
+        """Starts a new attempt from the stored definition; private base images need fresh
+        ``base_image_auth`` (stored credentials are never replayed)."""
+        payload: Dict[str, Any] = {}
+        if tags is not None:
+            payload["tags"] = [tags] if isinstance(tags, str) else list(tags)
+        auth = auth_payload(base_image_auth)
+        if auth is not None:
+            payload["base_image_auth"] = auth
+        body = self._client.request(
+            "POST", f"/v1/templates/builds/{self.build_id}/retry", json_body=payload
+        )
+        return TemplateBuild(Build.from_dict(body), self._client)
+
+    def promote(self, tag: str) -> Build:
+        """Points ``tag`` at this ready build."""
+        body = self._client.request(
+            "POST", f"/v1/templates/builds/{self.build_id}/promote", json_body={"tag": tag}
+        )
+        self.build = Build.from_dict(body.get("build") or {})
+        return self.build
+
+    def wait_until_terminal(
+        self,
+        *,
+        on_log_entry: Optional[Callable[[LogEntry], None]] = None,
+        poll_interval: float = 0.5,
+        timeout: Optional[float] = None,
+        offset: int = 0,
+    ) -> BuildSnapshot:
+        """Blocks until the build ends. With ``on_log_entry`` it follows the SSE log and hands
+        every entry to the callback; otherwise it polls by offset. Returns the final snapshot
+        (its ``entries`` are the ones seen while waiting)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        seen: List[LogEntry] = []
+        if on_log_entry is not None:
+            for entry in self.logs(offset=offset, follow=True):
+                seen.append(entry)
+                on_log_entry(entry)
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"build {self.build_id} did not end within {timeout}s")
+            snapshot = self.get_status(offset + len(seen))
+            return BuildSnapshot(snapshot.build, seen + snapshot.entries, snapshot.next_offset)
+        next_offset = offset
+        while True:
+            snapshot = self.get_status(next_offset)
+            seen.extend(snapshot.entries)
+            next_offset = snapshot.next_offset
+            if snapshot.build.is_terminal:
+                rest = self.get_status(next_offset)
+                seen.extend(rest.entries)
+                return BuildSnapshot(rest.build, seen, rest.next_offset)
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"build {self.build_id} did not end within {timeout}s")
+            time.sleep(poll_interval)
+
+
+def raise_for_failure(build: Build) -> None:
+    """Raises ``BuildError`` for a failed or cancelled build."""
+    if build.status == "ready":
+        return
+    if build.status == "cancelled":
+        message = str(build.raw.get("error") or "build cancelled")
+        raise BuildError(
+            message,
+            code="cancelled",
+            build_id=build.build_id,
+            error_detail=ErrorDetail(phase="cancelled", message=message),
+        )
+    detail = build.error_detail
+    raise BuildError(
+        detail.message if detail else f"build ended {build.status}",
+        code="build_error",
+        build_id=build.build_id,
+        error_detail=detail,
+    )
+
+
+def _json(data: str) -> Mapping[str, Any]:
+    import json
+
+    value = json.loads(data)
+    return value if isinstance(value, dict) else {}

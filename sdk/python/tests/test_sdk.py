@@ -1,0 +1,427 @@
+"""The SDK against a real `nullspace serve`: builds, logs, cancel, retry, promote, history,
+validate/plan, errors, isolation between API keys, and secrets that never land anywhere."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Dict, Iterator, List
+
+import httpx
+import pytest
+
+from nullspace import (
+    AuthenticationError,
+    BuildError,
+    ConflictError,
+    InvalidRequestError,
+    LogEntry,
+    NotFoundError,
+    Template,
+    TemplateBuild,
+    default_build_logger,
+    wait_for_port,
+    wait_for_url,
+)
+
+from conftest import ALICE_KEY, BOB_KEY, Server
+
+SEEN_RESPONSES: List[str] = []
+WRONG_PASSWORD = "definitely-wrong-pw-7781"
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def registry(devenv: Dict[str, str]) -> str:
+    return devenv["NULLSPACE_REGISTRY"]
+
+
+def auth_registry(devenv: Dict[str, str]) -> str:
+    return devenv["NULLSPACE_AUTH_REGISTRY"]
+
+
+def password(devenv: Dict[str, str]) -> str:
+    return devenv["NULLSPACE_AUTH_PASSWORD"]
+
+
+def record(obj: object) -> None:
+    SEEN_RESPONSES.append(json.dumps(obj, default=lambda o: getattr(o, "__dict__", str(o))))
+
+
+@pytest.fixture
+def blackhole() -> Iterator[str]:
+    """A TCP port that accepts connections and never answers: builds pulling from it hang."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    held: List[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+                held.append(conn)
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{listener.getsockname()[1]}"
+    stop.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    listener.close()
+
+
+def wait_for_status(handle: TemplateBuild, wanted: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if handle.get_status(0).build.status == wanted:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{handle.build_id} never reached {wanted}")
+
+
+# ----- builds ----------------------------------------------------------------------------
+
+
+def test_blocking_build_from_debian(server: Server) -> None:
+    entries: List[LogEntry] = []
+    name = unique("deb")
+    build = Template.build(Template().from_debian_image(), name, on_log_entry=entries.append)
+    record(build.raw)
+    assert build.status == "ready"
+    assert build.name == name
+    assert build.canonical_ref == f"alice/{name}:default"
+    assert build.build_id.startswith("tb_") and build.template_id.startswith("tmpl_")
+    kinds = [e.kind for e in entries]
+    assert kinds[0] == "message" and "start" in kinds and kinds[-1] == "end"
+    assert entries[-1].result == "ready"
+    assert [e.offset for e in entries] == list(range(len(entries)))
+    assert any(e.kind == "cache" and e.cache_kind == "layer" for e in entries)
+    assert len(entries) < 200, "byte progress must be throttled"
+    defaults = build.runtime_defaults or {}
+    assert "PATH" in defaults["default_env_keys"]
+    assert "/usr/local/sbin" not in json.dumps(build.raw), "env values must not leave the server"
+    assert build.raw["build_config"]["internet_access"] is True
+    assert build.raw["source_kind"] == "oci_import"
+    details = Template.get(name)
+    assert details["canonical_ref"] == f"alice/{name}:default"
+    assert details["build_id"] == build.build_id
+
+
+def test_class_style_from_image_and_logger(server: Server, devenv: Dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    name = unique("img")
+    builder = Template.from_image(f"{registry(devenv)}/library/debian:bookworm")
+    build = Template.build(builder, name, tags=["v1", "stable"], on_log_entry=default_build_logger())
+    assert build.status == "ready"
+    assert build.tags == ["v1", "stable"]
+    assert build.canonical_ref == f"alice/{name}:v1"
+    assert "[end]" in capsys.readouterr().err
+    assert Template.get(f"{name}:stable")["build_id"] == build.build_id
+    assert Template.get(f"alice/{name}:v1")["build_id"] == build.build_id
+    assert Template.get(f"{name}:{build.build_id}")["build_id"] == build.build_id
+    masked = Template.get(f"{name}:v1", fields=["id", "canonical_ref"])
+    assert set(masked) == {"id", "canonical_ref"}
+
+
+def test_private_registry_with_and_without_auth(server: Server, devenv: Dict[str, str]) -> None:
+    ref = f"{auth_registry(devenv)}/library/debian:bookworm"
+    name = unique("private")
+    builder = Template().from_image(ref, username=devenv["NULLSPACE_AUTH_USER"], password=password(devenv))
+    assert password(devenv) not in repr(builder)
+    build = Template.build(builder, name, skip_cache=True)
+    record(build.raw)
+    assert build.status == "ready"
+    assert build.raw["base_image_auth_kind"] == "basic"
+    assert build.raw["cache_summary"]["layer_bypasses"] >= 1
+
+    with pytest.raises(BuildError) as failure:
+        Template.build(Template.from_image(ref), unique("noauth"))
+    assert failure.value.error_detail is not None
+    assert failure.value.error_detail.phase == "base_image_import"
+    assert failure.value.build_id
+
+    wrong = Template().from_image(ref).set_base_image_auth(username="nullspace", password=WRONG_PASSWORD)
+    with pytest.raises(BuildError) as failure:
+        Template.build(wrong, unique("wrongauth"))
+    assert WRONG_PASSWORD not in str(failure.value)
+    record(TemplateBuild.connect(failure.value.build_id or "").get_status(0).build.raw)
+
+
+def test_background_build_polling_and_replay(server: Server) -> None:
+    name = unique("bg")
+    handle = Template.build_in_background(Template.from_debian_image("bookworm"), name=name, tags=["a"])
+    assert handle.build.status in ("waiting", "building", "ready")
+    polled: List[LogEntry] = []
+    offset = 0
+    while True:
+        snapshot = handle.get_status(offset)
+        polled.extend(snapshot.entries)
+        assert snapshot.next_offset == offset + len(snapshot.entries)
+        offset = snapshot.next_offset
+        if snapshot.build.is_terminal and not snapshot.entries:
+            break
+        time.sleep(0.05)
+    assert handle.get_status(0).build.status == "ready"
+    assert [e.offset for e in polled] == list(range(len(polled)))
+    replay = list(handle.logs(offset=0))
+    assert replay == polled
+    tail = list(handle.logs(offset=3))
+    assert tail == polled[3:]
+    assert list(handle.logs(offset=len(polled))) == []
+    again = TemplateBuild.connect(handle.build_id)
+    final = again.wait_until_terminal()
+    assert final.build.status == "ready"
+    followed = list(again.logs(offset=len(polled) - 2, follow=True))
+    assert followed == polled[-2:]
+
+
+def test_cancel_running_and_waiting(server: Server, blackhole: str) -> None:
+    hanging = Template.from_image(f"{blackhole}/never/answers:1")
+    first = Template.build_in_background(hanging, unique("hang"))
+    second = Template.build_in_background(hanging, unique("hang"))
+    wait_for_status(first, "building")
+    wait_for_status(second, "building")
+    third = Template.build_in_background(Template.from_debian_image(), unique("queued"))
+    time.sleep(0.3)
+    assert third.get_status(0).build.status == "waiting", "two workers are busy"
+    cancelled = third.cancel(reason="not needed")
+    assert cancelled.status == "cancelled"
+    assert cancelled.raw["started_at"] is None
+
+    build = first.cancel(reason="test cancel")
+    assert build.status == "cancelled"
+    entries = first.get_status(0).entries
+    assert [e.kind for e in entries][-2:] == ["cancelled", "end"]
+    assert "test cancel" in entries[-2].message
+    assert first.cancel(reason="again").status == "cancelled", "idempotent"
+    assert len(first.get_status(0).entries) == len(entries), "no second cancelled entry"
+    staging = server.data_dir / "staging" / first.build_id
+    deadline = time.monotonic() + 10
+    while staging.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not staging.exists()
+    assert second.cancel("x").status == "cancelled"
+    with pytest.raises(BuildError) as failure:
+        Template.build(Template.from_image(f"{blackhole}/x/y:2"), unique("raced"), on_log_entry=lambda e: (
+            e.kind == "start" and threading.Thread(target=lambda: TemplateBuild.connect(e.build_id).cancel("mid-build")).start()))
+    assert failure.value.code == "cancelled"
+    assert failure.value.error_detail is not None and failure.value.error_detail.phase == "cancelled"
+    ready = Template.build(Template.from_debian_image(), unique("after-cancel"))
+    assert ready.status == "ready", "workers are free again"
+
+
+def test_cancel_of_finished_build_is_idempotent(server: Server) -> None:
+    build = Template.build(Template.from_debian_image(), unique("done"))
+    handle = TemplateBuild.connect(build.build_id)
+    before = handle.get_status(0).entries
+    assert handle.cancel("late").status == "ready"
+    assert handle.get_status(0).entries == before
+
+
+def test_retry_requires_fresh_credentials(server: Server, devenv: Dict[str, str]) -> None:
+    ref = f"{auth_registry(devenv)}/library/debian:bookworm"
+    user, pw = devenv["NULLSPACE_AUTH_USER"], password(devenv)
+    handle = Template.build_in_background(Template.from_image(ref, username=user, password=pw), unique("retry"))
+    assert handle.wait_until_terminal().build.status == "ready"
+    with pytest.raises(InvalidRequestError) as failure:
+        handle.retry()
+    assert "base_image_auth" in failure.value.message
+    assert failure.value.code == "invalid_request"
+    again = handle.retry(tags=["second"], base_image_auth={"username": user, "password": pw})
+    final = again.wait_until_terminal()
+    record(final.build.raw)
+    assert final.build.status == "ready"
+    assert final.build.tags == ["second"]
+    assert final.build.raw["retry_of"] == handle.build_id
+    assert final.entries[0].kind == "retry"
+
+    plain = Template.build_in_background(Template.from_debian_image(), unique("retry-plain"))
+    plain.wait_until_terminal()
+    assert plain.retry().wait_until_terminal().build.status == "ready"
+
+
+def test_promote(server: Server, blackhole: str) -> None:
+    name = unique("promo")
+    first = Template.build(Template.from_debian_image(), name, tags=["v1"])
+    second = Template.build(Template.from_debian_image(), name, tags=["v2"])
+    assert Template.get(f"{name}:v1")["build_id"] == first.build_id
+    promoted = TemplateBuild.connect(second.build_id).promote("v1")
+    assert "v1" in promoted.tags
+    assert Template.get(f"{name}:v1")["build_id"] == second.build_id
+    assert Template.get(f"{name}:v2")["build_id"] == second.build_id
+    failed = Template.build_in_background(Template.from_image(f"{blackhole}/x/y:1"), name)
+    failed.cancel("stop")
+    with pytest.raises(ConflictError) as conflict:
+        failed.promote("v3")
+    assert conflict.value.code == "conflict"
+    with pytest.raises(InvalidRequestError):
+        TemplateBuild.connect(second.build_id).promote("tb_nope")
+
+
+def test_history_filters(server: Server, blackhole: str) -> None:
+    name = unique("hist")
+    ok = Template.build(Template.from_debian_image(), name)
+    bad = Template.build_in_background(Template.from_image(f"{blackhole}/x/y:1"), name)
+    bad.cancel("history")
+    builds = Template.list_builds(name)
+    assert [b.build_id for b in builds] == [bad.build_id, ok.build_id], "newest first"
+    assert builds[1].raw["artifact_ids"] == [ok.build_id]
+    assert [b.build_id for b in Template.list_builds(name, status="cancelled")] == [bad.build_id]
+    assert [b.build_id for b in Template.list_builds(name, status="ready")] == [ok.build_id]
+    assert len(Template.list_builds(name, backend="native")) == 2
+    assert Template.list_builds(name, backend="buildkit") == []
+    assert len(Template.list_builds(ok.template_id)) == 2
+    assert len(Template.list_builds(name, limit=1)) == 1
+    with pytest.raises(InvalidRequestError):
+        Template.list_builds(name, status="bogus")
+    with pytest.raises(NotFoundError) as missing:
+        Template.list_builds(unique("nothing"))
+    assert missing.value.code == "template_not_found"
+
+
+def test_from_template(server: Server) -> None:
+    parent_name = unique("parent")
+    parent = Template.build(Template.from_debian_image(), parent_name)
+    child = Template.build(Template.from_template(parent_name), unique("child"))
+    assert child.status == "ready"
+    assert child.raw["source_kind"] == "template_base"
+    assert (child.runtime_defaults or {})["default_env_keys"] == (parent.runtime_defaults or {})["default_env_keys"]
+    plan = Template.plan(Template.from_template(parent_name), "plan-child")
+    assert plan.build_plan["base_template"] == f"alice/{parent_name}:{parent.build_id}"
+    with pytest.raises(NotFoundError):
+        Template.build_in_background(Template.from_template(unique("missing")), "orphan")
+
+
+def test_validate_and_plan(server: Server, devenv: Dict[str, str]) -> None:
+    result = Template.validate(Template.from_debian_image(), "ok-name", cpu_count=2)
+    assert result.valid and result.errors == []
+    assert any("cpu_count" in w for w in result.warnings)
+    steps = Template.from_debian_image().apt_install(["git"]).run_cmd("true")
+    result = Template.validate(steps, "with-steps")
+    assert not result.valid
+    assert result.errors[0].code == "invalid_request" and "steps" in result.errors[0].message
+    started = Template.from_debian_image().set_start_cmd("python -m http.server 8080", readiness=wait_for_port(8080))
+    result = Template.validate(started, "start")
+    assert not result.valid and result.errors[0].message.startswith("start_cmd")
+
+    plan = Template.plan(Template.from_ubuntu_image("22.04"), "planned", tags=["x"], disk_mb=2048)
+    assert plan.build_plan["base_image"] == "docker.io/library/ubuntu:22.04"
+    assert plan.build_plan["build_config"]["disk_mb"] == 2048
+    assert plan.requires_base_image_auth is False
+    auth = Template.from_image(f"{auth_registry(devenv)}/library/debian:bookworm", username="u", password="p")
+    assert Template.plan(auth, "planned").requires_base_image_auth is True
+    bun = Template.plan(Template.from_bun_image("1.2"), "bun")
+    assert bun.build_plan["base_image"] == "docker.io/oven/bun:1.2"
+
+
+def test_error_paths(server: Server) -> None:
+    with pytest.raises(InvalidRequestError) as failure:
+        Template.build(Template.from_debian_image(), "empty-tags", tags=[])
+    assert failure.value.code == "invalid_request" and failure.value.message.startswith("tags")
+    assert failure.value.request_id and failure.value.request_id.startswith("req_")
+    assert failure.value.error_detail is not None and failure.value.error_detail.phase == "prepare"
+    with pytest.raises(BuildError) as failure:
+        Template.build(Template.from_dockerfile_content("FROM debian\n"), "dockerfile")
+    assert "dockerfile" in failure.value.message
+    with pytest.raises(InvalidRequestError) as failure:
+        Template.build(Template.from_debian_image(), "backend", build_backend="buildkit")
+    assert "build_backend" in failure.value.message
+    with pytest.raises(InvalidRequestError) as failure:
+        Template.build(Template.from_debian_image(), "acme/bad")
+    assert "single-segment" in failure.value.message
+    with pytest.raises(InvalidRequestError) as failure:
+        Template.build(Template.from_debian_image().set_runtime_envs({"A": "1"}), "envs")
+    assert failure.value.message.startswith("runtime_envs")
+    with pytest.raises(InvalidRequestError) as failure:
+        Template.build(Template.from_debian_image(), "secrets", build_secrets={"token": "s3cret"})
+    assert "build_secrets" in failure.value.message and "s3cret" not in failure.value.message
+    with pytest.raises(ValueError):
+        Template.from_bun_image("")
+    with pytest.raises(ValueError):
+        Template.from_debian_image().from_ubuntu_image("22.04")
+    for bad in ["https://localhost:8080/", "http://localhost/", "http://localhost:80/?q=1",
+                "http://user:pw@localhost:80/", "http://localhost:80/#frag", "http://example.com:80/"]:
+        with pytest.raises(ValueError):
+            wait_for_url(bad)
+    assert wait_for_url("http://127.0.0.1:8080/health").to_api() == {"kind": "http", "url": "http://127.0.0.1:8080/health"}
+
+    raw = httpx.post(f"{server.url}/v1/templates/builds", headers={"authorization": f"Bearer {ALICE_KEY}"},
+                     json={"name": "x", "base_image": "debian:bookworm", "surprise": 1})
+    assert raw.status_code == 400
+    body = raw.json()
+    assert body["code"] == "invalid_request" and "surprise" in body["error"] and body["request_id"].startswith("req_")
+    raw = httpx.post(f"{server.url}/v1/templates/builds", headers={"authorization": f"Bearer {ALICE_KEY}"},
+                     content=b"{not json")
+    assert raw.status_code == 400 and raw.json()["code"] == "invalid_request"
+    with pytest.raises(NotFoundError) as missing:
+        TemplateBuild.connect("tb_doesnotexist")
+    assert missing.value.code == "template_build_not_found"
+    with pytest.raises(NotFoundError) as missing:
+        Template.get("no-such-template")
+    assert missing.value.code == "template_not_found"
+    with pytest.raises(AuthenticationError):
+        Template.get("x", api_key="wrong-key-123456")
+    raw = httpx.get(f"{server.url}/v1/templates")
+    assert raw.status_code == 401 and raw.json()["code"] == "unauthorized"
+    served = httpx.get(f"{server.url}/openapi.json").json()
+    assert "/v1/templates/builds" in served["paths"]
+
+
+def test_two_api_keys_are_isolated(server: Server) -> None:
+    name = unique("mine")
+    alice = Template.build(Template.from_debian_image(), name)
+    with pytest.raises(NotFoundError):
+        TemplateBuild.connect(alice.build_id, api_key=BOB_KEY)
+    with pytest.raises(NotFoundError):
+        Template.get(name, api_key=BOB_KEY)
+    with pytest.raises(NotFoundError):
+        Template.get(f"alice/{name}", api_key=BOB_KEY)
+    with pytest.raises(NotFoundError):
+        Template.list_builds(alice.template_id, api_key=BOB_KEY)
+    raw = httpx.post(f"{server.url}/v1/templates/builds/{alice.build_id}/cancel",
+                     headers={"authorization": f"Bearer {BOB_KEY}"}, json={})
+    assert raw.status_code == 404 and raw.json()["code"] == "template_build_not_found"
+    raw = httpx.get(f"{server.url}/v1/templates/builds/{alice.build_id}/logs",
+                    headers={"authorization": f"Bearer {BOB_KEY}"})
+    assert raw.status_code == 404
+    bob = Template.build(Template.from_debian_image(), name, api_key=BOB_KEY)
+    assert bob.canonical_ref == f"bob/{name}:default"
+    assert bob.template_id != alice.template_id
+    listed = httpx.get(f"{server.url}/v1/templates", headers={"authorization": f"Bearer {BOB_KEY}"}).json()
+    assert {t["namespace_slug"] for t in listed["templates"]} == {"bob"}
+    assert Template.get(name)["build_id"] == alice.build_id
+
+
+def test_zz_secrets_are_nowhere(server: Server, devenv: Dict[str, str]) -> None:
+    """Runs last: after builds with base_image_auth, the passwords are in no file of the data
+    dir, no server output and no response."""
+    secrets = [password(devenv), WRONG_PASSWORD]
+    listed = httpx.get(f"{server.url}/v1/templates", headers={"authorization": f"Bearer {ALICE_KEY}"}).json()
+    record(listed)
+    for template in listed["templates"]:
+        for build in Template.list_builds(template["id"]):
+            record(build.raw)
+            handle = TemplateBuild.connect(build.build_id)
+            record([e.__dict__ for e in handle.logs(offset=0)])
+            record(handle.get_status(0).build.raw)
+    time.sleep(0.5)
+    for secret in secrets:
+        needle = secret.encode()
+        for path in Path(server.data_dir).rglob("*"):
+            if path.is_file():
+                assert needle not in path.read_bytes(), f"{secret!r} found in {path}"
+        assert secret not in server.log_text()
+        for response in SEEN_RESPONSES:
+            assert secret not in response
