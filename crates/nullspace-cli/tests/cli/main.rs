@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod dockerfile;
+mod faults;
 mod harness;
 mod import;
 mod tree;
