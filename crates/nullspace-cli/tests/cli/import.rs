@@ -115,6 +115,18 @@ fn every_base_selector_resolves_to_its_image() {
             "{flag}"
         );
     }
+    // disk_mb is a minimum size for the rootfs.
+    let sized = cli.build_json(&[
+        "--from-debian-image",
+        "--name",
+        "sized",
+        "--disk-mb",
+        "1500",
+    ]);
+    let rootfs = path_of(&sized, "rootfs_path");
+    assert!(std::fs::metadata(&rootfs).unwrap().len() >= 1500 << 20);
+    assert_eq!(sized["template"]["build_config"]["disk_mb"], 1500);
+    assert_fsck_clean(&rootfs);
     let out = cli.run(&["template", "build", "--from-bun-image", "", "--name", "bun"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
