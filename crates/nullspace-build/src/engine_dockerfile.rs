@@ -29,7 +29,7 @@ use crate::buildkit::{
 };
 use crate::declarative::{render, RenderedDockerfile, Step};
 use crate::dockerfile::{BuildkitPolicy, DockerfileKind, DockerfileSource, DockerfileSpec};
-use crate::engine::{BuildOutcome, Engine, ImageInput};
+use crate::engine::{BuildContext, BuildOutcome, Engine, ImageInput};
 use crate::error::{io_at, BuildError};
 use crate::events::{BuildEvent, EventSink};
 use crate::request::{BaseSelector, BuildRequest};
@@ -113,7 +113,8 @@ impl Engine {
     }
 
     /// [`Engine::build_dockerfile`] with an explicit driver and options. `request.base` is not
-    /// used: the Dockerfile's `FROM` lines are the base.
+    /// used: the Dockerfile's `FROM` lines are the base. Invalid requests fail before a build
+    /// record exists; then `begin` → [`Engine::run_dockerfile`] → `end`.
     pub async fn build_dockerfile_with(
         &self,
         driver: &dyn BuildkitDriver,
@@ -123,6 +124,65 @@ impl Engine {
         credentials: &Credentials,
         events: Arc<dyn EventSink>,
     ) -> Result<BuildOutcome, BuildError> {
+        let prepared = self
+            .prepare_dockerfile(driver, options, request, spec, credentials, events.clone())
+            .await?;
+        let mut build = self.begin(request)?;
+        let result = self
+            .run_prepared(
+                driver,
+                options,
+                request,
+                spec,
+                credentials,
+                events,
+                prepared,
+                &mut build,
+            )
+            .await;
+        self.end(build, result)
+    }
+
+    /// The BuildKit part of a Dockerfile build inside a caller's [`BuildContext`] (from
+    /// `begin`/`begin_with`; the caller calls `end`): checks, BuildKit, OCI archive import and
+    /// publication.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn run_dockerfile(
+        &self,
+        driver: &dyn BuildkitDriver,
+        options: &BuildkitOptions,
+        request: &BuildRequest,
+        spec: &DockerfileSpec,
+        credentials: &Credentials,
+        events: Arc<dyn EventSink>,
+        build: &mut BuildContext,
+    ) -> Result<BuildOutcome, BuildError> {
+        let prepared = self
+            .prepare_dockerfile(driver, options, request, spec, credentials, events.clone())
+            .await?;
+        self.run_prepared(
+            driver,
+            options,
+            request,
+            spec,
+            credentials,
+            events,
+            prepared,
+            build,
+        )
+        .await
+    }
+
+    /// Every check that needs no build record, and the BuildKit probe.
+    async fn prepare_dockerfile(
+        &self,
+        driver: &dyn BuildkitDriver,
+        options: &BuildkitOptions,
+        request: &BuildRequest,
+        spec: &DockerfileSpec,
+        credentials: &Credentials,
+        events: Arc<dyn EventSink>,
+    ) -> Result<Prepared, BuildError> {
         // Name, tags and sizes are checked as for any request; the base selector is moot.
         let mut common = request.clone();
         common.base = BaseSelector::DebianImage(None);
@@ -158,75 +218,92 @@ impl Engine {
                 info.endpoint
             ),
         });
-        let mut build = self.begin(request)?;
-        let result = async {
-            let scratch = Scratch::create(&build.staging.path().join("buildkit"))?;
-            let mut auths: Vec<(String, String, String)> = spec
-                .registry_auth
-                .iter()
-                .map(|a| {
-                    (
-                        nullspace_oci::reference::normalize_registry(a.registry.trim()),
-                        a.username.clone(),
-                        String::from_utf8_lossy(a.password.expose()).into_owned(),
-                    )
-                })
-                .collect();
-            if let (Some((user, password)), Some(base)) = (&basic, parsed.final_base()) {
-                if let Ok(reference) = nullspace_oci::Reference::parse(&base) {
-                    if !auths.iter().any(|(host, _, _)| *host == reference.registry) {
-                        auths.push((reference.registry, user.clone(), password.clone()));
-                    }
+        Ok(Prepared { basic, parsed })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run_prepared(
+        &self,
+        driver: &dyn BuildkitDriver,
+        options: &BuildkitOptions,
+        request: &BuildRequest,
+        spec: &DockerfileSpec,
+        credentials: &Credentials,
+        events: Arc<dyn EventSink>,
+        prepared: Prepared,
+        build: &mut BuildContext,
+    ) -> Result<BuildOutcome, BuildError> {
+        let Prepared { basic, parsed } = prepared;
+        let scratch = Scratch::create(&build.staging.path().join("buildkit"))?;
+        let mut auths: Vec<(String, String, String)> = spec
+            .registry_auth
+            .iter()
+            .map(|a| {
+                (
+                    nullspace_oci::reference::normalize_registry(a.registry.trim()),
+                    a.username.clone(),
+                    String::from_utf8_lossy(a.password.expose()).into_owned(),
+                )
+            })
+            .collect();
+        if let (Some((user, password)), Some(base)) = (&basic, parsed.final_base()) {
+            if let Ok(reference) = nullspace_oci::Reference::parse(&base) {
+                if !auths.iter().any(|(host, _, _)| *host == reference.registry) {
+                    auths.push((reference.registry, user.clone(), password.clone()));
                 }
             }
-            let redactor = Redactor::new(
-                spec.build_secrets
-                    .values()
-                    .map(|v| v.expose())
-                    .chain(auths.iter().map(|(_, _, p)| p.as_bytes())),
-            );
-            let job = scratch.prepare(
-                spec,
-                &parsed.effective_text,
-                &auths,
-                request,
-                options,
-                redactor,
-            )?;
-            let built = driver.build(&job, events.clone()).await;
-            scratch.remove_credentials();
-            built?;
-            let size = std::fs::metadata(&job.output).map(|m| m.len()).unwrap_or(0);
-            events.event(BuildEvent::Message {
-                message: format!("buildkit: exported the OCI image ({} KiB)", size / 1024),
-            });
-            let blobs = BlobStore::new(self.data_dir().blobs())?;
-            let archive = job.output.clone();
-            let image = tokio::task::spawn_blocking(move || {
-                nullspace_oci::open_oci_archive(&archive, None, &Platform::host(), &blobs)
-            })
-            .await
-            .map_err(|e| BuildError::Internal(format!("OCI archive import stopped: {e}")))??;
-            drop(scratch);
-            let digest = hex::encode(Sha256::digest(parsed.effective_text.as_bytes()));
-            let requested = match (&spec.dockerfile, spec.kind) {
-                (_, DockerfileKind::Declarative) => parsed.final_base().unwrap_or_default(),
-                (DockerfileSource::Path(p), _) => p.display().to_string(),
-                (DockerfileSource::Content(_), _) => "<inline Dockerfile>".to_string(),
-            };
-            let source = ImageInput {
-                image,
-                requested,
-                reference: format!("{}@sha256:{digest}", spec.kind.as_str()),
-                kind: spec.kind.as_str(),
-                backend: "buildkit",
-            };
-            self.import_image(request, credentials, source, events.clone(), &mut build)
-                .await
         }
-        .await;
-        self.end(build, result)
+        let redactor = Redactor::new(
+            spec.build_secrets
+                .values()
+                .map(|v| v.expose())
+                .chain(auths.iter().map(|(_, _, p)| p.as_bytes())),
+        );
+        let job = scratch.prepare(
+            spec,
+            &parsed.effective_text,
+            &auths,
+            request,
+            options,
+            redactor,
+        )?;
+        let built = driver.build(&job, events.clone()).await;
+        scratch.remove_credentials();
+        built?;
+        let size = std::fs::metadata(&job.output).map(|m| m.len()).unwrap_or(0);
+        events.event(BuildEvent::Message {
+            message: format!("buildkit: exported the OCI image ({} KiB)", size / 1024),
+        });
+        let blobs = BlobStore::new(self.data_dir().blobs())?;
+        let archive = job.output.clone();
+        let image = tokio::task::spawn_blocking(move || {
+            nullspace_oci::open_oci_archive(&archive, None, &Platform::host(), &blobs)
+        })
+        .await
+        .map_err(|e| BuildError::Internal(format!("OCI archive import stopped: {e}")))??;
+        drop(scratch);
+        let digest = hex::encode(Sha256::digest(parsed.effective_text.as_bytes()));
+        let requested = match (&spec.dockerfile, spec.kind) {
+            (_, DockerfileKind::Declarative) => parsed.final_base().unwrap_or_default(),
+            (DockerfileSource::Path(p), _) => p.display().to_string(),
+            (DockerfileSource::Content(_), _) => "<inline Dockerfile>".to_string(),
+        };
+        let source = ImageInput {
+            image,
+            requested,
+            reference: format!("{}@sha256:{digest}", spec.kind.as_str()),
+            kind: spec.kind.as_str(),
+            backend: "buildkit",
+        };
+        self.import_image(request, credentials, source, events.clone(), build)
+            .await
     }
+}
+
+/// What the checks before BuildKit found.
+struct Prepared {
+    basic: Option<(String, String)>,
+    parsed: crate::dockerfile::Dockerfile,
 }
 
 /// `<staging>/buildkit/`: BuildKit's inputs and output; removed on drop.

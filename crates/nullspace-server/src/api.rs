@@ -23,7 +23,12 @@ use crate::auth::ApiKeys;
 use crate::entry::LogEntry;
 use crate::error::ApiError;
 use crate::refs::resolve_ref;
-use crate::request::{parse_auth, parse_build_request, Base, BuildDefinition};
+use nullspace_build::declarative::Step;
+
+use crate::request::{
+    checked_buildkit_spec, parse_auth, parse_build_request, parse_build_secrets,
+    parse_registry_auth, Base, BuildDefinition, RequestSecrets,
+};
 use crate::runner::Runner;
 use crate::store::{status, HistoryFilter};
 use crate::view;
@@ -193,11 +198,9 @@ async fn create_build(
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let body = json_body(&body)?;
-    let (definition, auth) = parse_build_request(&body)?;
+    let (definition, secrets) = parse_build_request(&body)?;
     check_base(&state, &owner, &definition)?;
-    let record = state
-        .runner
-        .submit(&owner, definition, auth.map(|a| a.0), None)?;
+    let record = state.runner.submit(&owner, definition, secrets, None)?;
     Ok((StatusCode::ACCEPTED, Json(view::build(&record))))
 }
 
@@ -335,17 +338,6 @@ async fn retry_build(
         &body,
         &["tags", "base_image_auth", "build_secrets", "registry_auth"],
     )?;
-    for field in ["build_secrets", "registry_auth"] {
-        if body
-            .get(field)
-            .is_some_and(|v| !v.is_null() && v.as_array().is_none_or(|a| !a.is_empty()))
-        {
-            return Err(ApiError::invalid(
-                field,
-                "not supported: only BuildKit Dockerfile builds use it, and this server does not run them yet",
-            ));
-        }
-    }
     let original = state
         .runner
         .store()
@@ -403,13 +395,55 @@ async fn retry_build(
         _ => {}
     }
     definition.base_image_auth_kind = auth.as_ref().map(|a| a.0.kind().to_string());
+    let build_secrets = parse_build_secrets(body.get("build_secrets").unwrap_or(&Value::Null))?;
+    let registry_auth = parse_registry_auth(body.get("registry_auth").unwrap_or(&Value::Null))?;
+    let buildkit = definition.build_backend == "buildkit";
+    if !buildkit {
+        for (field, given) in [
+            ("build_secrets", !build_secrets.is_empty()),
+            ("registry_auth", !registry_auth.is_empty()),
+        ] {
+            if given {
+                return Err(ApiError::invalid(
+                    field,
+                    format!("build {build_id} is a native build; only BuildKit builds (dockerfile or steps) use {field}"),
+                ));
+            }
+        }
+    }
+    let ids: Vec<String> = build_secrets.keys().cloned().collect();
+    if !original.definition.build_secret_ids.is_empty()
+        && ids != original.definition.build_secret_ids
+    {
+        return Err(ApiError::invalid(
+            "build_secrets",
+            format!(
+                "build {build_id} used build secrets {:?}; their values are never stored, so a retry must send the same secret ids again",
+                original.definition.build_secret_ids
+            ),
+        ));
+    }
+    if !original.definition.registry_auth_hosts.is_empty() && registry_auth.is_empty() {
+        return Err(ApiError::invalid(
+            "registry_auth",
+            format!(
+                "build {build_id} used registry credentials for {:?}; stored credentials are never replayed, so a retry needs a fresh registry_auth",
+                original.definition.registry_auth_hosts
+            ),
+        ));
+    }
+    definition.build_secret_ids = ids;
+    definition.registry_auth_hosts = registry_auth.iter().map(|a| a.registry.clone()).collect();
+    let secrets = RequestSecrets {
+        base_image_auth: auth.map(|a| a.0),
+        build_secrets,
+        registry_auth,
+    };
+    checked_buildkit_spec(&definition, &secrets)?;
     check_base(&state, &owner, &definition)?;
-    let record = state.runner.submit(
-        &owner,
-        definition,
-        auth.map(|a| a.0),
-        Some(original.id.clone()),
-    )?;
+    let record = state
+        .runner
+        .submit(&owner, definition, secrets, Some(original.id.clone()))?;
     Ok((StatusCode::ACCEPTED, Json(view::build(&record))))
 }
 
@@ -455,7 +489,7 @@ fn validation_warnings(definition: &BuildDefinition) -> Vec<String> {
                 .to_string(),
         );
     }
-    if !definition.internet_access {
+    if !definition.internet_access && definition.build_backend == "native" {
         warnings.push(
             "internet_access=false has no effect on an image import (the base image is still pulled)"
                 .to_string(),
@@ -492,9 +526,22 @@ async fn plan(
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
     let body = json_body(&body)?;
-    let (definition, auth) = parse_build_request(&body)?;
+    let (definition, secrets) = parse_build_request(&body)?;
     let mut warnings = validation_warnings(&definition);
+    let buildkit = checked_buildkit_spec(&definition, &secrets)?;
+    let mut rendered_dockerfile = None;
+    let mut build_env_keys: Vec<String> = Vec::new();
     let (base_image, base_template, defaults) = match &definition.base {
+        Base::Dockerfile { .. } => {
+            let final_base = buildkit
+                .as_ref()
+                .and_then(|(_, _, parsed)| parsed.final_base());
+            warnings.push(
+                "runtime defaults (env, user, workdir, command) come from the built image's config"
+                    .to_string(),
+            );
+            (final_base, None, None)
+        }
         Base::Image { selector } => {
             let requested = selector
                 .image_reference()
@@ -502,10 +549,18 @@ async fn plan(
             let canonical = nullspace_oci::Reference::parse(&requested)
                 .map(|r| r.to_string())
                 .map_err(|e| ApiError::invalid("base_image", e))?;
+            let defaults = match &buildkit {
+                Some((_, Some(rendered), _)) => {
+                    rendered_dockerfile = Some(rendered.dockerfile.clone());
+                    build_env_keys = rendered.build_env_keys.clone();
+                    Some(declared_defaults(&definition.steps))
+                }
+                _ => None,
+            };
             warnings.push(
                 "runtime defaults (env, user, workdir, start command, readiness) come from the image config when the build resolves it".to_string(),
             );
-            (Some(canonical), None, None)
+            (Some(canonical), None, defaults)
         }
         Base::Template { reference } => {
             let parent = resolve_ref(state.runner.store().as_ref(), &owner, reference)?;
@@ -522,7 +577,10 @@ async fn plan(
     };
     Ok(Json(json!({
         "build_plan": {
-            "source_kind": definition.base.source_kind(),
+            "source_kind": definition.source_kind(),
+            "dockerfile": rendered_dockerfile,
+            "build_env_keys": build_env_keys,
+            "build_secret_ids": definition.build_secret_ids,
             "build_backend": definition.build_backend,
             "name": definition.name,
             "tags": definition.tags,
@@ -548,11 +606,30 @@ async fn plan(
             },
         },
         "warnings": warnings,
-        "requires_base_image_auth": auth.is_some(),
+        "requires_base_image_auth": secrets.base_image_auth.is_some(),
         "source_digest": null,
         "context_manifest": null,
         "dockerfile_digest": null,
     })))
+}
+
+/// The runtime defaults that declarative steps set (env keys, user, workdir); values of env
+/// vars are never shown.
+fn declared_defaults(steps: &[Step]) -> nullspace_rootfs::runtime::RuntimeDefaults {
+    let mut defaults = nullspace_rootfs::runtime::RuntimeDefaults::default();
+    for step in steps {
+        match step {
+            Step::SetRuntimeEnvs { envs } => {
+                for key in envs.keys() {
+                    defaults.env.insert(key.clone(), String::new());
+                }
+            }
+            Step::SetUser { user } => defaults.user = Some(user.clone()),
+            Step::SetWorkdir { path } => defaults.workdir = Some(path.clone()),
+            _ => {}
+        }
+    }
+    defaults
 }
 
 async fn history(

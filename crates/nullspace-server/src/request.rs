@@ -1,11 +1,18 @@
 //! The build request body (spec §3.2), parsed strictly: unknown fields, and fields this server
 //! cannot execute yet, are rejected by name rather than silently ignored.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use nullspace_build::declarative::{RenderedDockerfile, Step};
+use nullspace_build::dockerfile::{
+    BuildBackend, DockerfileSource, DockerfileSpec, RegistryAuth, SecretValue,
+};
+use nullspace_build::engine_dockerfile::{declarative_spec, BuildkitOptions};
 use nullspace_build::request::{validate_name, validate_tag};
-use nullspace_build::BaseSelector;
+use nullspace_build::{BaseSelector, BuildError};
 use nullspace_oci::Credentials;
 
 use crate::error::ApiError;
@@ -24,6 +31,11 @@ pub enum Base {
         /// Its ref (`name`, `name:tag`, `name:tb_...`, `namespace/name:tag`, `tmpl_...`).
         reference: String,
     },
+    /// An inline Dockerfile (`dockerfile`), built with BuildKit with an empty context.
+    Dockerfile {
+        /// The Dockerfile text.
+        content: String,
+    },
 }
 
 impl Base {
@@ -32,6 +44,7 @@ impl Base {
         match self {
             Base::Image { .. } => "oci_import",
             Base::Template { .. } => "template_base",
+            Base::Dockerfile { .. } => "dockerfile",
         }
     }
 }
@@ -61,6 +74,16 @@ pub struct BuildDefinition {
     /// Kind of the base-image credentials the request carried (`basic`, `gcp`, `ecr`), never
     /// the credentials themselves.
     pub base_image_auth_kind: Option<String>,
+    /// Declarative steps on an image base (built with BuildKit); `build_envs`, `runtime_envs`,
+    /// `user` and `workdir` are folded in as steps.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<Step>,
+    /// Ids of the request's build secrets, never their values (a retry must send them again).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub build_secret_ids: Vec<String>,
+    /// Registries of the request's `registry_auth`, never the credentials.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub registry_auth_hosts: Vec<String>,
 }
 
 impl BuildDefinition {
@@ -70,6 +93,8 @@ impl BuildDefinition {
             Base::Image { selector } => selector.clone(),
             // Template bases never reach the image importer; the selector is a placeholder.
             Base::Template { reference } => BaseSelector::BaseImage(reference.clone()),
+            // BuildKit reads the base from the Dockerfile's FROM lines.
+            Base::Dockerfile { .. } => BaseSelector::DebianImage(None),
         };
         let mut request = nullspace_build::BuildRequest::new(&self.name, selector);
         request.tags = self.tags.clone();
@@ -88,8 +113,277 @@ impl BuildDefinition {
                 .image_reference()
                 .unwrap_or_else(|_| format!("{selector:?}")),
             Base::Template { reference } => format!("template {reference}"),
+            Base::Dockerfile { .. } => "an inline Dockerfile (BuildKit)".to_string(),
         }
     }
+
+    /// The source kind: `oci_import`, `template_base`, `dockerfile` or `declarative`.
+    pub fn source_kind(&self) -> &'static str {
+        match &self.base {
+            Base::Image { .. } if self.build_backend == "buildkit" => "declarative",
+            base => base.source_kind(),
+        }
+    }
+
+    /// Whether the build needs request-time values that are held in memory only.
+    pub fn needs_request_secrets(&self) -> bool {
+        self.base_image_auth_kind.is_some()
+            || !self.build_secret_ids.is_empty()
+            || !self.registry_auth_hosts.is_empty()
+    }
+}
+
+/// The request-time values of a build that are never stored: base-image credentials, build
+/// secrets and registry credentials. `Debug` shows none of them.
+#[derive(Clone, Default)]
+pub struct RequestSecrets {
+    /// `base_image_auth`.
+    pub base_image_auth: Option<Credentials>,
+    /// `build_secrets` by id.
+    pub build_secrets: BTreeMap<String, SecretValue>,
+    /// `registry_auth`.
+    pub registry_auth: Vec<RegistryAuth>,
+}
+
+impl RequestSecrets {
+    /// Nothing held.
+    pub fn is_empty(&self) -> bool {
+        self.base_image_auth.is_none()
+            && self.build_secrets.is_empty()
+            && self.registry_auth.is_empty()
+    }
+}
+
+impl std::fmt::Debug for RequestSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "RequestSecrets(base_image_auth: {:?}, build_secrets: {:?}, registry_auth: {:?})",
+            self.base_image_auth.as_ref().map(Credentials::kind),
+            self.build_secrets.keys().collect::<Vec<_>>(),
+            self.registry_auth
+                .iter()
+                .map(|a| a.registry.as_str())
+                .collect::<Vec<_>>()
+        )
+    }
+}
+
+/// The BuildKit spec of a Dockerfile or declarative build (`None` for native builds), with
+/// the request's secrets, and the rendered Dockerfile of a declarative one. Nothing here has
+/// been checked: call `spec.validate`.
+#[allow(clippy::result_large_err)] // `BuildError` is the engine's error type.
+pub fn buildkit_spec(
+    definition: &BuildDefinition,
+    secrets: &RequestSecrets,
+) -> Result<Option<(DockerfileSpec, Option<RenderedDockerfile>)>, BuildError> {
+    let (mut spec, rendered) = match &definition.base {
+        Base::Dockerfile { content } => (
+            DockerfileSpec::new(DockerfileSource::Content(content.clone())),
+            None,
+        ),
+        Base::Image { selector } if definition.build_backend == "buildkit" => {
+            let (spec, rendered) = declarative_spec(selector, &definition.steps, None)?;
+            (spec, Some(rendered))
+        }
+        _ => return Ok(None),
+    };
+    spec.build_secrets = secrets.build_secrets.clone();
+    spec.registry_auth = secrets.registry_auth.clone();
+    spec.build_backend = Some(if definition.build_backend == "native" {
+        BuildBackend::Native
+    } else {
+        BuildBackend::Buildkit
+    });
+    Ok(Some((spec, rendered)))
+}
+
+/// [`buildkit_spec`] checked as far as possible without BuildKit (policy, secrets against
+/// `RUN --mount=type=secret`, registry credentials against `FROM` hosts...); errors name the
+/// field or the Dockerfile line.
+pub fn checked_buildkit_spec(
+    definition: &BuildDefinition,
+    secrets: &RequestSecrets,
+) -> Result<
+    Option<(
+        DockerfileSpec,
+        Option<RenderedDockerfile>,
+        nullspace_build::dockerfile::Dockerfile,
+    )>,
+    ApiError,
+> {
+    let Some((spec, rendered)) = buildkit_spec(definition, secrets).map_err(api_error)? else {
+        return Ok(None);
+    };
+    let parsed = spec
+        .validate(&BuildkitOptions::from_env().policy, None)
+        .map_err(api_error)?;
+    Ok(Some((spec, rendered, parsed)))
+}
+
+fn api_error(error: BuildError) -> ApiError {
+    match error {
+        BuildError::InvalidRequest { field, message } => ApiError::invalid(&field, message),
+        other => ApiError::invalid_body(other.to_string()),
+    }
+}
+
+/// Parses `build_secrets`: `{"ID": "value"}`, `{"ID": {"value": "..."}}` or the SDK's
+/// `[{"id": "ID", "value": "..."}]`. Values stay in memory.
+pub fn parse_build_secrets(value: &Value) -> Result<BTreeMap<String, SecretValue>, ApiError> {
+    let mut secrets = BTreeMap::new();
+    let value_of = |id: &str, v: &Value| -> Result<SecretValue, ApiError> {
+        match v {
+            Value::String(s) => Ok(SecretValue::new(s.as_bytes().to_vec())),
+            Value::Object(o) => match (o.get("value"), o.get("source")) {
+                (Some(Value::String(s)), None)
+                | (Some(Value::String(s)), Some(Value::String(_))) => {
+                    Ok(SecretValue::new(s.as_bytes().to_vec()))
+                }
+                _ => Err(ApiError::invalid(
+                    &format!("build_secrets.{id}"),
+                    "must be a string value (env and file sources are resolved by the client)",
+                )),
+            },
+            _ => Err(ApiError::invalid(
+                &format!("build_secrets.{id}"),
+                "must be a string",
+            )),
+        }
+    };
+    match value {
+        Value::Null => {}
+        Value::Object(map) => {
+            for (id, v) in map {
+                secrets.insert(id.clone(), value_of(id, v)?);
+            }
+        }
+        Value::Array(items) => {
+            for (index, item) in items.iter().enumerate() {
+                let id = item
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| {
+                        ApiError::invalid(&format!("build_secrets[{index}].id"), "is required")
+                    })?
+                    .to_string();
+                if let Some(unknown) = item.as_object().and_then(|o| {
+                    o.keys()
+                        .find(|k| !["id", "value", "source"].contains(&k.as_str()))
+                }) {
+                    return Err(ApiError::invalid(
+                        &format!("build_secrets[{index}].{unknown}"),
+                        "unknown field (expected id and value)",
+                    ));
+                }
+                let v = item.get("value").ok_or_else(|| {
+                    ApiError::invalid(&format!("build_secrets.{id}"), "value is required")
+                })?;
+                if secrets.insert(id.clone(), value_of(&id, v)?).is_some() {
+                    return Err(ApiError::invalid(
+                        &format!("build_secrets.{id}"),
+                        "is given twice",
+                    ));
+                }
+            }
+        }
+        _ => {
+            return Err(ApiError::invalid(
+                "build_secrets",
+                "must be an object {id: value} or a list of {id, value}",
+            ))
+        }
+    }
+    Ok(secrets)
+}
+
+/// Parses `registry_auth`: `[{registry, username, password}]`.
+pub fn parse_registry_auth(value: &Value) -> Result<Vec<RegistryAuth>, ApiError> {
+    let items = match value {
+        Value::Null => return Ok(Vec::new()),
+        Value::Array(items) => items,
+        _ => {
+            return Err(ApiError::invalid(
+                "registry_auth",
+                "must be a list of {registry, username, password}",
+            ))
+        }
+    };
+    let mut out = Vec::new();
+    for (index, item) in items.iter().enumerate() {
+        let object = item.as_object().ok_or_else(|| {
+            ApiError::invalid(&format!("registry_auth[{index}]"), "must be an object")
+        })?;
+        if let Some(unknown) = object
+            .keys()
+            .find(|k| !["registry", "username", "password"].contains(&k.as_str()))
+        {
+            return Err(ApiError::invalid(
+                &format!("registry_auth[{index}].{unknown}"),
+                "unknown field (expected registry, username, password)",
+            ));
+        }
+        let field = |name: &str| -> Result<String, ApiError> {
+            match object.get(name).and_then(Value::as_str) {
+                Some(s) if !s.is_empty() => Ok(s.to_string()),
+                _ => Err(ApiError::invalid(
+                    &format!("registry_auth[{index}].{name}"),
+                    "is required (a non-empty string)",
+                )),
+            }
+        };
+        out.push(RegistryAuth {
+            registry: field("registry")?,
+            username: field("username")?,
+            password: SecretValue::new(field("password")?.into_bytes()),
+        });
+    }
+    Ok(out)
+}
+
+/// Parses `steps` (the serde shape of [`Step`]); copy steps need uploads and are rejected.
+fn parse_steps(value: &Value) -> Result<Vec<Step>, ApiError> {
+    let items = match value {
+        Value::Null => return Ok(Vec::new()),
+        Value::Array(items) => items,
+        _ => return Err(ApiError::invalid("steps", "must be a list of step objects")),
+    };
+    let mut steps = Vec::new();
+    for (index, item) in items.iter().enumerate() {
+        let field = format!("steps[{index}]");
+        let kind = item
+            .get("type")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ApiError::invalid(&format!("{field}.type"), "is required (a string)"))?;
+        if kind == "copy" || kind == "copy_items" {
+            return Err(ApiError::invalid(
+                &field,
+                format!(
+                    "{kind}: file uploads (build context) are not supported by the service yet"
+                ),
+            ));
+        }
+        let step: Step = serde_json::from_value(item.clone())
+            .map_err(|e| ApiError::invalid(&field, format!("{kind}: {e}")))?;
+        steps.push(step);
+    }
+    Ok(steps)
+}
+
+fn string_map(field: &str, value: &Value) -> Result<BTreeMap<String, String>, ApiError> {
+    let object = value
+        .as_object()
+        .ok_or_else(|| ApiError::invalid(field, "must be an object of strings"))?;
+    object
+        .iter()
+        .map(|(k, v)| match v {
+            Value::String(s) => Ok((k.clone(), s.clone())),
+            _ => Err(ApiError::invalid(
+                &format!("{field}.{k}"),
+                "must be a string",
+            )),
+        })
+        .collect()
 }
 
 /// Request-time base-image credentials; `Debug` never shows them.
@@ -115,23 +409,35 @@ const SUPPORTED: &[&str] = &[
     "internet_access",
     "skip_cache",
     "build_backend",
+    "dockerfile",
+    "steps",
+    "build_envs",
+    "runtime_envs",
+    "user",
+    "workdir",
+    "build_secrets",
+    "registry_auth",
 ];
 
 /// Fields of the contract this server does not execute yet, and why. An empty value (`null`,
 /// `[]`, `{}`, `""`) is accepted as absent.
 const NOT_YET: &[(&str, &str)] = &[
-    ("dockerfile", "Dockerfile builds need the buildkit backend, which this server does not run yet"),
-    ("steps", "declarative build steps need a build VM, which this server does not run yet"),
-    ("start_cmd", "start commands run in a build VM, which this server does not run yet"),
-    ("ready_cmd", "readiness checks run in a build VM, which this server does not run yet"),
-    ("readiness", "readiness checks run in a build VM, which this server does not run yet"),
-    ("runtime_envs", "runtime env defaults from the builder are not supported yet (image Env is imported)"),
-    ("build_envs", "build envs are only used by build steps, which this server does not run yet"),
-    ("user", "setting the default user from the builder is not supported yet (image User is imported)"),
-    ("workdir", "setting the default workdir from the builder is not supported yet (image WorkingDir is imported)"),
-    ("build_secrets", "build secrets are for BuildKit Dockerfile builds; native builds reject them"),
-    ("registry_auth", "registry_auth is for BuildKit Dockerfile builds; use base_image_auth for image imports"),
-    ("build_context", "build-context uploads are for copy steps and Dockerfiles, which this server does not run yet"),
+    (
+        "start_cmd",
+        "start commands run in a build VM, which this server does not run yet",
+    ),
+    (
+        "ready_cmd",
+        "readiness checks run in a build VM, which this server does not run yet",
+    ),
+    (
+        "readiness",
+        "readiness checks run in a build VM, which this server does not run yet",
+    ),
+    (
+        "build_context",
+        "file uploads (build context) are not supported by the service yet",
+    ),
 ];
 
 fn is_empty(value: &Value) -> bool {
@@ -204,36 +510,37 @@ fn parse_base(value: &Value) -> Result<Base, ApiError> {
             .clone()
             .ok_or_else(|| ApiError::invalid("base.value", format!("{kind} needs {what}")))
     };
-    let selector =
-        match kind {
-            "ubuntu_image" => BaseSelector::UbuntuImage(required("a version")?),
-            "debian_image" => BaseSelector::DebianImage(value.clone()),
-            "python_image" => BaseSelector::PythonImage(required("a version")?),
-            "node_image" => BaseSelector::NodeImage(required("a version")?),
-            "bun_image" => BaseSelector::BunImage(required("a version (e.g. \"1.2\")")?),
-            "image" => BaseSelector::Image(required("an image reference")?),
-            "base_image" => BaseSelector::BaseImage(required("an image reference")?),
-            "template" => {
-                let reference = required("a template ref")?;
-                if reference.trim().is_empty() {
-                    return Err(ApiError::invalid(
-                        "base.value",
-                        "a template ref is required",
-                    ));
-                }
-                return Ok(Base::Template { reference });
-            }
-            "dockerfile" => return Err(ApiError::invalid(
-                "base.kind",
-                "Dockerfile builds need the buildkit backend, which this server does not run yet",
-            )),
-            other => {
+    let selector = match kind {
+        "ubuntu_image" => BaseSelector::UbuntuImage(required("a version")?),
+        "debian_image" => BaseSelector::DebianImage(value.clone()),
+        "python_image" => BaseSelector::PythonImage(required("a version")?),
+        "node_image" => BaseSelector::NodeImage(required("a version")?),
+        "bun_image" => BaseSelector::BunImage(required("a version (e.g. \"1.2\")")?),
+        "image" => BaseSelector::Image(required("an image reference")?),
+        "base_image" => BaseSelector::BaseImage(required("an image reference")?),
+        "template" => {
+            let reference = required("a template ref")?;
+            if reference.trim().is_empty() {
                 return Err(ApiError::invalid(
-                    "base.kind",
-                    format!("unknown base kind {other:?}"),
-                ))
+                    "base.value",
+                    "a template ref is required",
+                ));
             }
-        };
+            return Ok(Base::Template { reference });
+        }
+        "dockerfile" => {
+            return Err(ApiError::invalid(
+                "base.kind",
+                "send the Dockerfile's text in the dockerfile field",
+            ))
+        }
+        other => {
+            return Err(ApiError::invalid(
+                "base.kind",
+                format!("unknown base kind {other:?}"),
+            ))
+        }
+    };
     Ok(Base::Image { selector })
 }
 
@@ -304,9 +611,7 @@ fn generated_name() -> String {
 
 /// Parses and validates a build request body. The credentials come back beside the
 /// definition, never inside it.
-pub fn parse_build_request(
-    body: &Value,
-) -> Result<(BuildDefinition, Option<BaseImageAuth>), ApiError> {
+pub fn parse_build_request(body: &Value) -> Result<(BuildDefinition, RequestSecrets), ApiError> {
     let object: &Map<String, Value> = body
         .as_object()
         .ok_or_else(|| ApiError::invalid_body("the request body must be a JSON object"))?;
@@ -348,7 +653,25 @@ pub fn parse_build_request(
         }
         Some(_) => return Err(ApiError::invalid("tags", "must be a list of strings")),
     };
+    let present = |field: &str| object.get(field).filter(|v| !is_empty(v));
+    let dockerfile = present("dockerfile")
+        .map(|v| string("dockerfile", v))
+        .transpose()?;
     let base = match (object.get("base_image"), object.get("base")) {
+        _ if dockerfile.is_some() => {
+            if let Some(field) = ["base_image", "base"]
+                .into_iter()
+                .find(|f| present(f).is_some())
+            {
+                return Err(ApiError::invalid(
+                    field,
+                    "a Dockerfile names its base in FROM; send either dockerfile or a base",
+                ));
+            }
+            Base::Dockerfile {
+                content: dockerfile.clone().unwrap_or_default(),
+            }
+        }
         (Some(image), None) if !image.is_null() => {
             let reference = string("base_image", image)?;
             if reference.trim().is_empty() {
@@ -398,15 +721,9 @@ pub fn parse_build_request(
     }
     let internet_access = opt_bool("internet_access", object.get("internet_access"), true)?;
     let skip_cache = opt_bool("skip_cache", object.get("skip_cache"), false)?;
-    let build_backend = match object.get("build_backend") {
-        None | Some(Value::Null) => "native".to_string(),
-        Some(Value::String(s)) if s == "native" => s.clone(),
-        Some(Value::String(s)) if s == "buildkit" => {
-            return Err(ApiError::invalid(
-                "build_backend",
-                "buildkit serves Dockerfile builds, which this server does not run yet; image and template imports use native",
-            ))
-        }
+    let requested_backend = match object.get("build_backend") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s == "native" || s == "buildkit" => Some(s.as_str()),
         Some(_) => {
             return Err(ApiError::invalid(
                 "build_backend",
@@ -414,6 +731,84 @@ pub fn parse_build_request(
             ))
         }
     };
+    // Declarative steps, with the top-level build_envs first and the runtime defaults last.
+    let mut steps = Vec::new();
+    if let Some(envs) = present("build_envs") {
+        steps.push(Step::SetBuildEnvs {
+            envs: string_map("build_envs", envs)?,
+        });
+    }
+    steps.extend(parse_steps(object.get("steps").unwrap_or(&Value::Null))?);
+    if let Some(envs) = present("runtime_envs") {
+        steps.push(Step::SetRuntimeEnvs {
+            envs: string_map("runtime_envs", envs)?,
+        });
+    }
+    if let Some(workdir) = present("workdir") {
+        steps.push(Step::SetWorkdir {
+            path: string("workdir", workdir)?,
+        });
+    }
+    if let Some(user) = present("user") {
+        steps.push(Step::SetUser {
+            user: string("user", user)?,
+        });
+    }
+    if !steps.is_empty() {
+        let field = ["steps", "build_envs", "runtime_envs", "workdir", "user"]
+            .into_iter()
+            .find(|f| present(f).is_some())
+            .unwrap_or("steps");
+        match &base {
+            Base::Dockerfile { .. } => {
+                return Err(ApiError::invalid(
+                    field,
+                    "a Dockerfile build takes no declarative steps or defaults; write them in the Dockerfile (ENV, USER, WORKDIR, RUN)",
+                ))
+            }
+            Base::Template { .. } => {
+                return Err(ApiError::invalid(
+                    field,
+                    "declarative steps on a template base are not supported yet; use an image base",
+                ))
+            }
+            Base::Image { .. } => {}
+        }
+        if requested_backend == Some("native") {
+            return Err(ApiError::invalid(
+                "build_backend",
+                "declarative steps are built with BuildKit by this server; omit build_backend or use \"buildkit\"",
+            ));
+        }
+    }
+    if requested_backend == Some("buildkit") && matches!(base, Base::Template { .. }) {
+        return Err(ApiError::invalid(
+            "build_backend",
+            "a template base reuses the parent's rootfs; BuildKit cannot build on it (use native)",
+        ));
+    }
+    let buildkit = match &base {
+        // `native` is kept so that the Dockerfile checks reject it with their message.
+        Base::Dockerfile { .. } => requested_backend != Some("native"),
+        _ => !steps.is_empty() || requested_backend == Some("buildkit"),
+    };
+    let build_backend = if buildkit { "buildkit" } else { "native" }.to_string();
+    let build_secrets = parse_build_secrets(object.get("build_secrets").unwrap_or(&Value::Null))?;
+    let registry_auth = parse_registry_auth(object.get("registry_auth").unwrap_or(&Value::Null))?;
+    if !buildkit && !matches!(base, Base::Dockerfile { .. }) {
+        if !build_secrets.is_empty() {
+            return Err(ApiError::invalid(
+                "build_secrets",
+                "native builds reject build secrets; they are for BuildKit builds (dockerfile or steps, RUN --mount=type=secret)",
+            ));
+        }
+        if !registry_auth.is_empty() {
+            return Err(ApiError::invalid(
+                "registry_auth",
+                "registry_auth is for BuildKit builds (dockerfile or steps); use base_image_auth for image imports",
+            ));
+        }
+    }
     let auth = match object.get("base_image_auth") {
         Some(value) => parse_auth(value)?,
         None => None,
@@ -423,6 +818,14 @@ pub fn parse_build_request(
             "base_image_auth",
             "a template base needs no registry credentials",
         ));
+    }
+    if buildkit {
+        if let Some(kind) = auth.as_ref().map(|a| a.0.kind()).filter(|k| *k != "basic") {
+            return Err(ApiError::invalid(
+                "base_image_auth",
+                format!("BuildKit builds take username/password credentials only (not {kind}); use registry_auth"),
+            ));
+        }
     }
     let definition = BuildDefinition {
         name,
@@ -435,8 +838,17 @@ pub fn parse_build_request(
         skip_cache,
         build_backend,
         base_image_auth_kind: auth.as_ref().map(|a| a.0.kind().to_string()),
+        steps,
+        build_secret_ids: build_secrets.keys().cloned().collect(),
+        registry_auth_hosts: registry_auth.iter().map(|a| a.registry.clone()).collect(),
     };
-    Ok((definition, auth))
+    let secrets = RequestSecrets {
+        base_image_auth: auth.map(|a| a.0),
+        build_secrets,
+        registry_auth,
+    };
+    checked_buildkit_spec(&definition, &secrets)?;
+    Ok((definition, secrets))
 }
 
 /// Drops the engine's `invalid request: <field>: ` prefix so the field is named once.
@@ -454,11 +866,11 @@ mod tests {
 
     #[test]
     fn defaults_and_base_image() {
-        let (d, auth) =
+        let (d, secrets) =
             parse_build_request(&json!({"name": "demo", "base_image": "debian:bookworm"})).unwrap();
         assert_eq!(d.tags, vec!["default"]);
         assert!(d.internet_access);
-        assert!(auth.is_none());
+        assert!(secrets.is_empty());
         assert_eq!(d.build_backend, "native");
     }
 
@@ -467,12 +879,18 @@ mod tests {
         let e =
             parse_build_request(&json!({"name": "d", "base_image": "x", "bogus": 1})).unwrap_err();
         assert!(e.message.contains("bogus"), "{e}");
+        let e =
+            parse_build_request(&json!({"name": "d", "base_image": "x", "start_cmd": "sleep 1"}))
+                .unwrap_err();
+        assert!(e.message.starts_with("start_cmd: not supported"), "{e}");
         let e = parse_build_request(
             &json!({"name": "d", "base_image": "x", "steps": [{"type": "run"}]}),
         )
         .unwrap_err();
-        assert!(e.message.starts_with("steps: not supported"), "{e}");
-        assert!(parse_build_request(&json!({"name": "d", "base_image": "x", "steps": []})).is_ok());
+        assert!(e.message.starts_with("steps[0]"), "{e}");
+        let (d, _) =
+            parse_build_request(&json!({"name": "d", "base_image": "x", "steps": []})).unwrap();
+        assert_eq!(d.build_backend, "native");
     }
 
     #[test]
@@ -493,6 +911,56 @@ mod tests {
         assert_eq!(d.base_image_auth_kind.as_deref(), Some("basic"));
         assert!(!serde_json::to_string(&d).unwrap().contains("hunter2"));
         assert!(!format!("{auth:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn dockerfile_and_steps() {
+        let (d, secrets) = parse_build_request(&json!({
+            "name": "d",
+            "dockerfile": "FROM debian:bookworm\nRUN --mount=type=secret,id=tok cat /run/secrets/tok\n",
+            "build_secrets": [{"id": "tok", "value": "hunter2"}],
+        }))
+        .unwrap();
+        assert_eq!(d.build_backend, "buildkit");
+        assert_eq!(d.source_kind(), "dockerfile");
+        assert_eq!(d.build_secret_ids, vec!["tok"]);
+        assert!(!serde_json::to_string(&d).unwrap().contains("hunter2"));
+        assert!(!format!("{secrets:?}").contains("hunter2"));
+        let e = parse_build_request(&json!({
+            "name": "d",
+            "dockerfile": "FROM debian:bookworm\nRUN --mount=type=secret,id=tok cat /run/secrets/tok\n",
+        }))
+        .unwrap_err();
+        assert!(e.message.contains("tok"), "{e}");
+        let e = parse_build_request(&json!({
+            "name": "d", "dockerfile": "FROM debian:bookworm\n", "build_backend": "native",
+        }))
+        .unwrap_err();
+        assert!(e.message.starts_with("build_backend"), "{e}");
+        let e = parse_build_request(&json!({
+            "name": "d", "base_image": "debian:bookworm", "build_secrets": {"a": "b"},
+        }))
+        .unwrap_err();
+        assert!(e.message.starts_with("build_secrets"), "{e}");
+        let e = parse_build_request(&json!({
+            "name": "d", "base_image": "debian:bookworm",
+            "steps": [{"type": "copy", "src": "a", "dst": "/a"}],
+        }))
+        .unwrap_err();
+        assert!(
+            e.message
+                .contains("file uploads (build context) are not supported"),
+            "{e}"
+        );
+        let (d, _) = parse_build_request(&json!({
+            "name": "d", "base": {"kind": "debian_image"},
+            "steps": [{"type": "run_cmd", "cmd": "echo hi > /hello"}],
+            "workdir": "/srv", "runtime_envs": {"A": "1"},
+        }))
+        .unwrap();
+        assert_eq!(d.build_backend, "buildkit");
+        assert_eq!(d.source_kind(), "declarative");
+        assert_eq!(d.steps.len(), 3);
     }
 
     #[test]

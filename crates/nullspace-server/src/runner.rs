@@ -1,8 +1,9 @@
 //! The build queue: a bounded pool of workers that run `waiting` builds with the engine, write
 //! their log entries, and record how they end; cancellation; recovery after a crash.
 //!
-//! Base-image credentials live only in memory, beside the queue, until the build that needs
-//! them starts; they are never written anywhere.
+//! Base-image credentials, registry credentials and build secrets live only in memory, beside
+//! the queue, until the build that needs them starts; they are never written anywhere.
+//! Dockerfile and declarative builds run with BuildKit inside the build's engine context.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,14 +12,16 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::AbortHandle;
 
 use nullspace_build::artifact::{read_document, SourceRecord, ROOTFS_FILE, TEMPLATE_FILE};
+use nullspace_build::buildkit::{default_driver, BuildkitDriver};
 use nullspace_build::engine::BuildContext;
+use nullspace_build::engine_dockerfile::BuildkitOptions;
 use nullspace_build::{ids, BuildError, BuildEvent, BuildOutcome, Engine, EventSink};
 use nullspace_oci::Credentials;
 
 use crate::entry::{CacheSummary, EventMapper, LogEntry, IMPORT_STEPS};
 use crate::error::{ApiError, ErrorDetail};
 use crate::refs::resolve_ref;
-use crate::request::{Base, BuildDefinition};
+use crate::request::{buildkit_spec, Base, BuildDefinition, RequestSecrets};
 use crate::store::{status, BuildRecord, BuildResult, BuildStore, Finish, StoreError};
 
 /// Runs builds; one per server.
@@ -28,7 +31,7 @@ pub struct Runner {
     permits: Arc<Semaphore>,
     running: Mutex<HashMap<String, AbortHandle>>,
     cancels: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
-    credentials: Mutex<HashMap<String, Credentials>>,
+    credentials: Mutex<HashMap<String, RequestSecrets>>,
     changes: watch::Sender<u64>,
 }
 
@@ -72,7 +75,7 @@ impl Runner {
         self: &Arc<Self>,
         owner: &str,
         definition: BuildDefinition,
-        credentials: Option<Credentials>,
+        secrets: RequestSecrets,
         retry_of: Option<String>,
     ) -> Result<BuildRecord, ApiError> {
         let now = ids::now_rfc3339();
@@ -117,8 +120,8 @@ impl Runner {
             queued.message = format!("{} (retry of {previous})", queued.message);
         }
         self.store.append_entry(&record.id, &queued)?;
-        if let Some(credentials) = credentials {
-            lock(&self.credentials).insert(record.id.clone(), credentials);
+        if !secrets.is_empty() {
+            lock(&self.credentials).insert(record.id.clone(), secrets);
         }
         self.spawn(record.id.clone());
         self.changed();
@@ -212,9 +215,9 @@ impl Runner {
             let record = self.store.build(None, &id)?;
             if record
                 .as_ref()
-                .is_some_and(|r| r.definition.base_image_auth_kind.is_some())
+                .is_some_and(|r| r.definition.needs_request_secrets())
             {
-                let message = "base-image credentials are held in memory only and were lost when the server restarted; retry with a fresh base_image_auth";
+                let message = "base-image credentials, registry credentials and build secrets are held in memory only and were lost when the server restarted; retry with fresh base_image_auth, registry_auth and build_secrets";
                 self.fail(&id, record.as_ref(), "prepare", message, &now)?;
             } else {
                 self.spawn(id);
@@ -265,16 +268,16 @@ impl Runner {
         let Some(record) = self.store.build(None, id)? else {
             return Ok(());
         };
-        let credentials = lock(&self.credentials).remove(id);
-        let credentials = match (credentials, &record.definition.base_image_auth_kind) {
-            (Some(c), _) => c,
-            (None, None) => Credentials::Anonymous,
-            (None, Some(_)) => {
+        let held = lock(&self.credentials).remove(id);
+        let credentials = match held {
+            Some(secrets) => secrets,
+            None if !record.definition.needs_request_secrets() => RequestSecrets::default(),
+            None => {
                 self.fail(
                     id,
                     Some(&record),
                     "prepare",
-                    "base-image credentials are no longer available; retry with a fresh base_image_auth",
+                    "base-image credentials, registry credentials or build secrets are no longer available; retry with fresh ones",
                     &now,
                 )?;
                 return Ok(());
@@ -411,18 +414,40 @@ impl Runner {
     async fn execute(
         &self,
         record: &BuildRecord,
-        credentials: &Credentials,
+        secrets: &RequestSecrets,
         events: Arc<dyn EventSink>,
     ) -> Result<BuildOutcome, BuildError> {
         let request = record.definition.engine_request();
+        let credentials = &secrets
+            .base_image_auth
+            .clone()
+            .unwrap_or(Credentials::Anonymous);
+        let spec = buildkit_spec(&record.definition, secrets)?;
         let mut context = self.engine.begin_with(&record.id, &record.template_id)?;
-        let result = match &record.definition.base {
-            Base::Image { .. } => {
+        let result = match (&spec, &record.definition.base) {
+            (Some((spec, _)), _) => {
+                let driver: &dyn BuildkitDriver = default_driver();
+                self.engine
+                    .run_dockerfile(
+                        driver,
+                        &BuildkitOptions::from_env(),
+                        &request,
+                        spec,
+                        credentials,
+                        events.clone(),
+                        &mut context,
+                    )
+                    .await
+            }
+            (None, Base::Dockerfile { .. }) => Err(BuildError::Internal(
+                "a Dockerfile build without a BuildKit spec".into(),
+            )),
+            (None, Base::Image { .. }) => {
                 self.engine
                     .import_from_registry(&request, credentials, events.clone(), &mut context)
                     .await
             }
-            Base::Template { reference } => {
+            (None, Base::Template { reference }) => {
                 self.build_on_template(record, reference, events.clone(), &mut context)
             }
         };

@@ -55,7 +55,7 @@ pub fn build(record: &BuildRecord) -> Value {
         ),
         "namespace_slug": record.owner,
         "status": record.status,
-        "source_kind": definition.base.source_kind(),
+        "source_kind": definition.source_kind(),
         "build_backend": definition.build_backend,
         "base_image_auth_kind": definition.base_image_auth_kind,
         "triggered_by": if record.retry_of.is_some() { "retry" } else { "api" },

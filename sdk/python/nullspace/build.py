@@ -141,15 +141,25 @@ class TemplateBuild:
         self,
         tags: Optional[Union[str, List[str]]] = None,
         base_image_auth: Optional[BaseImageAuth] = None,
+        build_secrets: Optional[Mapping[str, Any]] = None,
+        registry_auth: Optional[List[Mapping[str, str]]] = None,
     ) -> "TemplateBuild":
-        """Starts a new attempt from the stored definition; private base images need fresh
-        ``base_image_auth`` (stored credentials are never replayed)."""
+        """Starts a new attempt from the stored definition. Stored credentials and secret
+        values are never replayed: private base images need a fresh ``base_image_auth``,
+        BuildKit builds that used secrets the same secret ids in ``build_secrets``, and builds
+        that used ``registry_auth`` a fresh one."""
         payload: Dict[str, Any] = {}
         if tags is not None:
             payload["tags"] = [tags] if isinstance(tags, str) else list(tags)
         auth = auth_payload(base_image_auth)
         if auth is not None:
             payload["base_image_auth"] = auth
+        if build_secrets:
+            from .template import _resolve_secrets
+
+            payload["build_secrets"] = _resolve_secrets(build_secrets, True)
+        if registry_auth:
+            payload["registry_auth"] = [dict(a) for a in registry_auth]
         body = self._client.request(
             "POST", f"/v1/templates/builds/{self.build_id}/retry", json_body=payload
         )

@@ -135,10 +135,22 @@ class Template:
 
     @_dualmethod
     def from_dockerfile(self: T, path_or_content: str) -> T:
-        """A Dockerfile, by path (when it names an existing file) or as content."""
+        """A Dockerfile, by path (when it names an existing file) or as content.
+
+        Only the Dockerfile's text is sent (the build context is empty): a Dockerfile read
+        from a file that ``COPY``/``ADD``s files of its folder raises ``FileUploadError``,
+        because file uploads (build context) are not supported by the service yet.
+        ``COPY --from=...``, heredoc ``COPY <<EOF`` and ``ADD https://...`` need no upload."""
         if "\n" not in path_or_content and os.path.isfile(path_or_content):
             with open(path_or_content, encoding="utf-8") as f:
                 content = f.read()
+            line = _context_copy_line(content)
+            if line is not None:
+                raise FileUploadError(
+                    f"from_dockerfile: {path_or_content} line {line} copies files of the build "
+                    "context; file uploads (build context) are not supported by the service yet",
+                    code="file_upload_error",
+                )
         else:
             content = path_or_content
         self._set_base("from_dockerfile", {})
@@ -147,7 +159,8 @@ class Template:
 
     @_dualmethod
     def from_dockerfile_content(self: T, text: str) -> T:
-        """An inline Dockerfile."""
+        """An inline Dockerfile, built with BuildKit on an empty build context (a ``COPY`` of
+        context files fails in BuildKit, naming the file)."""
         self._set_base("from_dockerfile_content", {})
         self._dockerfile = text
         return self
@@ -192,7 +205,8 @@ class Template:
     # ----- steps -------------------------------------------------------------------------
 
     def _step(self: T, step: Dict[str, Any]) -> T:
-        self._steps.append(step)
+        # The server's step shape: ``None`` means "not set" and is left out.
+        self._steps.append({k: v for k, v in step.items() if v is not None})
         return self
 
     @_dualmethod
@@ -245,18 +259,25 @@ class Template:
         return self._step({"type": "git_clone", "url": url, "dst": dst, "branch": branch, "depth": depth})
 
     @_dualmethod
-    def remove(self: T, path: str, recursive: bool = False, force: bool = False) -> T:
-        """Removes a path."""
-        return self._step({"type": "remove", "path": path, "recursive": recursive, "force": force})
+    def remove(
+        self: T, path: Union[str, Sequence[str]], recursive: bool = False, force: bool = False
+    ) -> T:
+        """Removes absolute paths (always ``rm -rf``: ``recursive``/``force`` are accepted
+        for compatibility)."""
+        paths = [path] if isinstance(path, str) else list(path)
+        return self._step({"type": "remove", "paths": paths})
 
     @_dualmethod
     def rename(self: T, src: str, dst: str, force: bool = False) -> T:
-        """Renames a path."""
-        return self._step({"type": "rename", "src": src, "dst": dst, "force": force})
+        """Renames a path (``mv``; ``force`` is accepted for compatibility)."""
+        return self._step({"type": "rename", "src": src, "dst": dst})
 
     @_dualmethod
-    def make_dir(self: T, path: str, mode: Optional[int] = None) -> T:
-        """Creates a directory (and its parents)."""
+    def make_dir(self: T, path: str, mode: Optional[Union[int, str]] = None) -> T:
+        """Creates a directory (and its parents); ``mode`` as an int (``0o755``) or an octal
+        string (``"755"``)."""
+        if isinstance(mode, int):
+            mode = format(mode, "o")
         return self._step({"type": "make_dir", "path": path, "mode": mode})
 
     @_dualmethod
@@ -271,29 +292,33 @@ class Template:
 
     # ----- runtime defaults --------------------------------------------------------------
 
+    # These are steps too: they apply to the steps after them, in call order.
+
     @_dualmethod
     def set_workdir(self: T, path: str) -> T:
-        """The default working directory."""
+        """The working directory of later steps and the template's default."""
         self._workdir = path
-        return self
+        return self._step({"type": "set_workdir", "path": path})
 
     @_dualmethod
     def set_user(self: T, user: str) -> T:
-        """The default user."""
+        """The user of later steps and the template's default user."""
         self._user = user
-        return self
+        return self._step({"type": "set_user", "user": user})
 
     @_dualmethod
     def set_build_envs(self: T, envs: Mapping[str, str]) -> T:
-        """Env vars for build steps only (never persisted)."""
-        self._build_envs.update({str(k): str(v) for k, v in envs.items()})
-        return self
+        """Env vars for later build steps only (never persisted)."""
+        values = {str(k): str(v) for k, v in envs.items()}
+        self._build_envs.update(values)
+        return self._step({"type": "set_build_envs", "envs": values})
 
     @_dualmethod
     def set_runtime_envs(self: T, envs: Mapping[str, str]) -> T:
-        """Env defaults for sandboxes (the API shows only the keys)."""
-        self._runtime_envs.update({str(k): str(v) for k, v in envs.items()})
-        return self
+        """Env for later steps and the template's defaults (the API shows only the keys)."""
+        values = {str(k): str(v) for k, v in envs.items()}
+        self._runtime_envs.update(values)
+        return self._step({"type": "set_runtime_envs", "envs": values})
 
     @_dualmethod
     def set_start_cmd(self: T, cmd: str, readiness: Optional[Readiness] = None) -> T:
@@ -348,16 +373,10 @@ class Template:
             "build_backend": build_backend,
             "start_cmd": self._start_cmd,
             "ready_cmd": self._ready_cmd,
-            "user": self._user,
-            "workdir": self._workdir,
         }
         body.update({k: v for k, v in optional.items() if v is not None})
         if self._readiness is not None:
             body["readiness"] = self._readiness.to_api()
-        if self._runtime_envs:
-            body["runtime_envs"] = dict(self._runtime_envs)
-        if self._build_envs:
-            body["build_envs"] = dict(self._build_envs)
         if self._auth is not None and include_secrets:
             body["base_image_auth"] = dict(self._auth)
         if build_secrets:
@@ -520,6 +539,23 @@ def _list(packages: Union[str, Sequence[str]]) -> List[str]:
     return items
 
 
+def _context_copy_line(dockerfile: str) -> Optional[int]:
+    """The line of the first ``COPY``/``ADD`` that reads build-context files, if any."""
+    lines = dockerfile.splitlines()
+    for number, line in enumerate(lines, start=1):
+        words = line.strip().split()
+        if not words or words[0].upper() not in ("COPY", "ADD"):
+            continue
+        args = [w for w in words[1:] if not w.startswith("--")]
+        if any(w.startswith("--from=") for w in words[1:]):
+            continue
+        sources = args[:-1] if len(args) > 1 else args
+        if sources and all(s.startswith("<<") or "://" in s for s in sources):
+            continue
+        return number
+    return None
+
+
 def _resolve_secrets(
     secrets: Mapping[str, BuildSecret], include_values: bool
 ) -> List[Dict[str, str]]:
@@ -530,7 +566,7 @@ def _resolve_secrets(
         if isinstance(spec, str):
             value = spec
         elif spec.get("source") == "env":
-            env_name = spec.get("name", secret_id)
+            env_name = spec.get("env") or spec.get("name") or secret_id
             if env_name not in os.environ:
                 raise ValueError(f"build secret {secret_id}: ${env_name} is not set")
             value = os.environ[env_name]

@@ -310,8 +310,11 @@ def test_validate_and_plan(server: Server, devenv: Dict[str, str]) -> None:
     assert any("cpu_count" in w for w in result.warnings)
     steps = Template.from_debian_image().apt_install(["git"]).run_cmd("true")
     result = Template.validate(steps, "with-steps")
+    assert result.valid, result.errors
+    copying = Template.from_debian_image().copy(__file__, "/app/test.py")
+    result = Template.validate(copying, "with-copy")
     assert not result.valid
-    assert result.errors[0].code == "invalid_request" and "steps" in result.errors[0].message
+    assert result.errors[0].code == "invalid_request" and "steps[0]" in result.errors[0].message
     started = Template.from_debian_image().set_start_cmd("python -m http.server 8080", readiness=wait_for_port(8080))
     result = Template.validate(started, "start")
     assert not result.valid and result.errors[0].message.startswith("start_cmd")
@@ -332,18 +335,15 @@ def test_error_paths(server: Server) -> None:
     assert failure.value.code == "invalid_request" and failure.value.message.startswith("tags")
     assert failure.value.request_id and failure.value.request_id.startswith("req_")
     assert failure.value.error_detail is not None and failure.value.error_detail.phase == "prepare"
-    with pytest.raises(BuildError) as failure:
-        Template.build(Template.from_dockerfile_content("FROM debian\n"), "dockerfile")
-    assert "dockerfile" in failure.value.message
     with pytest.raises(InvalidRequestError) as failure:
-        Template.build(Template.from_debian_image(), "backend", build_backend="buildkit")
+        Template.build(Template.from_template("x"), "backend", build_backend="buildkit")
     assert "build_backend" in failure.value.message
     with pytest.raises(InvalidRequestError) as failure:
         Template.build(Template.from_debian_image(), "acme/bad")
     assert "single-segment" in failure.value.message
     with pytest.raises(InvalidRequestError) as failure:
-        Template.build(Template.from_debian_image().set_runtime_envs({"A": "1"}), "envs")
-    assert failure.value.message.startswith("runtime_envs")
+        Template.build(Template.from_template("x").set_runtime_envs({"A": "1"}), "envs")
+    assert failure.value.message.startswith("steps") and "template base" in failure.value.message
     with pytest.raises(InvalidRequestError) as failure:
         Template.build(Template.from_debian_image(), "secrets", build_secrets={"token": "s3cret"})
     assert "build_secrets" in failure.value.message and "s3cret" not in failure.value.message
@@ -379,6 +379,142 @@ def test_error_paths(server: Server) -> None:
     assert "/v1/templates/builds" in served["paths"]
 
 
+# ----- BuildKit: Dockerfile content, declarative steps, secrets ------------------------
+
+SECRET_TOKEN = "tok-value-3b9f1c7e2a"
+
+
+def test_dockerfile_content_build(server: Server) -> None:
+    dockerfile = """FROM debian:bookworm
+ENV GREETING=hello APP_HOME=/srv/app
+RUN <<EOF
+mkdir -p /srv/app
+echo "$GREETING" > /srv/app/greeting
+useradd --create-home app
+EOF
+WORKDIR /srv/app
+USER app
+CMD ["sleep", "infinity"]
+"""
+    name = unique("dockerfile")
+    build = Template.build(Template().from_dockerfile_content(dockerfile), name)
+    record(build.raw)
+    assert build.status == "ready"
+    assert build.raw["source_kind"] == "dockerfile"
+    assert build.raw["build_backend"] == "buildkit"
+    defaults = build.runtime_defaults or {}
+    assert {"GREETING", "APP_HOME", "PATH"} <= set(defaults["default_env_keys"])
+    assert defaults["default_user"] == "app"
+    assert defaults["default_workdir"] == "/srv/app"
+    assert "sleep" in (defaults["start_cmd"] or "")
+    details = Template.get(name)
+    assert details["runtime_defaults"]["default_workdir"] == "/srv/app"
+    assert [b.build_id for b in Template.list_builds(name, backend="buildkit")] == [build.build_id]
+
+
+def test_from_dockerfile_path(server: Server, tmp_path: Path) -> None:
+    from nullspace.errors import FileUploadError
+
+    path = tmp_path / "Dockerfile"
+    path.write_text("FROM debian:bookworm\nCOPY app.py /app.py\n")
+    with pytest.raises(FileUploadError) as failure:
+        Template().from_dockerfile(str(path))
+    assert "line 2" in str(failure.value) and "not supported" in str(failure.value)
+    path.write_text("FROM debian:bookworm\nCOPY <<EOF /motd\nhi\nEOF\n")
+    body = Template().from_dockerfile(str(path)).to_request("p")
+    assert body["dockerfile"].startswith("FROM debian:bookworm")
+
+
+def test_declarative_build(server: Server) -> None:
+    name = unique("decl")
+    builder = (
+        Template()
+        .from_debian_image()
+        .run_cmd("echo hi > /hello")
+        .set_workdir("/srv")
+        .set_runtime_envs({"A": "1"})
+    )
+    body = builder.to_request(name)
+    assert body["steps"] == [
+        {"type": "run_cmd", "cmd": "echo hi > /hello"},
+        {"type": "set_workdir", "path": "/srv"},
+        {"type": "set_runtime_envs", "envs": {"A": "1"}},
+    ]
+    plan = Template.plan(builder, name)
+    assert plan.build_plan["dockerfile"].startswith("FROM ")
+    assert "echo hi > /hello" in plan.build_plan["dockerfile"]
+    assert plan.build_plan["default_workdir"] == "/srv"
+    build = Template.build(builder, name)
+    record(build.raw)
+    assert build.status == "ready"
+    assert build.raw["source_kind"] == "declarative"
+    defaults = build.runtime_defaults or {}
+    assert defaults["default_workdir"] == "/srv"
+    assert "A" in defaults["default_env_keys"]
+    found = Template.list_builds(name, backend="buildkit")
+    assert [b.build_id for b in found] == [build.build_id]
+    assert Template.list_builds(name, backend="native") == []
+    more = (
+        Template.from_debian_image()
+        .make_dir("/opt/x", mode=0o750)
+        .make_symlink("/opt/x", "/opt/y")
+        .remove("/opt/y")
+        .set_build_envs({"B": "2"})
+        .set_user("nobody")
+    )
+    assert more.to_request("m")["steps"][0] == {"type": "make_dir", "path": "/opt/x", "mode": "750"}
+    assert more.to_request("m")["steps"][2] == {"type": "remove", "paths": ["/opt/y"]}
+    result = Template.validate(more, "m")
+    assert result.valid, result.errors
+
+
+def test_build_secret(server: Server) -> None:
+    dockerfile = "FROM debian:bookworm\nRUN --mount=type=secret,id=tok sha256sum /run/secrets/tok > /tok.sum\n"
+    name = unique("secret")
+    handle = Template.build_in_background(
+        Template().from_dockerfile_content(dockerfile), name, build_secrets={"tok": SECRET_TOKEN}
+    )
+    final = handle.wait_until_terminal()
+    record(final.build.raw)
+    record([e.__dict__ for e in final.entries])
+    assert final.build.status == "ready", final.build.raw
+    plan = Template.plan(Template().from_dockerfile_content(dockerfile), name, build_secrets={"tok": SECRET_TOKEN})
+    record(plan.__dict__)
+    assert plan.build_plan["build_secret_ids"] == ["tok"]
+    with pytest.raises(InvalidRequestError) as failure:
+        handle.retry()
+    assert "build_secrets" in failure.value.message and "tok" in failure.value.message
+    again = handle.retry(build_secrets={"tok": SECRET_TOKEN}).wait_until_terminal()
+    record(again.build.raw)
+    assert again.build.status == "ready"
+
+
+def test_buildkit_rejections(server: Server) -> None:
+    with pytest.raises(InvalidRequestError) as failure:
+        Template.build(
+            Template().from_dockerfile_content("FROM debian:bookworm\n"), unique("n"), build_backend="native"
+        )
+    assert failure.value.code == "invalid_request" and failure.value.message.startswith("build_backend")
+    assert "native" in failure.value.message
+    with pytest.raises(InvalidRequestError) as failure:
+        Template.build(
+            Template().from_dockerfile_content(
+                "FROM debian:bookworm\nRUN --mount=type=secret,id=tok cat /run/secrets/tok\n"
+            ),
+            unique("nosecret"),
+        )
+    assert failure.value.code == "invalid_request"
+    assert "tok" in failure.value.message and "line 2" in failure.value.message, failure.value.message
+    with pytest.raises(InvalidRequestError) as failure:
+        Template.build(Template.from_debian_image().copy(__file__, "/app/t.py"), unique("copy"))
+    assert failure.value.code == "invalid_request"
+    assert "file uploads (build context) are not supported by the service yet" in failure.value.message
+    assert failure.value.message.startswith("steps[0]")
+    with pytest.raises(InvalidRequestError) as failure:
+        Template.build(Template.from_debian_image(), unique("nativesecret"), build_secrets={"a": SECRET_TOKEN})
+    assert failure.value.message.startswith("build_secrets") and SECRET_TOKEN not in failure.value.message
+
+
 def test_two_api_keys_are_isolated(server: Server) -> None:
     name = unique("mine")
     alice = Template.build(Template.from_debian_image(), name)
@@ -407,7 +543,7 @@ def test_two_api_keys_are_isolated(server: Server) -> None:
 def test_zz_secrets_are_nowhere(server: Server, devenv: Dict[str, str]) -> None:
     """Runs last: after builds with base_image_auth, the passwords are in no file of the data
     dir, no server output and no response."""
-    secrets = [password(devenv), WRONG_PASSWORD]
+    secrets = [password(devenv), WRONG_PASSWORD, SECRET_TOKEN]
     listed = httpx.get(f"{server.url}/v1/templates", headers={"authorization": f"Bearer {ALICE_KEY}"}).json()
     record(listed)
     for template in listed["templates"]:
