@@ -75,6 +75,26 @@ pub fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     Ok(connection)
 }
 
+/// Returns the id of template `namespace/name`, creating its row (with `new_id`) if needed.
+/// Shared with the build service, whose namespaces are API key owners.
+pub fn ensure_template_row(
+    connection: &Connection,
+    namespace: &str,
+    name: &str,
+    new_id: &str,
+    now: &str,
+) -> rusqlite::Result<String> {
+    connection.execute(
+        "INSERT OR IGNORE INTO templates (id, namespace, name, created_at) VALUES (?1, ?2, ?3, ?4)",
+        params![new_id, namespace, name, now],
+    )?;
+    connection.query_row(
+        "SELECT id FROM templates WHERE namespace = ?1 AND name = ?2",
+        params![namespace, name],
+        |row| row.get(0),
+    )
+}
+
 /// The SQLite store.
 pub struct Store {
     path: PathBuf,
@@ -117,17 +137,7 @@ impl Store {
         new_id: &str,
         now: &str,
     ) -> Result<String, BuildError> {
-        self.with(|c| {
-            c.execute(
-                "INSERT OR IGNORE INTO templates (id, namespace, name, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![new_id, LOCAL_NAMESPACE, name, now],
-            )?;
-            c.query_row(
-                "SELECT id FROM templates WHERE namespace = ?1 AND name = ?2",
-                params![LOCAL_NAMESPACE, name],
-                |row| row.get(0),
-            )
-        })
+        self.with(|c| ensure_template_row(c, LOCAL_NAMESPACE, name, new_id, now))
     }
 
     /// Records a build as running.

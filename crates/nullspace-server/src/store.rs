@@ -324,17 +324,7 @@ impl BuildStore for SqliteStore {
         new_id: &str,
         now: &str,
     ) -> Result<String, StoreError> {
-        self.with(|c| {
-            c.execute(
-                "INSERT OR IGNORE INTO templates (id, namespace, name, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![new_id, owner, name, now],
-            )?;
-            c.query_row(
-                "SELECT id FROM templates WHERE namespace = ?1 AND name = ?2",
-                params![owner, name],
-                |row| row.get(0),
-            )
-        })
+        self.with(|c| nullspace_build::store::ensure_template_row(c, owner, name, new_id, now))
     }
 
     fn insert_build(&self, record: &BuildRecord) -> Result<(), StoreError> {
