@@ -55,6 +55,50 @@ pub enum TemplateCommand {
         /// `name`, `name:tag`, `name:tb_...` or `local/name:tag`.
         reference: String,
     },
+    /// Show a build's status and its log entries after an offset (needs NULLSPACE_API_URL).
+    Status {
+        /// The build id (`tb_...`).
+        build_id: String,
+        /// First log offset to show (feed back the printed `next_offset`).
+        #[arg(long, default_value_t = 0)]
+        offset: u64,
+    },
+    /// Print a build's log entries (needs NULLSPACE_API_URL).
+    Logs {
+        /// The build id (`tb_...`).
+        build_id: String,
+        /// First log offset to show.
+        #[arg(long, default_value_t = 0)]
+        offset: u64,
+        /// Keep reading until the build's stream closes.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Wait for a build to finish: exit 0 when ready, 1 on error or cancel (needs
+    /// NULLSPACE_API_URL).
+    Wait {
+        /// The build id (`tb_...`).
+        build_id: String,
+        /// Milliseconds between polls.
+        #[arg(long, default_value_t = 500)]
+        poll_interval_ms: u64,
+    },
+    /// Cancel a queued or running build (needs NULLSPACE_API_URL).
+    Cancel {
+        /// The build id (`tb_...`).
+        build_id: String,
+        /// Why, recorded with the build.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Point a tag at a ready build's artifact (needs NULLSPACE_API_URL).
+    Promote {
+        /// The build id (`tb_...`).
+        build_id: String,
+        /// The tag to move.
+        #[arg(long)]
+        tag: String,
+    },
 }
 
 /// `nullspace template build`
@@ -122,6 +166,9 @@ pub struct BuildArgs {
     /// Build backend; imports use `native`, Dockerfiles `buildkit`.
     #[arg(long, value_parser = ["native", "buildkit"])]
     pub backend: Option<String>,
+    /// Start the build on the server (NULLSPACE_API_URL) and print its id without waiting.
+    #[arg(long)]
+    pub background: bool,
 }
 
 /// The base selectors; clap enforces exactly one.

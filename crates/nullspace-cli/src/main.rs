@@ -1,10 +1,15 @@
 //! The `nullspace` command line: builds templates on this machine with the embedded engine.
 //!
-//! Exit codes: 0 success, 1 failure, 2 invalid request or usage, 3 not found, 4 authentication.
+//! With `NULLSPACE_API_URL` set, the build-lifecycle subcommands talk to a build server instead
+//! ([`remote`]).
+//!
+//! Exit codes: 0 success, 1 failure, 2 invalid request or usage, 3 not found, 4 authentication,
+//! 7 conflict.
 
 mod args;
 mod dockerfile_cmd;
 mod progress;
+mod remote;
 mod serve;
 
 use std::io::Read;
@@ -37,6 +42,9 @@ fn main() -> ExitCode {
 
 /// Prints an error (as the JSON envelope with `--json`) and picks the exit code.
 fn report(error: &anyhow::Error, json_output: bool) -> ExitCode {
+    if let Some(remote) = error.downcast_ref::<remote::RemoteError>() {
+        return remote.report(json_output);
+    }
     let build_error = error.downcast_ref::<BuildError>();
     let code = build_error.map(|e| e.code()).unwrap_or("error");
     let auth = build_error.is_some_and(BuildError::is_authentication);
@@ -61,6 +69,9 @@ fn report(error: &anyhow::Error, json_output: bool) -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if remote::handles(&cli) {
+        return remote::run(cli);
+    }
     let data = DataDir::from_env()?;
     match cli.command {
         Command::Serve(args) => serve::serve(data, args),
@@ -109,6 +120,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(3)
             })
         }
+        Command::Template(
+            TemplateCommand::Status { .. }
+            | TemplateCommand::Logs { .. }
+            | TemplateCommand::Wait { .. }
+            | TemplateCommand::Cancel { .. }
+            | TemplateCommand::Promote { .. },
+        ) => Err(remote::needs_server()),
     }
 }
 

@@ -6,4 +6,5 @@ mod dockerfile;
 mod faults;
 mod harness;
 mod import;
+mod remote;
 mod tree;

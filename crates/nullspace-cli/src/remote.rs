@@ -1,0 +1,524 @@
+//! Client mode: with `NULLSPACE_API_URL` set, the build-lifecycle subcommands (and
+//! `template build --background`) talk to a `nullspace serve` instance over its HTTP API.
+
+use std::io::Read;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::{json, Map, Value};
+
+use crate::args::{BuildArgs, Cli, Command, TemplateCommand};
+
+/// The server's base URL.
+const URL_ENV: &str = "NULLSPACE_API_URL";
+/// The API key sent as `Authorization: Bearer`.
+const KEY_ENV: &str = "NULLSPACE_API_KEY";
+
+/// An error envelope from the server (`{error, code, ...}`), or one shaped like it.
+#[derive(Debug)]
+pub struct RemoteError {
+    /// Stable machine code (`invalid_request`, `template_build_not_found`, ...).
+    pub code: String,
+    /// Readable message.
+    pub message: String,
+    /// The whole envelope, printed with `--json`.
+    pub envelope: Value,
+}
+
+impl std::fmt::Display for RemoteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message, self.code)
+    }
+}
+
+impl std::error::Error for RemoteError {}
+
+impl RemoteError {
+    fn new(code: &str, message: impl Into<String>) -> RemoteError {
+        let message = message.into();
+        RemoteError {
+            envelope: json!({ "error": message, "code": code }),
+            code: code.to_string(),
+            message,
+        }
+    }
+
+    /// The exit code for the error code (the same mapping as local errors).
+    pub fn exit_code(&self) -> u8 {
+        match self.code.as_str() {
+            "invalid_request" => 2,
+            c if c.ends_with("_not_found") => 3,
+            "unauthorized" | "authentication_failed" => 4,
+            c if c == "conflict" || c.ends_with("_conflict") => 7,
+            _ => 1,
+        }
+    }
+
+    /// Prints the error (the envelope with `--json`) and returns the exit code.
+    pub fn report(&self, json_output: bool) -> ExitCode {
+        if json_output {
+            println!("{}", self.envelope);
+        } else {
+            eprintln!("error: {self}");
+            if let Some(detail) = self.envelope.get("error_detail").filter(|d| !d.is_null()) {
+                eprintln!("  detail: {detail}");
+            }
+        }
+        ExitCode::from(self.exit_code())
+    }
+}
+
+/// The error for a server-only subcommand run without `NULLSPACE_API_URL`.
+pub fn needs_server() -> anyhow::Error {
+    RemoteError::new(
+        "invalid_request",
+        format!(
+            "this command needs a build server: set {URL_ENV} (and {KEY_ENV}) to a `nullspace serve` URL"
+        ),
+    )
+    .into()
+}
+
+/// Whether `cli` is a client-mode command.
+pub fn handles(cli: &Cli) -> bool {
+    match &cli.command {
+        Command::Template(TemplateCommand::Build(args)) => args.background,
+        Command::Template(
+            TemplateCommand::Status { .. }
+            | TemplateCommand::Logs { .. }
+            | TemplateCommand::Wait { .. }
+            | TemplateCommand::Cancel { .. }
+            | TemplateCommand::Promote { .. },
+        ) => true,
+        _ => false,
+    }
+}
+
+/// Runs a client-mode command (see [`handles`]).
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let base = match std::env::var(URL_ENV) {
+        Ok(url) if !url.trim().is_empty() => url.trim().trim_end_matches('/').to_string(),
+        _ => return Err(needs_server()),
+    };
+    let client = Client {
+        http: reqwest::Client::new(),
+        base,
+        key: std::env::var(KEY_ENV).ok().filter(|k| !k.is_empty()),
+    };
+    let json_output = cli.json;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Template(TemplateCommand::Build(args)) => {
+                let body = build_body(*args)?;
+                let build = client
+                    .call(reqwest::Method::POST, "/v1/templates/builds", Some(body))
+                    .await?;
+                if json_output {
+                    println!("{}", serde_json::to_string_pretty(&build)?);
+                } else {
+                    println!("{}", text(&build["build_id"]));
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Template(TemplateCommand::Status { build_id, offset }) => {
+                let status = client.status(&build_id, offset).await?;
+                if json_output {
+                    println!("{}", serde_json::to_string_pretty(&status)?);
+                } else {
+                    let build = &status["build"];
+                    println!("{}\t{}", text(&build["build_id"]), text(&build["status"]));
+                    for entry in status["entries"].as_array().into_iter().flatten() {
+                        println!("{}", entry_line(entry));
+                    }
+                    println!("next_offset {}", status["next_offset"]);
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Template(TemplateCommand::Logs {
+                build_id,
+                offset,
+                follow,
+            }) => {
+                client.logs(&build_id, offset, follow, json_output).await?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Template(TemplateCommand::Wait {
+                build_id,
+                poll_interval_ms,
+            }) => client.wait(&build_id, poll_interval_ms, json_output).await,
+            Command::Template(TemplateCommand::Cancel { build_id, reason }) => {
+                let body = match reason {
+                    Some(reason) => json!({ "reason": reason }),
+                    None => json!({}),
+                };
+                let path = format!("/v1/templates/builds/{}/cancel", segment(&build_id));
+                let out = client
+                    .call(reqwest::Method::POST, &path, Some(body))
+                    .await?;
+                if json_output {
+                    println!("{}", serde_json::to_string_pretty(&out)?);
+                } else {
+                    println!(
+                        "{}\t{}",
+                        text(&out["build"]["build_id"]),
+                        text(&out["build"]["status"])
+                    );
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Template(TemplateCommand::Promote { build_id, tag }) => {
+                let path = format!("/v1/templates/builds/{}/promote", segment(&build_id));
+                let out = client
+                    .call(reqwest::Method::POST, &path, Some(json!({ "tag": tag })))
+                    .await?;
+                if json_output {
+                    println!("{}", serde_json::to_string_pretty(&out)?);
+                } else {
+                    let target = out
+                        .get("canonical_ref")
+                        .map(text)
+                        .unwrap_or_else(|| tag.clone());
+                    println!("promoted {build_id} to {target}");
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            _ => Err(needs_server()),
+        }
+    })
+}
+
+/// A string value without quotes (other values as JSON).
+fn text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// One log entry as a line: `[offset] kind level: message`.
+fn entry_line(entry: &Value) -> String {
+    let mut line = format!(
+        "[{}] {} {}: {}",
+        entry["offset"],
+        text(&entry["kind"]),
+        text(&entry["level"]),
+        text(&entry["message"])
+    );
+    if let Some(detail) = entry.get("error_detail").filter(|d| !d.is_null()) {
+        line.push_str(&format!(" ({detail})"));
+    }
+    line
+}
+
+/// A build id as a URL path segment (ids are `tb_` + alphanumerics; anything else is escaped).
+fn segment(id: &str) -> String {
+    id.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// The `POST /v1/templates/builds` body for `template build --background`.
+fn build_body(args: BuildArgs) -> anyhow::Result<Value> {
+    crate::dockerfile_cmd::reject_without_dockerfile(&args.dockerfile)?;
+    let b = args.base;
+    let (kind, value) = if let Some(v) = b.from_ubuntu_image {
+        ("ubuntu_image", Some(v))
+    } else if let Some(v) = b.from_debian_image {
+        ("debian_image", (!v.is_empty()).then_some(v))
+    } else if let Some(v) = b.from_python_image {
+        ("python_image", Some(v))
+    } else if let Some(v) = b.from_node_image {
+        ("node_image", Some(v))
+    } else if let Some(v) = b.from_bun_image {
+        ("bun_image", Some(v))
+    } else if let Some(r) = b.from_image {
+        ("image", Some(r))
+    } else if let Some(r) = b.from_base_image {
+        ("base_image", Some(r))
+    } else {
+        return Err(RemoteError::new(
+            "invalid_request",
+            "--from-dockerfile is not supported with --background (the server has no build context uploads yet)",
+        )
+        .into());
+    };
+    let mut body = Map::new();
+    body.insert("name".into(), json!(args.name));
+    body.insert("base".into(), json!({ "kind": kind, "value": value }));
+    if !args.tags.is_empty() {
+        body.insert("tags".into(), json!(args.tags));
+    }
+    if let Some(v) = args.disk_mb {
+        body.insert("disk_mb".into(), json!(v));
+    }
+    if let Some(v) = args.cpu_count {
+        body.insert("cpu_count".into(), json!(v));
+    }
+    if let Some(v) = args.memory_mb {
+        body.insert("memory_mb".into(), json!(v));
+    }
+    if args.no_internet_access {
+        body.insert("internet_access".into(), json!(false));
+    }
+    if args.skip_cache {
+        body.insert("skip_cache".into(), json!(true));
+    }
+    if let Some(backend) = args.backend {
+        body.insert("build_backend".into(), json!(backend));
+    }
+    let password = if args.password_stdin {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("reading the password from standard input")?;
+        Some(text.trim_end_matches(['\r', '\n']).to_string())
+    } else {
+        args.password
+    };
+    let auth = if let Some(key_file) = &args.gcp_service_account_json {
+        let key = std::fs::read_to_string(key_file).with_context(|| {
+            format!("reading the GCP service-account key {}", key_file.display())
+        })?;
+        Some(json!({ "kind": "gcp", "service_account_json": key }))
+    } else if let (Some(id), Some(secret)) = (args.aws_access_key_id, args.aws_secret_access_key) {
+        if args.aws_session_token.is_some() || args.aws_ecr_endpoint.is_some() {
+            return Err(RemoteError::new(
+                "invalid_request",
+                "--aws-session-token and --aws-ecr-endpoint are not supported with --background",
+            )
+            .into());
+        }
+        let mut auth = json!({ "kind": "ecr", "access_key_id": id, "secret_access_key": secret });
+        if let Some(region) = args.aws_region {
+            auth["region"] = json!(region);
+        }
+        Some(auth)
+    } else {
+        match (args.username, password) {
+            (Some(username), Some(password)) => {
+                Some(json!({ "kind": "basic", "username": username, "password": password }))
+            }
+            (None, Some(_)) => anyhow::bail!("--password needs --username"),
+            _ => None,
+        }
+    };
+    if let Some(auth) = auth {
+        body.insert("base_image_auth".into(), auth);
+    }
+    Ok(Value::Object(body))
+}
+
+/// The HTTP client.
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    key: Option<String>,
+}
+
+impl Client {
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let request = self.http.request(method, format!("{}{path}", self.base));
+        match &self.key {
+            Some(key) => request.bearer_auth(key),
+            None => request,
+        }
+    }
+
+    /// Sends the request; a non-2xx answer becomes a [`RemoteError`] from its envelope.
+    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("connecting to the build server at {}", self.base))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let body = response.text().await.unwrap_or_default();
+        let envelope: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        let code = envelope["code"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| {
+                match status.as_u16() {
+                    401 => "unauthorized",
+                    404 => "not_found",
+                    409 => "conflict",
+                    400 => "invalid_request",
+                    _ => "error",
+                }
+                .to_string()
+            });
+        let message = envelope["error"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("the server answered {status}: {body}"));
+        let envelope = if envelope.is_object() {
+            envelope
+        } else {
+            json!({ "error": message, "code": code })
+        };
+        Err(RemoteError {
+            code,
+            message,
+            envelope,
+        }
+        .into())
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let mut request = self.request(method, path);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = self.send(request).await?;
+        response
+            .json()
+            .await
+            .context("reading the build server's answer")
+    }
+
+    /// `GET /v1/templates/builds/{id}?offset=`: `{build, entries, next_offset}`.
+    async fn status(&self, build_id: &str, offset: u64) -> anyhow::Result<Value> {
+        let path = format!("/v1/templates/builds/{}?offset={offset}", segment(build_id));
+        self.call(reqwest::Method::GET, &path, None).await
+    }
+
+    /// Polls until the build is terminal, printing new entries on stderr as they come.
+    async fn wait(
+        &self,
+        build_id: &str,
+        poll_interval_ms: u64,
+        json_output: bool,
+    ) -> anyhow::Result<ExitCode> {
+        let mut offset = 0;
+        loop {
+            let status = self.status(build_id, offset).await?;
+            if !json_output {
+                for entry in status["entries"].as_array().into_iter().flatten() {
+                    eprintln!("{}", entry_line(entry));
+                }
+            }
+            offset = status["next_offset"].as_u64().unwrap_or(offset);
+            let build = &status["build"];
+            let state = build["status"].as_str().unwrap_or_default();
+            if matches!(state, "ready" | "error" | "cancelled") {
+                if json_output {
+                    println!("{}", serde_json::to_string_pretty(build)?);
+                } else {
+                    println!("{}\t{state}", text(&build["build_id"]));
+                    if state != "ready" {
+                        match build.get("error_detail").filter(|d| !d.is_null()) {
+                            Some(detail) => eprintln!(
+                                "error: build {state} in {}: {}",
+                                text(&detail["phase"]),
+                                text(&detail["message"])
+                            ),
+                            None => eprintln!("error: build {state}"),
+                        }
+                    }
+                }
+                return Ok(if state == "ready" {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(poll_interval_ms.max(10))).await;
+        }
+    }
+
+    /// Reads the SSE log stream, printing each entry (one JSON object a line with `--json`).
+    async fn logs(
+        &self,
+        build_id: &str,
+        offset: u64,
+        follow: bool,
+        json_output: bool,
+    ) -> anyhow::Result<()> {
+        let path = format!(
+            "/v1/templates/builds/{}/logs?offset={offset}&follow={follow}",
+            segment(build_id)
+        );
+        let request = self
+            .request(reqwest::Method::GET, &path)
+            .header(reqwest::header::ACCEPT, "text/event-stream");
+        let mut response = self.send(request).await?;
+        let mut pending: Vec<u8> = Vec::new();
+        let mut frame = Frame::default();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .context("reading the build's log stream")?
+        {
+            pending.extend_from_slice(&chunk);
+            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                let line = String::from_utf8_lossy(&line);
+                let line = line.trim_end_matches(['\n', '\r']);
+                if let Some(data) = frame.feed(line) {
+                    print_entry(&data, json_output)?;
+                }
+            }
+        }
+        if let Some(data) = frame.feed("") {
+            print_entry(&data, json_output)?;
+        }
+        Ok(())
+    }
+}
+
+fn print_entry(data: &str, json_output: bool) -> anyhow::Result<()> {
+    let entry: Value = serde_json::from_str(data).context("parsing a log entry")?;
+    if json_output {
+        println!("{entry}");
+    } else {
+        println!("{}", entry_line(&entry));
+    }
+    Ok(())
+}
+
+/// An SSE frame being assembled from `id:`, `event:` and `data:` lines.
+#[derive(Default)]
+struct Frame {
+    event: Option<String>,
+    data: Vec<String>,
+}
+
+impl Frame {
+    /// Takes one line; returns the data of a completed `log` frame.
+    fn feed(&mut self, line: &str) -> Option<String> {
+        if line.is_empty() {
+            let event = self.event.take();
+            let data = std::mem::take(&mut self.data);
+            if data.is_empty() || event.as_deref().is_some_and(|e| e != "log") {
+                return None;
+            }
+            return Some(data.join("\n"));
+        }
+        if line.starts_with(':') {
+            return None;
+        }
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match field {
+            "event" => self.event = Some(value.to_string()),
+            "data" => self.data.push(value.to_string()),
+            _ => {} // `id:` (the offset is in the entry too) and `retry:`.
+        }
+        None
+    }
+}

@@ -1,0 +1,220 @@
+//! Client mode against the real `nullspace serve`: a background build, wait, status with
+//! offsets, logs, promote, and the error exit codes.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+
+use serde_json::Value;
+
+use crate::harness::{self, Cli};
+
+const KEY: &str = "key-00000001";
+
+/// `nullspace serve` on a free port, killed on drop.
+struct Server {
+    child: Child,
+    url: String,
+    _data: tempfile::TempDir,
+}
+
+impl Server {
+    fn start() -> Server {
+        let data = tempfile::Builder::new()
+            .prefix("nullspace-cli-serve")
+            .tempdir()
+            .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_nullspace"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .envs(harness::devenv())
+            .env("NULLSPACE_DATA_DIR", data.path())
+            .env("NULLSPACE_API_KEYS", format!("{KEY}:alice"))
+            .env_remove("DOCKER_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let url = loop {
+            let line = lines.next().expect("server exited").unwrap();
+            if let Some((_, url)) = line.split_once("listening on ") {
+                break url.trim().to_string();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        Server {
+            child,
+            url,
+            _data: data,
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run(cli: &Cli, server: &Server, key: &str, args: &[&str]) -> Output {
+    cli.command()
+        .env("NULLSPACE_API_URL", &server.url)
+        .env("NULLSPACE_API_KEY", key)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(out: &Output) -> &Output {
+    assert!(
+        out.status.success(),
+        "failed ({:?}):\nstdout: {}\nstderr: {}",
+        out.status,
+        harness::stdout(out),
+        harness::stderr(out)
+    );
+    out
+}
+
+fn json(out: &Output) -> Value {
+    serde_json::from_slice(&ok(out).stdout).unwrap()
+}
+
+#[test]
+fn client_mode_against_the_server() {
+    let cli = Cli::new();
+    let server = Server::start();
+
+    let build = json(&run(
+        &cli,
+        &server,
+        KEY,
+        &[
+            "template",
+            "build",
+            "--from-debian-image",
+            "--name",
+            "remote",
+            "--background",
+            "--json",
+        ],
+    ));
+    let id = build["build_id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("tb_"), "{build}");
+
+    ok(&run(&cli, &server, KEY, &["template", "wait", &id]));
+
+    let status = json(&run(
+        &cli,
+        &server,
+        KEY,
+        &["template", "status", &id, "--json"],
+    ));
+    assert_eq!(status["build"]["status"], "ready", "{status}");
+    let next = status["next_offset"].as_u64().unwrap();
+    assert!(next > 0, "{status}");
+    let later = json(&run(
+        &cli,
+        &server,
+        KEY,
+        &[
+            "template",
+            "status",
+            &id,
+            "--offset",
+            &next.to_string(),
+            "--json",
+        ],
+    ));
+    assert_eq!(later["entries"].as_array().unwrap().len(), 0, "{later}");
+    assert_eq!(later["next_offset"].as_u64().unwrap(), next, "{later}");
+
+    let text = harness::stdout(ok(&run(&cli, &server, KEY, &["template", "status", &id])));
+    assert!(
+        text.contains("ready") && text.contains("next_offset"),
+        "{text}"
+    );
+
+    let logs = harness::stdout(ok(&run(&cli, &server, KEY, &["template", "logs", &id])));
+    assert!(logs.lines().any(|l| l.contains("] end ")), "{logs}");
+    let logs_json = harness::stdout(ok(&run(
+        &cli,
+        &server,
+        KEY,
+        &["template", "logs", &id, "--json"],
+    )));
+    let last: Value = serde_json::from_str(logs_json.lines().last().unwrap()).unwrap();
+    assert_eq!(last["kind"], "end", "{logs_json}");
+
+    let promoted = json(&run(
+        &cli,
+        &server,
+        KEY,
+        &["template", "promote", &id, "--tag", "stable", "--json"],
+    ));
+    assert_eq!(promoted["tag"], "stable", "{promoted}");
+
+    let missing = run(
+        &cli,
+        &server,
+        KEY,
+        &["template", "status", "tb_doesnotexist"],
+    );
+    assert_eq!(
+        missing.status.code(),
+        Some(3),
+        "{}",
+        harness::stderr(&missing)
+    );
+    let missing = run(
+        &cli,
+        &server,
+        KEY,
+        &["template", "status", "tb_doesnotexist", "--json"],
+    );
+    assert_eq!(missing.status.code(), Some(3));
+    let envelope: Value = serde_json::from_slice(&missing.stdout).unwrap();
+    assert!(
+        envelope["code"].as_str().unwrap().ends_with("_not_found"),
+        "{envelope}"
+    );
+
+    let denied = run(
+        &cli,
+        &server,
+        "wrong-key-000000",
+        &["template", "status", &id],
+    );
+    assert_eq!(
+        denied.status.code(),
+        Some(4),
+        "{}",
+        harness::stderr(&denied)
+    );
+}
+
+#[test]
+fn lifecycle_commands_need_a_server() {
+    let cli = Cli::new();
+    for args in [
+        &["template", "status", "tb_x"][..],
+        &["template", "wait", "tb_x"],
+        &["template", "logs", "tb_x"],
+        &["template", "cancel", "tb_x"],
+        &["template", "promote", "tb_x", "--tag", "t"],
+    ] {
+        let out = cli
+            .command()
+            .env_remove("NULLSPACE_API_URL")
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            harness::stderr(&out).contains("NULLSPACE_API_URL"),
+            "{}",
+            harness::stderr(&out)
+        );
+    }
+}
