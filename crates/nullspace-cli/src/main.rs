@@ -130,6 +130,43 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The base image's registry credentials from the build flags (taken out of `args`): a GCP key
+/// file, AWS keys, or a username with a password (from the flag, the env or stdin).
+pub(crate) fn base_image_credentials(args: &mut BuildArgs) -> anyhow::Result<Credentials> {
+    let password = if args.password_stdin {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("reading the password from standard input")?;
+        Some(text.trim_end_matches(['\r', '\n']).to_string())
+    } else {
+        args.password.take()
+    };
+    Ok(if let Some(key_file) = &args.gcp_service_account_json {
+        let key = std::fs::read_to_string(key_file).with_context(|| {
+            format!("reading the GCP service-account key {}", key_file.display())
+        })?;
+        Credentials::gcp(key)
+    } else if let (Some(access_key_id), Some(secret_access_key)) = (
+        args.aws_access_key_id.take(),
+        args.aws_secret_access_key.take(),
+    ) {
+        Credentials::Ecr {
+            access_key_id,
+            secret_access_key,
+            session_token: args.aws_session_token.take(),
+            region: args.aws_region.take().unwrap_or_default(),
+            endpoint: args.aws_ecr_endpoint.take(),
+        }
+    } else {
+        match (args.username.take(), password) {
+            (Some(username), Some(password)) => Credentials::Basic { username, password },
+            (None, Some(_)) => anyhow::bail!("--password needs --username"),
+            _ => Credentials::Anonymous,
+        }
+    })
+}
+
 fn base_selector(base: BaseArgs) -> anyhow::Result<BaseSelector> {
     Ok(if let Some(v) = base.from_ubuntu_image {
         BaseSelector::UbuntuImage(v)
@@ -153,7 +190,8 @@ fn base_selector(base: BaseArgs) -> anyhow::Result<BaseSelector> {
     })
 }
 
-fn build(data: DataDir, args: BuildArgs, json_output: bool) -> anyhow::Result<ExitCode> {
+fn build(data: DataDir, mut args: BuildArgs, json_output: bool) -> anyhow::Result<ExitCode> {
+    let credentials = base_image_credentials(&mut args)?;
     let dockerfile = match args.base.from_dockerfile.clone() {
         Some(path) => Some(dockerfile_cmd::spec(
             path,
@@ -181,37 +219,6 @@ fn build(data: DataDir, args: BuildArgs, json_output: bool) -> anyhow::Result<Ex
     request.memory_mb = args.memory_mb;
     request.internet_access = !args.no_internet_access;
     request.skip_cache = args.skip_cache;
-    let password = if args.password_stdin {
-        let mut text = String::new();
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .context("reading the password from standard input")?;
-        Some(text.trim_end_matches(['\r', '\n']).to_string())
-    } else {
-        args.password
-    };
-    let credentials = if let Some(key_file) = &args.gcp_service_account_json {
-        let key = std::fs::read_to_string(key_file).with_context(|| {
-            format!("reading the GCP service-account key {}", key_file.display())
-        })?;
-        Credentials::gcp(key)
-    } else if let (Some(access_key_id), Some(secret_access_key)) =
-        (args.aws_access_key_id, args.aws_secret_access_key)
-    {
-        Credentials::Ecr {
-            access_key_id,
-            secret_access_key,
-            session_token: args.aws_session_token,
-            region: args.aws_region.unwrap_or_default(),
-            endpoint: args.aws_ecr_endpoint,
-        }
-    } else {
-        match (args.username, password) {
-            (Some(username), Some(password)) => Credentials::Basic { username, password },
-            (None, Some(_)) => anyhow::bail!("--password needs --username"),
-            _ => Credentials::Anonymous,
-        }
-    };
     let engine = Engine::open(data, RegistryConfig::from_env())?;
     let display = Arc::new(progress::Display::for_stderr());
     let sink = {

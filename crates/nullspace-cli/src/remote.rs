@@ -1,11 +1,11 @@
 //! Client mode: with `NULLSPACE_API_URL` set, the build-lifecycle subcommands (and
 //! `template build --background`) talk to a `nullspace serve` instance over its HTTP API.
 
-use std::io::Read;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use nullspace_oci::Credentials;
 use serde_json::{json, Map, Value};
 
 use crate::args::{BuildArgs, Cli, Command, TemplateCommand};
@@ -226,7 +226,8 @@ fn segment(id: &str) -> String {
 }
 
 /// The `POST /v1/templates/builds` body for `template build --background`.
-fn build_body(args: BuildArgs) -> anyhow::Result<Value> {
+fn build_body(mut args: BuildArgs) -> anyhow::Result<Value> {
+    let credentials = crate::base_image_credentials(&mut args)?;
     crate::dockerfile_cmd::reject_without_dockerfile(&args.dockerfile)?;
     let b = args.base;
     let (kind, value) = if let Some(v) = b.from_ubuntu_image {
@@ -274,40 +275,41 @@ fn build_body(args: BuildArgs) -> anyhow::Result<Value> {
     if let Some(backend) = args.backend {
         body.insert("build_backend".into(), json!(backend));
     }
-    let password = if args.password_stdin {
-        let mut text = String::new();
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .context("reading the password from standard input")?;
-        Some(text.trim_end_matches(['\r', '\n']).to_string())
-    } else {
-        args.password
-    };
-    let auth = if let Some(key_file) = &args.gcp_service_account_json {
-        let key = std::fs::read_to_string(key_file).with_context(|| {
-            format!("reading the GCP service-account key {}", key_file.display())
-        })?;
-        Some(json!({ "kind": "gcp", "service_account_json": key }))
-    } else if let (Some(id), Some(secret)) = (args.aws_access_key_id, args.aws_secret_access_key) {
-        if args.aws_session_token.is_some() || args.aws_ecr_endpoint.is_some() {
+    let auth = match credentials {
+        Credentials::Anonymous => None,
+        Credentials::Basic { username, password } => {
+            Some(json!({ "kind": "basic", "username": username, "password": password }))
+        }
+        Credentials::Gcp {
+            service_account_json,
+        } => Some(json!({ "kind": "gcp", "service_account_json": service_account_json })),
+        Credentials::Ecr {
+            access_key_id,
+            secret_access_key,
+            session_token,
+            region,
+            endpoint,
+        } => {
+            if session_token.is_some() || endpoint.is_some() {
+                return Err(RemoteError::new(
+                    "invalid_request",
+                    "--aws-session-token and --aws-ecr-endpoint are not supported with --background",
+                )
+                .into());
+            }
+            let mut auth = json!({ "kind": "ecr", "access_key_id": access_key_id,
+                                   "secret_access_key": secret_access_key });
+            if !region.is_empty() {
+                auth["region"] = json!(region);
+            }
+            Some(auth)
+        }
+        other => {
             return Err(RemoteError::new(
                 "invalid_request",
-                "--aws-session-token and --aws-ecr-endpoint are not supported with --background",
+                format!("{} credentials cannot be sent to the service", other.kind()),
             )
-            .into());
-        }
-        let mut auth = json!({ "kind": "ecr", "access_key_id": id, "secret_access_key": secret });
-        if let Some(region) = args.aws_region {
-            auth["region"] = json!(region);
-        }
-        Some(auth)
-    } else {
-        match (args.username, password) {
-            (Some(username), Some(password)) => {
-                Some(json!({ "kind": "basic", "username": username, "password": password }))
-            }
-            (None, Some(_)) => anyhow::bail!("--password needs --username"),
-            _ => None,
+            .into())
         }
     };
     if let Some(auth) = auth {
