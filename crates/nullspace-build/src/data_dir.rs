@@ -66,6 +66,10 @@ impl DataDir {
     pub fn rootfs_cache(&self) -> PathBuf {
         self.root.join("cache").join("rootfs")
     }
+    /// Uploaded build-context file blobs, one store per owner.
+    pub fn context_blobs(&self) -> PathBuf {
+        self.root.join("context-blobs")
+    }
     /// Parent of the builds' staging dirs.
     pub fn staging(&self) -> PathBuf {
         self.root.join("staging")

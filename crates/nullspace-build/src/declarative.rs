@@ -34,6 +34,10 @@ pub struct CopyItem {
     /// Octal mode (`--chmod`), e.g. `755`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
+    /// The client uploaded the source's blobs even if the server had them (reported by the
+    /// build context's entries; kept here so plans show it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force_upload: bool,
 }
 
 /// A declarative builder step, as the API's `steps` array carries it (`{"type": "run_cmd", ...}`).
@@ -141,6 +145,22 @@ pub enum Step {
         /// Variables.
         envs: BTreeMap<String, String>,
     },
+    /// The builder's `skip_cache()`: later steps never reuse BuildKit's cache. Rendered as an
+    /// `ARG` whose value is new on every build, which changes the cache key of every later
+    /// `RUN` (copies are keyed by their content, which is what they copy).
+    SkipCache,
+}
+
+/// The build arg behind [`Step::SkipCache`].
+pub const CACHE_BOUNDARY_ARG: &str = "NULLSPACE_CACHE_BOUNDARY";
+
+/// A value no earlier build used: nanoseconds since the epoch and the process id.
+fn cache_boundary_nonce() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{nanos:x}-{:x}", std::process::id())
 }
 
 /// A rendered declarative build: the Dockerfile and the build args it expects.
@@ -216,6 +236,12 @@ pub fn render(base_image: &str, steps: &[Step]) -> Result<RenderedDockerfile, Bu
                 let list = packages_list(packages, &field("packages"))?;
                 let flag = if *global { " -g" } else { "" };
                 run(&mut out, &format!("bun add{flag} {list}"));
+            }
+            Step::SkipCache => {
+                if !build_args.contains_key(CACHE_BOUNDARY_ARG) {
+                    out.push_str(&format!("ARG {CACHE_BOUNDARY_ARG}\n"));
+                    build_args.insert(CACHE_BOUNDARY_ARG.to_string(), cache_boundary_nonce());
+                }
             }
             Step::Copy(item) => copy(&mut out, item, &field(""))?,
             Step::CopyItems { items } => {
@@ -320,7 +346,11 @@ pub fn render(base_image: &str, steps: &[Step]) -> Result<RenderedDockerfile, Bu
     }
     Ok(RenderedDockerfile {
         dockerfile: out,
-        build_env_keys: build_args.keys().cloned().collect(),
+        build_env_keys: build_args
+            .keys()
+            .filter(|k| k.as_str() != CACHE_BOUNDARY_ARG)
+            .cloned()
+            .collect(),
         build_args,
         steps: steps.len(),
     })
@@ -408,6 +438,24 @@ fn double_quoted(s: &str) -> String {
     }
     out.push('"');
     out
+}
+
+/// The build-context paths `steps` copy from, each with the request field naming it
+/// (`steps[2].src`, `steps[3].items[0].src`).
+pub fn copy_sources(steps: &[Step]) -> Vec<(String, String)> {
+    let mut sources = Vec::new();
+    for (index, step) in steps.iter().enumerate() {
+        match step {
+            Step::Copy(item) => sources.push((format!("steps[{index}].src"), item.src.clone())),
+            Step::CopyItems { items } => {
+                for (i, item) in items.iter().enumerate() {
+                    sources.push((format!("steps[{index}].items[{i}].src"), item.src.clone()));
+                }
+            }
+            _ => {}
+        }
+    }
+    sources
 }
 
 /// A `COPY` JSON-form argument: `\` and `$` escaped for the Dockerfile's variable expansion.

@@ -86,6 +86,14 @@ pub enum BuildError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// A file of the uploaded build context is unusable (its blob missing or damaged).
+    #[error("build context file {path:?}: {message}")]
+    FileUpload {
+        /// The file's path inside the context.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
     /// A background task died.
     #[error("internal: {0}")]
     Internal(String),
@@ -97,7 +105,8 @@ impl BuildError {
         match self {
             BuildError::InvalidRequest { .. }
             | BuildError::Config { .. }
-            | BuildError::Reference(_) => Phase::Prepare,
+            | BuildError::Reference(_)
+            | BuildError::FileUpload { .. } => Phase::Prepare,
             BuildError::Registry(_) | BuildError::Rootfs(_) | BuildError::ImageConfig { .. } => {
                 Phase::BaseImageImport
             }
@@ -119,6 +128,7 @@ impl BuildError {
         match self {
             BuildError::InvalidRequest { .. } | BuildError::Reference(_) => "invalid_request",
             BuildError::NotFound { .. } => "template_not_found",
+            BuildError::FileUpload { .. } => "file_upload_error",
             BuildError::Buildkit(crate::buildkit::BuildkitError::Unreachable { .. }) => {
                 "buildkit_unavailable"
             }

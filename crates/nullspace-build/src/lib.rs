@@ -9,6 +9,7 @@
 
 pub mod artifact;
 pub mod buildkit;
+pub mod context;
 pub mod data_dir;
 pub mod declarative;
 pub mod dockerfile;

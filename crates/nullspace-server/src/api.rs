@@ -7,16 +7,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Extension, Json, Router};
 use futures_util::Stream;
 use serde_json::{json, Value};
 
+use nullspace_build::context::{parse_digest, ContextBlobs, ContextEntry, UploadError};
 use nullspace_build::request::validate_tag;
 
 use crate::auth::ApiKeys;
@@ -48,6 +50,23 @@ pub struct AppState {
     pub keys: Arc<ApiKeys>,
     /// With no keys configured and auth disabled, every caller is this owner.
     pub open_owner: Option<String>,
+    /// Largest build-context file blob accepted (`NULLSPACE_MAX_UPLOAD_BYTES`).
+    pub upload_limit_bytes: u64,
+}
+
+/// Default largest file blob: 4 GiB.
+const DEFAULT_UPLOAD_LIMIT: u64 = 4 << 30;
+
+/// Build requests carry context manifests, which can be large.
+const REQUEST_BODY_LIMIT: usize = 64 << 20;
+
+/// `NULLSPACE_MAX_UPLOAD_BYTES`, else 4 GiB.
+pub fn upload_limit_from_env() -> u64 {
+    std::env::var("NULLSPACE_MAX_UPLOAD_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&v| v > 0)
+        .unwrap_or(DEFAULT_UPLOAD_LIMIT)
 }
 
 /// The authenticated caller.
@@ -71,10 +90,19 @@ pub fn router(state: AppState) -> Router {
             "/v1/templates/builds/{build_id}/promote",
             post(promote_build),
         )
+        .route(
+            "/v1/templates/build-context/blobs/missing",
+            post(missing_blobs),
+        )
+        .route(
+            "/v1/templates/build-context/blobs/{digest}",
+            put(upload_blob).head(has_blob),
+        )
         .route("/v1/templates/validate", post(validate))
         .route("/v1/templates/plan", post(plan))
         .route("/v1/templates/refs/{*reference}", get(get_ref))
         .route("/v1/templates/{template}/builds", get(history))
+        .layer(DefaultBodyLimit::max(REQUEST_BODY_LIMIT))
         .fallback(|request: Request| async move { ApiError::no_route(request.uri().path()) })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -181,11 +209,129 @@ fn query_bool(query: &HashMap<String, String>, name: &str) -> ApiResult<bool> {
 }
 
 /// A template base must name an existing template of the caller.
+/// Checks what the request refers to in the caller's own state: a template base exists, and
+/// every file blob of the build context was uploaded.
 fn check_base(state: &AppState, owner: &str, definition: &BuildDefinition) -> ApiResult<()> {
     if let Base::Template { reference } = &definition.base {
         resolve_ref(state.runner.store().as_ref(), owner, reference)?;
     }
+    if let Some(manifest) = &definition.build_context {
+        let blobs = context_blobs(state, owner)?;
+        for entry in &manifest.entries {
+            if let ContextEntry::File { path, digest, .. } = entry {
+                let parsed =
+                    parse_digest(digest).map_err(|e| ApiError::invalid("build_context", e))?;
+                if !blobs.contains(&parsed) {
+                    return Err(ApiError::file_upload(format!(
+                        "build context file {path:?}: blob {digest} was not uploaded (ask /v1/templates/build-context/blobs/missing, then PUT it)"
+                    )));
+                }
+            }
+        }
+    }
     Ok(())
+}
+
+fn context_blobs(state: &AppState, owner: &str) -> ApiResult<ContextBlobs> {
+    ContextBlobs::open(state.runner.engine().data_dir(), owner).map_err(ApiError::internal)
+}
+
+/// Most digests one `missing` question may ask about.
+const MAX_MISSING_QUERY: usize = 200_000;
+
+/// `POST /v1/templates/build-context/blobs/missing` `{"digests": [...]}` → the ones the
+/// caller has not uploaded, `{"missing": [...]}`.
+async fn missing_blobs(
+    State(state): State<AppState>,
+    Extension(Owner(owner)): Extension<Owner>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let body = json_body(&body)?;
+    only_fields(&body, &["digests"])?;
+    let list = body
+        .get("digests")
+        .and_then(Value::as_array)
+        .ok_or_else(|| ApiError::invalid("digests", "is required (a list of sha256 digests)"))?;
+    if list.len() > MAX_MISSING_QUERY {
+        return Err(ApiError::invalid(
+            "digests",
+            format!(
+                "{} digests; at most {MAX_MISSING_QUERY} per call",
+                list.len()
+            ),
+        ));
+    }
+    let digests = list
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let text = v
+                .as_str()
+                .ok_or_else(|| ApiError::invalid(&format!("digests[{i}]"), "must be a string"))?;
+            parse_digest(text).map_err(|e| ApiError::invalid(&format!("digests[{i}]"), e))
+        })
+        .collect::<ApiResult<Vec<_>>>()?;
+    let blobs = context_blobs(&state, &owner)?;
+    Ok(Json(json!({ "missing": blobs.missing(&digests) })))
+}
+
+/// `HEAD /v1/templates/build-context/blobs/{digest}`: 200 when the caller has it, else 404.
+async fn has_blob(
+    State(state): State<AppState>,
+    Extension(Owner(owner)): Extension<Owner>,
+    Path(digest): Path<String>,
+) -> ApiResult<StatusCode> {
+    let parsed = parse_digest(&digest).map_err(|e| ApiError::invalid("digest", e))?;
+    if context_blobs(&state, &owner)?.contains(&parsed) {
+        Ok(StatusCode::OK)
+    } else {
+        Ok(StatusCode::NOT_FOUND)
+    }
+}
+
+/// `PUT /v1/templates/build-context/blobs/{digest}`: the file's bytes, streamed to disk and
+/// hashed on the way; stored only if they hash to `digest`. Uploading a present blob again
+/// replaces it (a forced upload).
+async fn upload_blob(
+    State(state): State<AppState>,
+    Extension(Owner(owner)): Extension<Owner>,
+    Path(digest): Path<String>,
+    body: axum::body::Body,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    use futures_util::StreamExt as _;
+    let parsed = parse_digest(&digest).map_err(|e| ApiError::invalid("digest", e))?;
+    let blobs = context_blobs(&state, &owner)?;
+    let mut upload = blobs
+        .upload(parsed, state.upload_limit_bytes)
+        .map_err(ApiError::internal)?;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::file_upload(format!("blob {digest}: the upload was interrupted: {e}"))
+        })?;
+        upload.write(&chunk).map_err(|e| upload_error(&digest, e))?;
+    }
+    let size = upload.commit().map_err(|e| upload_error(&digest, e))?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "digest": digest, "size": size })),
+    ))
+}
+
+fn upload_error(digest: &str, error: UploadError) -> ApiError {
+    match error {
+        UploadError::TooLarge { .. } => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "file_upload_limit_exceeded",
+            format!("blob {digest}: {error}"),
+        ),
+        UploadError::DigestMismatch { .. } => ApiError::new(
+            StatusCode::CONFLICT,
+            "upload_conflict",
+            format!("blob {digest}: {error}"),
+        ),
+        UploadError::Io(error) => ApiError::internal(format!("blob {digest}: {error}")),
+    }
 }
 
 async fn openapi() -> impl IntoResponse {
@@ -433,6 +579,10 @@ async fn retry_build(
         ));
     }
     definition.build_secret_ids = ids;
+    if let Some(manifest) = &mut definition.build_context {
+        // The retry uploads nothing: every blob it reads is reused.
+        manifest.mark_reused();
+    }
     definition.registry_auth_hosts = registry_auth.iter().map(|a| a.registry.clone()).collect();
     let secrets = RequestSecrets {
         base_image_auth: auth.map(|a| a.0),
@@ -504,14 +654,34 @@ async fn validate(
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
     let body = json_body(&body)?;
-    let checked = parse_build_request(&body)
-        .and_then(|(definition, _)| check_base(&state, &owner, &definition).map(|_| definition));
+    // Blobs are uploaded when the build starts, so validation reports absent ones as a
+    // warning rather than an error.
+    let checked = parse_build_request(&body).and_then(|(mut definition, _)| {
+        let context = definition.build_context.take();
+        check_base(&state, &owner, &definition)?;
+        definition.build_context = context;
+        Ok(definition)
+    });
     Ok(Json(match checked {
-        Ok(definition) => json!({
-            "valid": true,
-            "errors": [],
-            "warnings": validation_warnings(&definition),
-        }),
+        Ok(definition) => {
+            let mut warnings = validation_warnings(&definition);
+            if let Some(manifest) = &definition.build_context {
+                let blobs = context_blobs(&state, &owner)?;
+                let digests: Vec<_> = manifest
+                    .file_digests()
+                    .into_iter()
+                    .filter_map(|d| parse_digest(d).ok())
+                    .collect();
+                let missing = blobs.missing(&digests).len();
+                if missing > 0 {
+                    warnings.push(format!(
+                        "{missing} of {} file blobs of the build context are not uploaded yet; a build uploads them first",
+                        digests.len()
+                    ));
+                }
+            }
+            json!({ "valid": true, "errors": [], "warnings": warnings })
+        }
         Err(error) => json!({
             "valid": false,
             "errors": [{ "code": error.code, "message": error.message, "phase": "prepare" }],

@@ -34,7 +34,8 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    /// An error with its HTTP status, code and message.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             code,
@@ -73,6 +74,15 @@ impl ApiError {
             StatusCode::NOT_FOUND,
             "template_not_found",
             format!("template {reference:?} not found"),
+        )
+    }
+
+    /// 422 `file_upload_error`: the build context refers to something not uploaded.
+    pub fn file_upload(message: impl Into<String>) -> ApiError {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "file_upload_error",
+            message,
         )
     }
 

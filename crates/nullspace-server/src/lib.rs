@@ -89,6 +89,7 @@ pub fn open(config: &ServerConfig) -> Result<api::AppState, ServerError> {
         runner,
         keys: Arc::new(config.keys.clone()),
         open_owner: config.open_owner.clone(),
+        upload_limit_bytes: api::upload_limit_from_env(),
     })
 }
 

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use nullspace_build::declarative::{RenderedDockerfile, Step};
+use nullspace_build::context::ContextManifest;
+use nullspace_build::declarative::{copy_sources, RenderedDockerfile, Step};
 use nullspace_build::dockerfile::{
     BuildBackend, DockerfileSource, DockerfileSpec, RegistryAuth, SecretValue,
 };
@@ -84,6 +85,10 @@ pub struct BuildDefinition {
     /// Registries of the request's `registry_auth`, never the credentials.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub registry_auth_hosts: Vec<String>,
+    /// The uploaded build context (paths and blob digests) that `copy` steps or the
+    /// Dockerfile read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_context: Option<ContextManifest>,
 }
 
 impl BuildDefinition {
@@ -341,7 +346,7 @@ pub fn parse_registry_auth(value: &Value) -> Result<Vec<RegistryAuth>, ApiError>
     Ok(out)
 }
 
-/// Parses `steps` (the serde shape of [`Step`]); copy steps need uploads and are rejected.
+/// Parses `steps` (the serde shape of [`Step`]).
 fn parse_steps(value: &Value) -> Result<Vec<Step>, ApiError> {
     let items = match value {
         Value::Null => return Ok(Vec::new()),
@@ -355,14 +360,6 @@ fn parse_steps(value: &Value) -> Result<Vec<Step>, ApiError> {
             .get("type")
             .and_then(Value::as_str)
             .ok_or_else(|| ApiError::invalid(&format!("{field}.type"), "is required (a string)"))?;
-        if kind == "copy" || kind == "copy_items" {
-            return Err(ApiError::invalid(
-                &field,
-                format!(
-                    "{kind}: file uploads (build context) are not supported by the service yet"
-                ),
-            ));
-        }
         let step: Step = serde_json::from_value(item.clone())
             .map_err(|e| ApiError::invalid(&field, format!("{kind}: {e}")))?;
         steps.push(step);
@@ -417,6 +414,7 @@ const SUPPORTED: &[&str] = &[
     "workdir",
     "build_secrets",
     "registry_auth",
+    "build_context",
 ];
 
 /// Fields of the contract this server does not execute yet, and why. An empty value (`null`,
@@ -433,10 +431,6 @@ const NOT_YET: &[(&str, &str)] = &[
     (
         "readiness",
         "readiness checks run in a build VM, which this server does not run yet",
-    ),
-    (
-        "build_context",
-        "file uploads (build context) are not supported by the service yet",
     ),
 ];
 
@@ -809,6 +803,7 @@ pub fn parse_build_request(body: &Value) -> Result<(BuildDefinition, RequestSecr
             ));
         }
     }
+    let build_context = parse_build_context(present("build_context"), &base, &steps)?;
     let auth = match object.get("base_image_auth") {
         Some(value) => parse_auth(value)?,
         None => None,
@@ -841,6 +836,7 @@ pub fn parse_build_request(body: &Value) -> Result<(BuildDefinition, RequestSecr
         steps,
         build_secret_ids: build_secrets.keys().cloned().collect(),
         registry_auth_hosts: registry_auth.iter().map(|a| a.registry.clone()).collect(),
+        build_context,
     };
     let secrets = RequestSecrets {
         base_image_auth: auth.map(|a| a.0),
@@ -849,6 +845,44 @@ pub fn parse_build_request(body: &Value) -> Result<(BuildDefinition, RequestSecr
     };
     checked_buildkit_spec(&definition, &secrets)?;
     Ok((definition, secrets))
+}
+
+/// Parses `build_context` (`{"entries": [...]}`, see [`ContextManifest`]) and checks it
+/// against what reads it: every `copy` source must be in it, and only copies or a Dockerfile
+/// may use one. Whether its blobs were uploaded is checked against the owner's store later.
+fn parse_build_context(
+    value: Option<&Value>,
+    base: &Base,
+    steps: &[Step],
+) -> Result<Option<ContextManifest>, ApiError> {
+    let sources = copy_sources(steps);
+    let Some(value) = value else {
+        if let Some((field, _)) = sources.first() {
+            return Err(ApiError::invalid(
+                field,
+                "copy reads the build context, and the request has none: upload the files and send build_context (the SDK does both)",
+            ));
+        }
+        return Ok(None);
+    };
+    let manifest: ContextManifest = serde_json::from_value(value.clone())
+        .map_err(|e| ApiError::invalid("build_context", e.to_string()))?;
+    manifest.validate().map_err(api_error)?;
+    if sources.is_empty() && !matches!(base, Base::Dockerfile { .. }) {
+        return Err(ApiError::invalid(
+            "build_context",
+            "only copy steps and Dockerfile builds read a build context; this request has neither",
+        ));
+    }
+    for (field, source) in &sources {
+        if !manifest.covers(source) {
+            return Err(ApiError::invalid(
+                field,
+                format!("{source:?} is not in the uploaded build context"),
+            ));
+        }
+    }
+    Ok(Some(manifest))
 }
 
 /// Drops the engine's `invalid request: <field>: ` prefix so the field is named once.
@@ -949,9 +983,35 @@ mod tests {
         .unwrap_err();
         assert!(
             e.message
-                .contains("file uploads (build context) are not supported"),
+                .starts_with("steps[0].src: copy reads the build context"),
             "{e}"
         );
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let context = json!({"entries": [
+            {"type": "file", "path": "dir/app.py", "digest": digest, "size": 3, "mode": 420},
+        ]});
+        let e = parse_build_request(&json!({
+            "name": "d", "base_image": "debian:bookworm",
+            "steps": [{"type": "copy", "src": "./other", "dst": "/a"}],
+            "build_context": context,
+        }))
+        .unwrap_err();
+        assert!(
+            e.message.contains("not in the uploaded build context"),
+            "{e}"
+        );
+        let (d, _) = parse_build_request(&json!({
+            "name": "d", "base_image": "debian:bookworm",
+            "steps": [{"type": "copy", "src": "./dir", "dst": "/a"}],
+            "build_context": context,
+        }))
+        .unwrap();
+        assert_eq!(d.build_context.map(|c| c.file_count()), Some(1));
+        let e = parse_build_request(&json!({
+            "name": "d", "base_image": "debian:bookworm", "build_context": context,
+        }))
+        .unwrap_err();
+        assert!(e.message.starts_with("build_context:"), "{e}");
         let (d, _) = parse_build_request(&json!({
             "name": "d", "base": {"kind": "debian_image"},
             "steps": [{"type": "run_cmd", "cmd": "echo hi > /hello"}],

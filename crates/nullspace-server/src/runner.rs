@@ -22,6 +22,8 @@ use crate::entry::{CacheSummary, EventMapper, LogEntry, IMPORT_STEPS};
 use crate::error::{ApiError, ErrorDetail};
 use crate::refs::resolve_ref;
 use crate::request::{buildkit_spec, Base, BuildDefinition, RequestSecrets};
+use nullspace_build::context::{staging_context_dir, ContextBlobs, ContextManifest};
+
 use crate::store::{status, BuildRecord, BuildResult, BuildStore, Finish, StoreError};
 
 /// Runs builds; one per server.
@@ -53,6 +55,11 @@ impl Runner {
             credentials: Mutex::new(HashMap::new()),
             changes: watch::Sender::new(0),
         })
+    }
+
+    /// The engine builds run on.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
     }
 
     /// Fires whenever a log entry or a status is written.
@@ -422,8 +429,14 @@ impl Runner {
             .base_image_auth
             .clone()
             .unwrap_or(Credentials::Anonymous);
-        let spec = buildkit_spec(&record.definition, secrets)?;
+        let mut spec = buildkit_spec(&record.definition, secrets)?;
         let mut context = self.engine.begin_with(&record.id, &record.template_id)?;
+        if let (Some((spec, _)), Some(manifest)) = (&mut spec, &record.definition.build_context) {
+            match self.materialize_context(record, manifest, &context, &events) {
+                Ok(dir) => spec.context_dir = Some(dir),
+                Err(error) => return self.engine.end(context, Err(error)),
+            }
+        }
         let result = match (&spec, &record.definition.base) {
             (Some((spec, _)), _) => {
                 let driver: &dyn BuildkitDriver = default_driver();
@@ -452,6 +465,38 @@ impl Runner {
             }
         };
         self.engine.end(context, result)
+    }
+
+    /// Writes the uploaded build context into the build's staging dir and logs a `file_blob`
+    /// cache entry per blob.
+    #[allow(clippy::result_large_err)] // `BuildError` is the engine's error type.
+    fn materialize_context(
+        &self,
+        record: &BuildRecord,
+        manifest: &ContextManifest,
+        context: &BuildContext,
+        events: &Arc<dyn EventSink>,
+    ) -> Result<std::path::PathBuf, BuildError> {
+        for (status, reason, subject) in manifest.cache_decisions() {
+            events.event(BuildEvent::Cache {
+                kind: "file_blob",
+                status,
+                reason,
+                subject,
+            });
+        }
+        let blobs = ContextBlobs::open(self.engine.data_dir(), &record.owner)?;
+        let dir = staging_context_dir(context.staging.path());
+        let stats = manifest.materialize(&blobs, &dir)?;
+        events.event(BuildEvent::Message {
+            message: format!(
+                "build context {}: {} files, {} bytes",
+                manifest.digest(),
+                stats.files,
+                stats.bytes
+            ),
+        });
+        Ok(dir)
     }
 
     /// `from_template`: the parent's rootfs (linked, never copied: artifacts are immutable)

@@ -70,7 +70,8 @@ pub fn build(record: &BuildRecord) -> Value {
         "error": if record.status == status::ERROR { json!(record.error_message) } else { Value::Null },
         "error_detail": error_detail,
         "source_digest": record.result.as_ref().and_then(|r| r.source_digest.clone()),
-        "context_digest": null,
+        "context_digest": definition.build_context.as_ref().map(|c| c.digest()),
+        "context_file_count": definition.build_context.as_ref().map(|c| c.file_count()),
         "dockerfile_digest": null,
         "build_config": {
             "vcpus": definition.cpu_count,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
+from typing import Any, BinaryIO, Dict, Iterator, Mapping, Optional, Tuple
 
 import httpx
 
@@ -62,6 +62,21 @@ class Client:
             raise ApiError(f"cannot reach {self.api_url}: {error}", code="connection_error") from None
         return _decode(response)
 
+    def upload(self, path: str, body: BinaryIO) -> Any:
+        """PUTs a file's bytes, streamed (no read timeout while the server hashes them)."""
+        headers = dict(self._headers(), **{"content-type": "application/octet-stream"})
+        timeout = httpx.Timeout(self._timeout, write=None, read=None)
+        try:
+            response = httpx.put(
+                self.api_url + path,
+                content=_chunks(body),
+                headers=headers,
+                timeout=timeout,
+            )
+        except httpx.HTTPError as error:
+            raise ApiError(f"cannot reach {self.api_url}: {error}", code="connection_error") from None
+        return _decode(response)
+
     def sse(self, path: str, params: Mapping[str, Any]) -> Iterator[Tuple[Optional[str], str, str]]:
         """Yields ``(id, event, data)`` of a server-sent event stream until it closes."""
         timeout = httpx.Timeout(self._timeout, read=None)
@@ -93,6 +108,14 @@ class Client:
                     event_id = value
             if data:
                 yield event_id, event, "\n".join(data)
+
+
+def _chunks(body: BinaryIO) -> Iterator[bytes]:
+    while True:
+        chunk = body.read(1 << 20)
+        if not chunk:
+            return
+        yield chunk
 
 
 def _params(params: Optional[Mapping[str, Any]]) -> Optional[Dict[str, str]]:

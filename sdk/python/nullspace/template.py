@@ -21,11 +21,13 @@ from typing import (
     Optional,
     ParamSpec,
     Sequence,
+    Tuple,
     TypeVar,
     Union,
 )
 
 from ._client import Client
+from .context import BuildContext, collect_copies, collect_tree, upload
 from .build import BaseImageAuth, TemplateBuild, auth_payload, raise_for_failure
 from .errors import FileUploadError
 from .models import Build, BuildPlan, LogEntry, ValidationResult
@@ -54,7 +56,13 @@ BuildSecret = Union[str, Mapping[str, str]]
 class Template:
     """A template builder: one base, then steps and runtime defaults."""
 
-    def __init__(self) -> None:
+    def __init__(self, file_context_path: Optional[str] = None) -> None:
+        """``file_context_path``: the folder ``copy`` sources are relative to (default: the
+        current directory); its ``.dockerignore`` applies to them."""
+        self._context_root = os.path.abspath(file_context_path or os.getcwd())
+        self._dockerfile_context: Optional[str] = None
+        self._copies: List[Tuple[str, Optional[str]]] = []
+        self._after_cache_boundary = False
         self._base: Optional[Dict[str, Any]] = None
         self._base_method: Optional[str] = None
         self._dockerfile: Optional[str] = None
@@ -67,7 +75,6 @@ class Template:
         self._start_cmd: Optional[str] = None
         self._readiness: Optional[Readiness] = None
         self._ready_cmd: Optional[str] = None
-        self._local_files: List[str] = []
 
     def __repr__(self) -> str:
         # Never shows credentials or env values.
@@ -137,20 +144,18 @@ class Template:
     def from_dockerfile(self: T, path_or_content: str) -> T:
         """A Dockerfile, by path (when it names an existing file) or as content.
 
-        Only the Dockerfile's text is sent (the build context is empty): a Dockerfile read
-        from a file that ``COPY``/``ADD``s files of its folder raises ``FileUploadError``,
-        because file uploads (build context) are not supported by the service yet.
-        ``COPY --from=...``, heredoc ``COPY <<EOF`` and ``ADD https://...`` need no upload."""
+        For a path, the build context is the Dockerfile's folder with its ``.dockerignore``
+        applied (dotfiles included): its files are hashed and only the blobs the server lacks
+        are uploaded when the build starts. Content alone builds on an empty context."""
         if "\n" not in path_or_content and os.path.isfile(path_or_content):
-            with open(path_or_content, encoding="utf-8") as f:
-                content = f.read()
-            line = _context_copy_line(content)
-            if line is not None:
+            try:
+                with open(path_or_content, encoding="utf-8") as f:
+                    content = f.read()
+            except OSError as error:
                 raise FileUploadError(
-                    f"from_dockerfile: {path_or_content} line {line} copies files of the build "
-                    "context; file uploads (build context) are not supported by the service yet",
-                    code="file_upload_error",
-                )
+                    f"from_dockerfile: {path_or_content}: {error.strerror}", code="file_upload_error"
+                ) from None
+            self._dockerfile_context = os.path.dirname(os.path.abspath(path_or_content))
         else:
             content = path_or_content
         self._set_base("from_dockerfile", {})
@@ -158,11 +163,18 @@ class Template:
         return self
 
     @_dualmethod
-    def from_dockerfile_content(self: T, text: str) -> T:
-        """An inline Dockerfile, built with BuildKit on an empty build context (a ``COPY`` of
-        context files fails in BuildKit, naming the file)."""
+    def from_dockerfile_content(self: T, text: str, context: Optional[str] = None) -> T:
+        """An inline Dockerfile, built with BuildKit on ``context`` (a folder, uploaded like
+        ``from_dockerfile``'s) or on an empty context."""
         self._set_base("from_dockerfile_content", {})
         self._dockerfile = text
+        if context is not None:
+            if not os.path.isdir(context):
+                raise FileUploadError(
+                    f"from_dockerfile_content: context {context} is not a directory",
+                    code="file_upload_error",
+                )
+            self._dockerfile_context = os.path.abspath(context)
         return self
 
     @_dualmethod
@@ -229,21 +241,60 @@ class Template:
         """``bun install`` packages (``g=True`` installs globally)."""
         return self._step({"type": "bun_install", "packages": _list(packages), "global": g})
 
+    def _copy_source(self, src: str, force_upload: bool) -> str:
+        """Records a copy source; returns its path inside the build context."""
+        reason = (
+            "force_upload"
+            if force_upload
+            else "builder_cache_boundary" if self._after_cache_boundary else None
+        )
+        self._copies.append((src, reason))
+        return BuildContext(self._context_root).relative(src)
+
     @_dualmethod
-    def copy(self: T, src: str, dst: str, force_upload: bool = False) -> T:
-        """Copies a local file or directory into the template."""
-        self._local_files.append(src)
-        return self._step({"type": "copy", "src": src, "dst": dst, "force_upload": force_upload})
+    def copy(
+        self: T,
+        src: str,
+        dst: str,
+        force_upload: bool = False,
+        user: Optional[str] = None,
+        mode: Optional[Union[int, str]] = None,
+    ) -> T:
+        """Copies a local file or directory (relative to the builder's ``file_context_path``,
+        dotfiles included, ``.dockerignore`` applied) into the template. Its blobs are
+        uploaded when the build starts, only those the server lacks unless
+        ``force_upload``."""
+        rel = self._copy_source(src, force_upload)
+        if isinstance(mode, int):
+            mode = format(mode, "o")
+        return self._step(
+            {
+                "type": "copy",
+                "src": rel,
+                "dst": dst,
+                "owner": user,
+                "mode": mode,
+                "force_upload": force_upload or None,
+            }
+        )
 
     @_dualmethod
     def copy_items(self: T, items: Sequence[Mapping[str, Any]]) -> T:
-        """Many copies: items of ``{"src", "dst", "force_upload"?}``."""
+        """Many copies: items of ``{"src", "dst", "force_upload"?, "user"?, "mode"?}``."""
         checked = []
         for item in items:
             if "src" not in item or "dst" not in item:
                 raise ValueError("copy_items: every item needs src and dst")
-            self._local_files.append(str(item["src"]))
-            checked.append(dict(item))
+            force = bool(item.get("force_upload", False))
+            mode = item.get("mode")
+            entry = {
+                "src": self._copy_source(str(item["src"]), force),
+                "dst": str(item["dst"]),
+                "owner": item.get("user"),
+                "mode": format(mode, "o") if isinstance(mode, int) else mode,
+                "force_upload": force or None,
+            }
+            checked.append({k: v for k, v in entry.items() if v is not None})
         return self._step({"type": "copy_items", "items": checked})
 
     @_dualmethod
@@ -287,7 +338,9 @@ class Template:
 
     @_dualmethod
     def skip_cache(self: T) -> T:
-        """Cache boundary: later steps do not reuse the cache."""
+        """Cache boundary: later steps do not reuse the cache (and later copies upload their
+        files again)."""
+        self._after_cache_boundary = True
         return self._step({"type": "skip_cache"})
 
     # ----- runtime defaults --------------------------------------------------------------
@@ -348,6 +401,7 @@ class Template:
         build_backend: Optional[str] = None,
         build_secrets: Optional[Mapping[str, BuildSecret]] = None,
         include_secrets: bool = True,
+        build_context: Optional[Mapping[str, Any]] = None,
     ) -> Dict[str, Any]:
         """The API request body. Only fields that are set are sent; with
         ``include_secrets=False`` credentials and secret values are left out."""
@@ -381,14 +435,17 @@ class Template:
             body["base_image_auth"] = dict(self._auth)
         if build_secrets:
             body["build_secrets"] = _resolve_secrets(build_secrets, include_secrets)
+        if build_context is not None:
+            body["build_context"] = dict(build_context)
         return body
 
-    def _check_context(self) -> None:
-        for path in self._local_files:
-            if not os.path.exists(path):
-                raise FileUploadError(
-                    f"copy source {path!r} does not exist", code="file_upload_error"
-                )
+    def _collect_context(self) -> Optional[BuildContext]:
+        """The local build context this builder reads (``None`` when it reads none)."""
+        if self._dockerfile is not None:
+            return collect_tree(self._dockerfile_context) if self._dockerfile_context else None
+        if self._copies:
+            return collect_copies(self._context_root, self._copies)
+        return None
 
     # ----- entry points ------------------------------------------------------------------
 
@@ -408,8 +465,11 @@ class Template:
         api_url: Optional[str] = None,
         api_key: Optional[str] = None,
     ) -> TemplateBuild:
-        """Starts a build and returns its handle at once."""
-        builder._check_context()
+        """Starts a build and returns its handle at once: the build context (if any) is
+        hashed, the blobs the server lacks are uploaded, then the build is queued."""
+        client = Client(api_url, api_key)
+        context = builder._collect_context()
+        manifest = upload(context, client, bool(skip_cache)) if context is not None else None
         body = builder.to_request(
             name,
             tags=tags,
@@ -420,8 +480,8 @@ class Template:
             internet_access=internet_access,
             build_backend=build_backend,
             build_secrets=build_secrets,
+            build_context=manifest,
         )
-        client = Client(api_url, api_key)
         response = client.request("POST", "/v1/templates/builds", json_body=body)
         return TemplateBuild(Build.from_dict(response), client)
 
@@ -471,8 +531,9 @@ class Template:
         api_key: Optional[str] = None,
         **options: Any,
     ) -> ValidationResult:
-        """Server-side validation; nothing is built."""
-        body = builder.to_request(name, **options)
+        """Server-side validation; nothing is built or uploaded (blobs the server lacks are
+        reported as warnings)."""
+        body = builder._request_with_context(name, options)
         response = Client(api_url, api_key).request("POST", "/v1/templates/validate", json_body=body)
         return ValidationResult.from_dict(response)
 
@@ -485,10 +546,38 @@ class Template:
         api_key: Optional[str] = None,
         **options: Any,
     ) -> BuildPlan:
-        """The normalized build plan; nothing is built."""
-        body = builder.to_request(name, **options)
+        """The normalized build plan; nothing is built or uploaded."""
+        body = builder._request_with_context(name, options)
         response = Client(api_url, api_key).request("POST", "/v1/templates/plan", json_body=body)
         return BuildPlan.from_dict(response)
+
+    def _request_with_context(self, name: Optional[str], options: Dict[str, Any]) -> Dict[str, Any]:
+        context = self._collect_context()
+        manifest = context.manifest() if context is not None else None
+        return self.to_request(name, build_context=manifest, **options)
+
+    @staticmethod
+    def inspect_build_context(
+        builder: "Template", name: Optional[str] = None, **options: Any
+    ) -> Dict[str, Any]:
+        """Reports the local build context (files with sizes and digests, directories,
+        symlinks, what ``.dockerignore`` excluded, unsupported entries, warnings) and the
+        request payload with secrets redacted. Nothing is sent."""
+        context = builder._collect_context()
+        report: Dict[str, Any] = (
+            context.describe()
+            if context is not None
+            else {"context_root": None, "file_count": 0, "total_bytes": 0, "files": [],
+                  "directories": [], "symlinks": {}, "ignored": [], "unsupported": [],
+                  "warnings": [], "forced_uploads": {}}
+        )
+        report["request"] = builder.to_request(
+            name,
+            include_secrets=False,
+            build_context=context.manifest() if context is not None else None,
+            **options,
+        )
+        return report
 
     @staticmethod
     def list_builds(
@@ -537,23 +626,6 @@ def _list(packages: Union[str, Sequence[str]]) -> List[str]:
     if not items or not all(isinstance(p, str) and p.strip() for p in items):
         raise ValueError("a non-empty list of package names is required")
     return items
-
-
-def _context_copy_line(dockerfile: str) -> Optional[int]:
-    """The line of the first ``COPY``/``ADD`` that reads build-context files, if any."""
-    lines = dockerfile.splitlines()
-    for number, line in enumerate(lines, start=1):
-        words = line.strip().split()
-        if not words or words[0].upper() not in ("COPY", "ADD"):
-            continue
-        args = [w for w in words[1:] if not w.startswith("--")]
-        if any(w.startswith("--from=") for w in words[1:]):
-            continue
-        sources = args[:-1] if len(args) > 1 else args
-        if sources and all(s.startswith("<<") or "://" in s for s in sources):
-            continue
-        return number
-    return None
 
 
 def _resolve_secrets(

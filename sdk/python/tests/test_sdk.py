@@ -3,14 +3,16 @@ validate/plan, errors, isolation between API keys, and secrets that never land a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
+import subprocess
 import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Dict, Iterator, List
+from typing import Dict, Iterator, List, Optional
 
 import httpx
 import pytest
@@ -19,6 +21,7 @@ from nullspace import (
     AuthenticationError,
     BuildError,
     ConflictError,
+    FileUploadError,
     InvalidRequestError,
     LogEntry,
     NotFoundError,
@@ -313,8 +316,8 @@ def test_validate_and_plan(server: Server, devenv: Dict[str, str]) -> None:
     assert result.valid, result.errors
     copying = Template.from_debian_image().copy(__file__, "/app/test.py")
     result = Template.validate(copying, "with-copy")
-    assert not result.valid
-    assert result.errors[0].code == "invalid_request" and "steps[0]" in result.errors[0].message
+    assert result.valid, result.errors
+    assert any("not uploaded yet" in w for w in result.warnings), result.warnings
     started = Template.from_debian_image().set_start_cmd("python -m http.server 8080", readiness=wait_for_port(8080))
     result = Template.validate(started, "start")
     assert not result.valid and result.errors[0].message.startswith("start_cmd")
@@ -412,17 +415,131 @@ CMD ["sleep", "infinity"]
     assert [b.build_id for b in Template.list_builds(name, backend="buildkit")] == [build.build_id]
 
 
-def test_from_dockerfile_path(server: Server, tmp_path: Path) -> None:
-    from nullspace.errors import FileUploadError
+def rootfs_file(server: Server, build_id: str, path: str) -> Optional[bytes]:
+    """A file of a published template's rootfs, read with debugfs (None if absent)."""
+    image = server.data_dir / "templates" / build_id / "rootfs.ext4"
+    assert image.exists(), image
+    out = subprocess.run(
+        ["debugfs", "-R", f"cat {path}", str(image)], capture_output=True, check=True
+    )
+    if b"File not found" in out.stderr:
+        return None
+    return out.stdout
 
-    path = tmp_path / "Dockerfile"
-    path.write_text("FROM debian:bookworm\nCOPY app.py /app.py\n")
-    with pytest.raises(FileUploadError) as failure:
-        Template().from_dockerfile(str(path))
-    assert "line 2" in str(failure.value) and "not supported" in str(failure.value)
-    path.write_text("FROM debian:bookworm\nCOPY <<EOF /motd\nhi\nEOF\n")
-    body = Template().from_dockerfile(str(path)).to_request("p")
-    assert body["dockerfile"].startswith("FROM debian:bookworm")
+
+def context_blob_digests(server: Server) -> List[str]:
+    root = server.data_dir / "context-blobs"
+    return ["sha256:" + p.name for p in root.rglob("sha256/*") if p.is_file()]
+
+
+def file_blob_entries(build_id: str) -> List[LogEntry]:
+    return [e for e in TemplateBuild.connect(build_id).logs() if e.cache_kind == "file_blob"]
+
+
+def test_from_dockerfile_path_uploads_its_folder(server: Server, tmp_path: Path) -> None:
+    ctx = tmp_path / "ctx"
+    (ctx / ".config").mkdir(parents=True)
+    (ctx / "app.py").write_text("print('hello from the context')\n")
+    (ctx / ".config" / "settings.toml").write_text("debug = false\n")
+    (ctx / "secret.txt").write_text("context-secret-5d1f0b\n")
+    (ctx / "a.log").write_text("noise\n")
+    (ctx / "keep.log").write_text("kept\n")
+    (ctx / ".dockerignore").write_text("secret.txt\n*.log\n!keep.log\n")
+    (ctx / "Dockerfile").write_text(
+        "FROM debian:bookworm\nCOPY . /ctx/\nRUN cp /ctx/app.py /app-copy.py\n"
+    )
+    builder = Template().from_dockerfile(str(ctx / "Dockerfile"))
+    report = Template.inspect_build_context(builder, "p")
+    paths = [f["path"] for f in report["files"]]
+    assert "app.py" in paths and ".config/settings.toml" in paths and "keep.log" in paths
+    assert "secret.txt" in report["ignored"] and "a.log" in report["ignored"]
+    assert "secret.txt" not in paths
+    assert report["request"]["build_context"]["entries"]
+    build = Template.build(builder, unique("dfctx"))
+    record(build.raw)
+    assert build.status == "ready", build.raw
+    assert build.raw["context_digest"].startswith("sha256:")
+    assert rootfs_file(server, build.build_id, "/app-copy.py") == b"print('hello from the context')\n"
+    assert rootfs_file(server, build.build_id, "/ctx/.config/settings.toml") == b"debug = false\n"
+    assert rootfs_file(server, build.build_id, "/ctx/keep.log") == b"kept\n"
+    assert rootfs_file(server, build.build_id, "/ctx/secret.txt") is None
+    assert rootfs_file(server, build.build_id, "/ctx/a.log") is None
+    secret_digest = "sha256:" + hashlib.sha256(b"context-secret-5d1f0b\n").hexdigest()
+    assert secret_digest not in context_blob_digests(server)
+
+
+def test_copy_uploads_only_missing_blobs(server: Server, tmp_path: Path) -> None:
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "main.py").write_text(f"# {uuid.uuid4()}\nprint('main')\n")
+    (tmp_path / "app" / ".env.example").write_text(f"A={uuid.uuid4()}\n")
+    (tmp_path / "app" / "cache.pyc").write_bytes(b"\0compiled")
+    (tmp_path / "notes.txt").write_text(f"notes {uuid.uuid4()}\n")
+    (tmp_path / ".dockerignore").write_text("**/*.pyc\n")
+
+    def builder(force: bool = False) -> Template:
+        return (
+            Template(file_context_path=str(tmp_path))
+            .from_debian_image()
+            .copy("app", "/srv/app")
+            .copy(str(tmp_path / "notes.txt"), "/srv/notes.txt", force_upload=force)
+            .run_cmd("ls -A /srv/app > /srv/listing")
+        )
+
+    report = Template.inspect_build_context(builder(), "c")
+    assert sorted(f["path"] for f in report["files"]) == ["app/.env.example", "app/main.py", "notes.txt"]
+    assert report["ignored"] == ["app/cache.pyc"]
+    steps = report["request"]["steps"]
+    assert steps[0] == {"type": "copy", "src": "app", "dst": "/srv/app"}
+    assert steps[1]["src"] == "notes.txt"
+    assert Template.validate(builder(), "c").valid
+    plan = Template.plan(builder(), "c")
+    assert 'COPY ["app","/srv/app"]' in plan.build_plan["dockerfile"]
+
+    name = unique("copy")
+    first = Template.build(builder(), name)
+    assert first.status == "ready", first.raw
+    assert first.cache_summary["file_blob_misses"] == 3
+    assert first.cache_summary["file_blob_stores"] == 3
+    listing = rootfs_file(server, first.build_id, "/srv/listing") or b""
+    assert listing.split() == [b".env.example", b"main.py"]
+    assert (rootfs_file(server, first.build_id, "/srv/notes.txt") or b"").startswith(b"notes ")
+
+    second = Template.build(builder(), name)
+    assert second.cache_summary["file_blob_hits"] == 3
+    assert second.cache_summary["file_blob_misses"] == 0
+
+    forced = Template.build(builder(force=True), name)
+    entries = file_blob_entries(forced.build_id)
+    bypass = [e for e in entries if e.cache_status == "bypass"]
+    assert [e.cache_reason for e in bypass] == ["force_upload"]
+    assert "notes.txt" in (bypass[0].cache_subject or "")
+    assert forced.cache_summary["file_blob_hits"] == 2
+
+    # Bob cannot build from Alice's blobs by naming their digests.
+    body = builder().to_request(unique("bob"))
+    body["build_context"] = report["request"]["build_context"]
+    answer = httpx.post(
+        f"{server.url}/v1/templates/builds",
+        json=body,
+        headers={"authorization": f"Bearer {BOB_KEY}"},
+    )
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["code"] == "file_upload_error"
+    assert "was not uploaded" in answer.json()["error"]
+
+    # A body that does not hash to its digest is refused and not stored.
+    digest = "sha256:" + hashlib.sha256(b"right").hexdigest()
+    answer = httpx.put(
+        f"{server.url}/v1/templates/build-context/blobs/{digest}",
+        content=b"wrong",
+        headers={"authorization": f"Bearer {ALICE_KEY}"},
+    )
+    assert answer.status_code == 409 and answer.json()["code"] == "upload_conflict", answer.text
+    assert digest not in context_blob_digests(server)
+
+    # A copy source outside the context is refused before anything is sent.
+    with pytest.raises(FileUploadError, match="outside the build context"):
+        Template(file_context_path=str(tmp_path / "app")).from_debian_image().copy("../notes.txt", "/n")
 
 
 def test_declarative_build(server: Server) -> None:
@@ -505,11 +622,13 @@ def test_buildkit_rejections(server: Server) -> None:
         )
     assert failure.value.code == "invalid_request"
     assert "tok" in failure.value.message and "line 2" in failure.value.message, failure.value.message
-    with pytest.raises(InvalidRequestError) as failure:
-        Template.build(Template.from_debian_image().copy(__file__, "/app/t.py"), unique("copy"))
-    assert failure.value.code == "invalid_request"
-    assert "file uploads (build context) are not supported by the service yet" in failure.value.message
-    assert failure.value.message.startswith("steps[0]")
+    # A copy without the build context it reads (what a hand-written request may send).
+    body = Template.from_debian_image().copy(__file__, "/app/t.py").to_request(unique("copy"))
+    answer = httpx.post(
+        f"{server.url}/v1/templates/builds", json=body, headers={"authorization": f"Bearer {ALICE_KEY}"}
+    )
+    assert answer.status_code == 400 and answer.json()["code"] == "invalid_request", answer.text
+    assert answer.json()["error"].startswith("steps[0].src: copy reads the build context")
     with pytest.raises(InvalidRequestError) as failure:
         Template.build(Template.from_debian_image(), unique("nativesecret"), build_secrets={"a": SECRET_TOKEN})
     assert failure.value.message.startswith("build_secrets") and SECRET_TOKEN not in failure.value.message
