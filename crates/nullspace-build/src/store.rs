@@ -95,6 +95,110 @@ pub fn ensure_template_row(
     )
 }
 
+/// Aliases: other names a template answers to in its namespace. Shared with the service.
+pub const ALIASES_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS template_aliases (
+    namespace TEXT NOT NULL,
+    alias TEXT NOT NULL,
+    template_id TEXT NOT NULL REFERENCES templates(id),
+    PRIMARY KEY (namespace, alias)
+);
+";
+
+/// What claims `name` in `namespace`: a template's name or an alias (as a message), if any.
+fn name_claim(
+    connection: &Connection,
+    namespace: &str,
+    name: &str,
+) -> rusqlite::Result<Option<String>> {
+    if let Some(id) = connection
+        .query_row(
+            "SELECT id FROM templates WHERE namespace = ?1 AND name = ?2",
+            params![namespace, name],
+            |r| r.get::<_, String>(0),
+        )
+        .optional()?
+    {
+        return Ok(Some(format!("{name:?} is the name of template {id}")));
+    }
+    Ok(connection
+        .query_row(
+            "SELECT template_id FROM template_aliases WHERE namespace = ?1 AND alias = ?2",
+            params![namespace, name],
+            |r| r.get::<_, String>(0),
+        )
+        .optional()?
+        .map(|id| format!("{name:?} is an alias of template {id}")))
+}
+
+/// Renames template `template_id` of `namespace` to `new_name`, keeping its id, builds, tags
+/// and aliases. `Ok(Err(why))` when the name is taken.
+pub fn rename_template_row(
+    connection: &mut Connection,
+    namespace: &str,
+    template_id: &str,
+    new_name: &str,
+) -> rusqlite::Result<Result<(), String>> {
+    let tx = connection.transaction()?;
+    if let Some(why) = name_claim(&tx, namespace, new_name)? {
+        return Ok(Err(why));
+    }
+    tx.execute(
+        "UPDATE templates SET name = ?3 WHERE namespace = ?1 AND id = ?2",
+        params![namespace, template_id, new_name],
+    )?;
+    tx.commit()?;
+    Ok(Ok(()))
+}
+
+/// Adds `alias` to template `template_id`. `Ok(Err(why))` when the alias is taken.
+pub fn add_alias_row(
+    connection: &mut Connection,
+    namespace: &str,
+    template_id: &str,
+    alias: &str,
+) -> rusqlite::Result<Result<(), String>> {
+    let tx = connection.transaction()?;
+    if let Some(why) = name_claim(&tx, namespace, alias)? {
+        return Ok(Err(why));
+    }
+    tx.execute(
+        "INSERT INTO template_aliases (namespace, alias, template_id) VALUES (?1, ?2, ?3)",
+        params![namespace, alias, template_id],
+    )?;
+    tx.commit()?;
+    Ok(Ok(()))
+}
+
+/// Removes `alias` of template `template_id`; false when it had no such alias.
+pub fn remove_alias_row(
+    connection: &Connection,
+    namespace: &str,
+    template_id: &str,
+    alias: &str,
+) -> rusqlite::Result<bool> {
+    connection
+        .execute(
+            "DELETE FROM template_aliases WHERE namespace = ?1 AND template_id = ?2 AND alias = ?3",
+            params![namespace, template_id, alias],
+        )
+        .map(|n| n > 0)
+}
+
+/// The aliases of every template of `namespace`, by template id.
+pub fn alias_rows(
+    connection: &Connection,
+    namespace: &str,
+) -> rusqlite::Result<Vec<(String, String)>> {
+    let mut statement = connection.prepare(
+        "SELECT template_id, alias FROM template_aliases WHERE namespace = ?1 ORDER BY alias",
+    )?;
+    let rows = statement
+        .query_map(params![namespace], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect();
+    rows
+}
+
 /// The SQLite store.
 pub struct Store {
     path: PathBuf,
@@ -110,6 +214,7 @@ impl Store {
         };
         let connection = open_connection(path).map_err(err)?;
         connection.execute_batch(SCHEMA).map_err(err)?;
+        connection.execute_batch(ALIASES_SCHEMA).map_err(err)?;
         Ok(Store {
             path: path.to_path_buf(),
             connection: Mutex::new(connection),
@@ -202,9 +307,11 @@ impl Store {
         let unqualified = reference
             .strip_prefix(&format!("{LOCAL_NAMESPACE}/"))
             .unwrap_or(reference);
-        let (name, selector) = unqualified
+        let (given, selector) = unqualified
             .split_once(':')
             .unwrap_or((unqualified, "default"));
+        let name = self.name_of(given)?;
+        let name = name.as_str();
         let row: Option<(String, String, String)> = self.with(|c| {
             if selector.starts_with("tb_") {
                 c.query_row(
@@ -232,6 +339,43 @@ impl Store {
             build_id,
             artifact_dir: PathBuf::from(artifact_dir),
         })
+    }
+
+    /// The template name `name_or_alias` means: itself, or the template it is an alias of.
+    fn name_of(&self, name_or_alias: &str) -> Result<String, BuildError> {
+        let aliased: Option<String> = self.with(|c| {
+            c.query_row(
+                "SELECT t.name FROM template_aliases a JOIN templates t ON t.id = a.template_id
+                 WHERE a.namespace = ?1 AND a.alias = ?2",
+                params![LOCAL_NAMESPACE, name_or_alias],
+                |r| r.get(0),
+            )
+            .optional()
+        })?;
+        Ok(aliased.unwrap_or_else(|| name_or_alias.to_string()))
+    }
+
+    /// Renames local template `reference` (a name or alias) to `new_name`; its builds, tags
+    /// and aliases stay.
+    pub fn rename(&self, reference: &str, new_name: &str) -> Result<(), BuildError> {
+        crate::request::validate_name(new_name)?;
+        let name = self.name_of(reference.strip_prefix("local/").unwrap_or(reference))?;
+        let id: Option<String> = self.with(|c| {
+            c.query_row(
+                "SELECT id FROM templates WHERE namespace = ?1 AND name = ?2",
+                params![LOCAL_NAMESPACE, name],
+                |r| r.get(0),
+            )
+            .optional()
+        })?;
+        let id = id.ok_or_else(|| BuildError::NotFound {
+            reference: reference.to_string(),
+        })?;
+        self.with(|c| rename_template_row(c, LOCAL_NAMESPACE, &id, new_name))?
+            .map_err(|why| BuildError::InvalidRequest {
+                field: "name".into(),
+                message: why,
+            })
     }
 
     /// Lists templates that have at least one tag.

@@ -99,6 +99,34 @@ pub enum TemplateCommand {
         #[arg(long)]
         tag: String,
     },
+    /// Start a new attempt of a build from its stored definition (needs NULLSPACE_API_URL).
+    /// Credentials are never stored: pass them again if the build had any.
+    Retry {
+        /// The build id (`tb_...`).
+        build_id: String,
+        /// Tags of the new attempt (default: the original's); repeatable.
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// Base-image registry username (with --password-env).
+        #[arg(long, requires = "password_env")]
+        username: Option<String>,
+        /// Environment variable holding the base-image registry password.
+        #[arg(long, requires = "username")]
+        password_env: Option<String>,
+    },
+    /// Validate a build request on the server; nothing is built (needs NULLSPACE_API_URL).
+    Validate(Box<BuildArgs>),
+    /// Show the server's normalized plan of a build request; nothing is built (needs
+    /// NULLSPACE_API_URL).
+    Plan(Box<BuildArgs>),
+    /// Rename a template: its builds, tags and aliases stay (on the server when
+    /// NULLSPACE_API_URL is set, else in the local data dir).
+    Rename {
+        /// `name`, an alias, or `tmpl_...`.
+        reference: String,
+        /// The new single-segment name.
+        new_name: String,
+    },
 }
 
 /// `nullspace template build`

@@ -125,8 +125,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             | TemplateCommand::Logs { .. }
             | TemplateCommand::Wait { .. }
             | TemplateCommand::Cancel { .. }
-            | TemplateCommand::Promote { .. },
+            | TemplateCommand::Promote { .. }
+            | TemplateCommand::Retry { .. }
+            | TemplateCommand::Validate(_)
+            | TemplateCommand::Plan(_),
         ) => Err(remote::needs_server()),
+        Command::Template(TemplateCommand::Rename {
+            reference,
+            new_name,
+        }) => {
+            let engine = Engine::open(data, RegistryConfig::from_env())?;
+            engine.store().rename(&reference, &new_name)?;
+            if cli.json {
+                println!("{}", json!({ "name": new_name, "renamed_from": reference }));
+            } else {
+                println!("renamed {reference} to {new_name}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -89,8 +89,14 @@ pub fn handles(cli: &Cli) -> bool {
             | TemplateCommand::Logs { .. }
             | TemplateCommand::Wait { .. }
             | TemplateCommand::Cancel { .. }
-            | TemplateCommand::Promote { .. },
+            | TemplateCommand::Promote { .. }
+            | TemplateCommand::Retry { .. }
+            | TemplateCommand::Validate(_)
+            | TemplateCommand::Plan(_),
         ) => true,
+        Command::Template(TemplateCommand::Rename { .. }) => {
+            std::env::var(URL_ENV).is_ok_and(|url| !url.trim().is_empty())
+        }
         _ => false,
     }
 }
@@ -181,6 +187,114 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         .map(text)
                         .unwrap_or_else(|| tag.clone());
                     println!("promoted {build_id} to {target}");
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Template(TemplateCommand::Retry {
+                build_id,
+                tags,
+                username,
+                password_env,
+            }) => {
+                let mut body = Map::new();
+                if !tags.is_empty() {
+                    body.insert("tags".into(), json!(tags));
+                }
+                if let (Some(username), Some(variable)) = (username, password_env) {
+                    let password = std::env::var(&variable).map_err(|_| {
+                        RemoteError::new(
+                            "invalid_request",
+                            format!("--password-env: ${variable} is not set"),
+                        )
+                    })?;
+                    body.insert(
+                        "base_image_auth".into(),
+                        json!({ "kind": "basic", "username": username, "password": password }),
+                    );
+                }
+                let path = format!("/v1/templates/builds/{}/retry", segment(&build_id));
+                let build = client
+                    .call(reqwest::Method::POST, &path, Some(Value::Object(body)))
+                    .await?;
+                if json_output {
+                    println!("{}", serde_json::to_string_pretty(&build)?);
+                } else {
+                    println!("{}", text(&build["build_id"]));
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Template(TemplateCommand::Validate(args)) => {
+                let body = build_body(*args)?;
+                let out = client
+                    .call(reqwest::Method::POST, "/v1/templates/validate", Some(body))
+                    .await?;
+                let valid = out["valid"].as_bool() == Some(true);
+                if json_output {
+                    println!("{}", serde_json::to_string_pretty(&out)?);
+                } else {
+                    println!("{}", if valid { "valid" } else { "invalid" });
+                    for error in out["errors"].as_array().into_iter().flatten() {
+                        println!(
+                            "error {}: {}",
+                            text(&error["code"]),
+                            text(&error["message"])
+                        );
+                    }
+                    for warning in out["warnings"].as_array().into_iter().flatten() {
+                        println!("warning: {}", text(warning));
+                    }
+                }
+                Ok(if valid {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(2)
+                })
+            }
+            Command::Template(TemplateCommand::Plan(args)) => {
+                let body = build_body(*args)?;
+                let out = client
+                    .call(reqwest::Method::POST, "/v1/templates/plan", Some(body))
+                    .await?;
+                if json_output {
+                    println!("{}", serde_json::to_string_pretty(&out)?);
+                } else {
+                    let plan = &out["build_plan"];
+                    for key in [
+                        "name",
+                        "source_kind",
+                        "build_backend",
+                        "base_image",
+                        "base_template",
+                    ] {
+                        if !plan[key].is_null() {
+                            println!("{key}: {}", text(&plan[key]));
+                        }
+                    }
+                    if let Some(dockerfile) = plan["dockerfile"].as_str() {
+                        println!("dockerfile:\n{dockerfile}");
+                    }
+                    for warning in out["warnings"].as_array().into_iter().flatten() {
+                        println!("warning: {}", text(warning));
+                    }
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Template(TemplateCommand::Rename {
+                reference,
+                new_name,
+            }) => {
+                let path = format!("/v1/templates/{}/rename", segment(&reference));
+                let out = client
+                    .call(
+                        reqwest::Method::POST,
+                        &path,
+                        Some(json!({ "name": new_name })),
+                    )
+                    .await?;
+                if json_output {
+                    println!("{}", serde_json::to_string_pretty(&out)?);
+                } else {
+                    println!("renamed {reference} to {}", text(&out["name"]));
                 }
                 Ok(ExitCode::SUCCESS)
             }

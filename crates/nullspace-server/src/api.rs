@@ -102,6 +102,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/templates/plan", post(plan))
         .route("/v1/templates/refs/{*reference}", get(get_ref))
         .route("/v1/templates/{template}/builds", get(history))
+        .route("/v1/templates/{template}/rename", post(rename_template))
+        .route("/v1/templates/{template}/aliases", post(add_alias))
+        .route(
+            "/v1/templates/{template}/aliases/{alias}",
+            axum::routing::delete(remove_alias),
+        )
         .layer(DefaultBodyLimit::max(REQUEST_BODY_LIMIT))
         .fallback(|request: Request| async move { ApiError::no_route(request.uri().path()) })
         .layer(axum::middleware::from_fn_with_state(
@@ -895,6 +901,90 @@ async fn get_ref(
     let details = view::mask(details, query.get("fields").map(String::as_str))
         .map_err(|m| ApiError::invalid("fields", m))?;
     Ok(Json(details))
+}
+
+/// `owner`'s template by id, name or alias, with its default build, as the details view.
+fn template_details(state: &AppState, owner: &str, template: &str) -> ApiResult<Value> {
+    let store = state.runner.store();
+    let row = store
+        .template(owner, template)?
+        .ok_or_else(|| ApiError::template_not_found(template))?;
+    let build = crate::refs::default_tag(&row)
+        .and_then(|tag| row.tags.iter().find(|(t, _)| *t == tag).cloned())
+        .map(|(_, b)| store.build(Some(owner), &b))
+        .transpose()?
+        .flatten();
+    Ok(view::template(&row, None, build.as_ref()))
+}
+
+/// The template id of `owner`'s `template` (id, name or alias).
+fn template_id(state: &AppState, owner: &str, template: &str) -> ApiResult<String> {
+    Ok(state
+        .runner
+        .store()
+        .template(owner, template)?
+        .ok_or_else(|| ApiError::template_not_found(template))?
+        .id)
+}
+
+fn required_name(body: &Value, field: &str) -> ApiResult<String> {
+    only_fields(body, &[field])?;
+    let name = body
+        .get(field)
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::invalid(field, "is required (a string)"))?;
+    nullspace_build::request::validate_name(name).map_err(|e| {
+        ApiError::invalid(field, e.to_string().replace("invalid request: name: ", ""))
+    })?;
+    Ok(name.to_string())
+}
+
+/// `POST /v1/templates/{template}/rename` `{"name": "new-name"}`: the template keeps its id,
+/// builds, tags and aliases; refs by the old name stop resolving.
+async fn rename_template(
+    State(state): State<AppState>,
+    Extension(Owner(owner)): Extension<Owner>,
+    Path(template): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let name = required_name(&json_body(&body)?, "name")?;
+    let id = template_id(&state, &owner, &template)?;
+    state.runner.store().rename_template(&owner, &id, &name)?;
+    Ok(Json(template_details(&state, &owner, &id)?))
+}
+
+/// `POST /v1/templates/{template}/aliases` `{"alias": "other-name"}`: refs may use the alias
+/// wherever they use the name.
+async fn add_alias(
+    State(state): State<AppState>,
+    Extension(Owner(owner)): Extension<Owner>,
+    Path(template): Path<String>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let alias = required_name(&json_body(&body)?, "alias")?;
+    let id = template_id(&state, &owner, &template)?;
+    state.runner.store().add_alias(&owner, &id, &alias)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(template_details(&state, &owner, &id)?),
+    ))
+}
+
+/// `DELETE /v1/templates/{template}/aliases/{alias}`.
+async fn remove_alias(
+    State(state): State<AppState>,
+    Extension(Owner(owner)): Extension<Owner>,
+    Path((template, alias)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let id = template_id(&state, &owner, &template)?;
+    if !state.runner.store().remove_alias(&owner, &id, &alias)? {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "template_resource_not_found",
+            format!("template {template:?} has no alias {alias:?}"),
+        ));
+    }
+    Ok(Json(template_details(&state, &owner, &id)?))
 }
 
 async fn list_templates(

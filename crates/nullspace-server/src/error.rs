@@ -134,7 +134,10 @@ impl ApiError {
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(error: crate::store::StoreError) -> ApiError {
-        ApiError::internal(error)
+        match error {
+            crate::store::StoreError::NameTaken(why) => ApiError::conflict(why),
+            other => ApiError::internal(other),
+        }
     }
 }
 

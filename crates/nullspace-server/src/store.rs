@@ -45,6 +45,9 @@ pub enum StoreError {
     /// The lock is poisoned (a thread panicked while holding it).
     #[error("database lock poisoned")]
     Poisoned,
+    /// A name or alias is already taken.
+    #[error("{0}")]
+    NameTaken(String),
 }
 
 /// Build statuses.
@@ -151,6 +154,8 @@ pub struct TemplateRow {
     pub name: String,
     /// Tags and the builds they point at.
     pub tags: Vec<(String, String)>,
+    /// Other names it answers to.
+    pub aliases: Vec<String>,
 }
 
 /// Filters of a build history listing.
@@ -206,6 +211,18 @@ pub trait BuildStore: Send + Sync + 'static {
     fn set_tag(&self, template_id: &str, tag: &str, build_id: &str) -> Result<(), StoreError>;
     /// Ids of builds in `status`, oldest first.
     fn builds_in(&self, status: &str) -> Result<Vec<String>, StoreError>;
+    /// Renames a template; its id, builds, tags and aliases stay.
+    fn rename_template(
+        &self,
+        owner: &str,
+        template_id: &str,
+        new_name: &str,
+    ) -> Result<(), StoreError>;
+    /// Adds an alias to a template.
+    fn add_alias(&self, owner: &str, template_id: &str, alias: &str) -> Result<(), StoreError>;
+    /// Removes an alias of a template; false when it had none such.
+    fn remove_alias(&self, owner: &str, template_id: &str, alias: &str)
+        -> Result<bool, StoreError>;
 }
 
 const SCHEMA: &str = "
@@ -251,6 +268,9 @@ impl SqliteStore {
         };
         let connection = nullspace_build::store::open_connection(path).map_err(err)?;
         connection.execute_batch(SCHEMA).map_err(err)?;
+        connection
+            .execute_batch(nullspace_build::store::ALIASES_SCHEMA)
+            .map_err(err)?;
         Ok(SqliteStore {
             path: path.to_path_buf(),
             connection: Mutex::new(connection),
@@ -508,7 +528,21 @@ impl BuildStore for SqliteStore {
         Ok(self
             .templates(owner)?
             .into_iter()
-            .find(|t| t.id == id_or_name || t.name == id_or_name))
+            .min_by_key(|t| {
+                // A name wins over an alias.
+                if t.id == id_or_name || t.name == id_or_name {
+                    0
+                } else if t.aliases.iter().any(|a| a == id_or_name) {
+                    1
+                } else {
+                    2
+                }
+            })
+            .filter(|t| {
+                t.id == id_or_name
+                    || t.name == id_or_name
+                    || t.aliases.iter().any(|a| a == id_or_name)
+            }))
     }
 
     fn templates(&self, owner: &str) -> Result<Vec<TemplateRow>, StoreError> {
@@ -533,10 +567,17 @@ impl BuildStore for SqliteStore {
                     namespace: owner.to_string(),
                     name,
                     tags: Vec::new(),
+                    aliases: Vec::new(),
                 });
             }
             if let (Some(tag), Some(build), Some(last)) = (tag, build, out.last_mut()) {
                 last.tags.push((tag, build));
+            }
+        }
+        let aliases = self.with(|c| nullspace_build::store::alias_rows(c, owner))?;
+        for (template_id, alias) in aliases {
+            if let Some(row) = out.iter_mut().find(|t| t.id == template_id) {
+                row.aliases.push(alias);
             }
         }
         Ok(out)
@@ -564,6 +605,30 @@ impl BuildStore for SqliteStore {
             )?;
             tx.commit()
         })
+    }
+
+    fn rename_template(
+        &self,
+        owner: &str,
+        template_id: &str,
+        new_name: &str,
+    ) -> Result<(), StoreError> {
+        self.with(|c| nullspace_build::store::rename_template_row(c, owner, template_id, new_name))?
+            .map_err(StoreError::NameTaken)
+    }
+
+    fn add_alias(&self, owner: &str, template_id: &str, alias: &str) -> Result<(), StoreError> {
+        self.with(|c| nullspace_build::store::add_alias_row(c, owner, template_id, alias))?
+            .map_err(StoreError::NameTaken)
+    }
+
+    fn remove_alias(
+        &self,
+        owner: &str,
+        template_id: &str,
+        alias: &str,
+    ) -> Result<bool, StoreError> {
+        self.with(|c| nullspace_build::store::remove_alias_row(c, owner, template_id, alias))
     }
 
     fn builds_in(&self, wanted: &str) -> Result<Vec<String>, StoreError> {

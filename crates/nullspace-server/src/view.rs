@@ -144,6 +144,7 @@ pub fn template(row: &TemplateRow, tag: Option<&str>, build: Option<&BuildRecord
         "visibility": "private",
         "tags": row.tags.iter().map(|(t, _)| t).collect::<Vec<_>>(),
         "default_tag": default,
+        "aliases": row.aliases,
         "build_id": build.map(|b| b.id.clone()),
         "runtime_defaults": build.map(runtime_defaults),
     })

@@ -66,6 +66,20 @@ fn run(cli: &Cli, server: &Server, key: &str, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// One API call with the test key: status and JSON body.
+fn http(method: reqwest::Method, url: &str, body: Option<Value>) -> (u16, Value) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut request = reqwest::Client::new().request(method, url).bearer_auth(KEY);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    })
+}
+
 fn ok(out: &Output) -> &Output {
     assert!(
         out.status.success(),
@@ -180,6 +194,151 @@ fn client_mode_against_the_server() {
         "{envelope}"
     );
 
+    // logs --follow on a running build streams until its end entry.
+    let second = json(&run(
+        &cli,
+        &server,
+        KEY,
+        &[
+            "template",
+            "build",
+            "--from-debian-image",
+            "--name",
+            "remote",
+            "--background",
+            "--skip-cache",
+            "--json",
+        ],
+    ));
+    let second_id = second["build_id"].as_str().unwrap().to_string();
+    let followed = harness::stdout(ok(&run(
+        &cli,
+        &server,
+        KEY,
+        &["template", "logs", &second_id, "--follow", "--json"],
+    )));
+    let end: Value = serde_json::from_str(followed.lines().last().unwrap()).unwrap();
+    assert_eq!(end["kind"], "end", "{followed}");
+    assert_eq!(end["result"], "ready", "{followed}");
+
+    // retry: a new attempt from the stored definition, with new tags.
+    let retried = json(&run(
+        &cli,
+        &server,
+        KEY,
+        &["template", "retry", &id, "--tag", "retried", "--json"],
+    ));
+    let retried_id = retried["build_id"].as_str().unwrap().to_string();
+    assert_ne!(retried_id, id);
+    assert_eq!(retried["retry_of"], id.as_str(), "{retried}");
+    ok(&run(&cli, &server, KEY, &["template", "wait", &retried_id]));
+
+    // validate and plan: nothing is built.
+    let valid = json(&run(
+        &cli,
+        &server,
+        KEY,
+        &[
+            "template",
+            "validate",
+            "--from-image",
+            "debian:bookworm",
+            "--name",
+            "v",
+            "--json",
+        ],
+    ));
+    assert_eq!(valid["valid"], true, "{valid}");
+    let invalid = run(
+        &cli,
+        &server,
+        KEY,
+        &[
+            "template",
+            "validate",
+            "--from-image",
+            "Not A Ref",
+            "--name",
+            "v",
+        ],
+    );
+    assert_eq!(
+        invalid.status.code(),
+        Some(2),
+        "{}",
+        harness::stdout(&invalid)
+    );
+    assert!(
+        harness::stdout(&invalid).contains("invalid_request"),
+        "{}",
+        harness::stdout(&invalid)
+    );
+    let plan = json(&run(
+        &cli,
+        &server,
+        KEY,
+        &[
+            "template",
+            "plan",
+            "--from-ubuntu-image",
+            "22.04",
+            "--name",
+            "p",
+            "--json",
+        ],
+    ));
+    assert_eq!(
+        plan["build_plan"]["base_image"], "docker.io/library/ubuntu:22.04",
+        "{plan}"
+    );
+
+    // rename keeps builds, tags and aliases; the old name stops resolving.
+    let (status, aliased) = http(
+        reqwest::Method::POST,
+        &format!("{}/v1/templates/remote/aliases", server.url),
+        Some(serde_json::json!({"alias": "remote-alias"})),
+    );
+    assert_eq!(status, 201, "{aliased}");
+    let renamed = json(&run(
+        &cli,
+        &server,
+        KEY,
+        &["template", "rename", "remote", "renamed", "--json"],
+    ));
+    assert_eq!(renamed["name"], "renamed", "{renamed}");
+    assert_eq!(
+        renamed["aliases"],
+        serde_json::json!(["remote-alias"]),
+        "{renamed}"
+    );
+    let tags = renamed["tags"].as_array().unwrap();
+    assert!(tags.contains(&Value::from("stable")), "{renamed}");
+    let (status, by_alias) = http(
+        reqwest::Method::GET,
+        &format!("{}/v1/templates/refs/remote-alias:stable", server.url),
+        None,
+    );
+    assert_eq!(status, 200, "{by_alias}");
+    assert_eq!(
+        by_alias["canonical_ref"], "alice/renamed:stable",
+        "{by_alias}"
+    );
+    let old = run(&cli, &server, KEY, &["template", "status", &id, "--json"]);
+    assert_eq!(json(&old)["build"]["status"], "ready");
+    let (status, gone) = http(
+        reqwest::Method::GET,
+        &format!("{}/v1/templates/refs/remote", server.url),
+        None,
+    );
+    assert_eq!(status, 404, "{gone}");
+    let taken = run(
+        &cli,
+        &server,
+        KEY,
+        &["template", "rename", "renamed", "remote-alias"],
+    );
+    assert_eq!(taken.status.code(), Some(7), "{}", harness::stderr(&taken));
+
     let denied = run(
         &cli,
         &server,
@@ -203,6 +362,9 @@ fn lifecycle_commands_need_a_server() {
         &["template", "logs", "tb_x"],
         &["template", "cancel", "tb_x"],
         &["template", "promote", "tb_x", "--tag", "t"],
+        &["template", "retry", "tb_x"],
+        &["template", "validate", "--from-debian-image", "--name", "n"],
+        &["template", "plan", "--from-debian-image", "--name", "n"],
     ] {
         let out = cli
             .command()
