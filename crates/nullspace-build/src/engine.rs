@@ -66,6 +66,33 @@ pub struct BuildContext {
     pub staging: Staging,
     /// When the build began.
     pub started: Instant,
+    /// The database to record an abandoned build in (see `Drop`).
+    database: std::path::PathBuf,
+    /// Set by [`Engine::end`].
+    ended: bool,
+}
+
+impl Drop for BuildContext {
+    /// A build dropped without [`Engine::end`] (its future was cancelled) is recorded as
+    /// `cancelled` rather than left `building` forever.
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        let marked = crate::store::open_connection(&self.database).and_then(|c| {
+            c.execute(
+                "UPDATE builds SET status = 'cancelled', error = 'the build was cancelled', finished_at = ?2
+                 WHERE id = ?1 AND status = 'building'",
+                rusqlite::params![self.build_id, ids::now_rfc3339()],
+            )
+        });
+        if let Err(error) = marked {
+            tracing::warn!(
+                "build {}: could not record its cancellation: {error}",
+                self.build_id
+            );
+        }
+    }
 }
 
 /// An image ready to import, and how to describe where it came from.
@@ -155,15 +182,18 @@ impl Engine {
             template_id: template_id.to_string(),
             staging,
             started,
+            database: self.data.database(),
+            ended: false,
         })
     }
 
     /// Records how a build begun with [`Engine::begin`] ended; its staging dir goes away.
     pub fn end(
         &self,
-        build: BuildContext,
+        mut build: BuildContext,
         result: Result<BuildOutcome, BuildError>,
     ) -> Result<BuildOutcome, BuildError> {
+        build.ended = true;
         if let Err(error) = &result {
             self.store
                 .fail_build(&build.build_id, &error.to_string(), &ids::now_rfc3339())?;
@@ -571,4 +601,38 @@ fn store_cached_rootfs(
     let temporary = summary.with_extension(format!("tmp-{}", std::process::id()));
     std::fs::write(&temporary, json).map_err(io_at(&temporary))?;
     std::fs::rename(&temporary, summary).map_err(io_at(summary))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn status(data: &DataDir, build_id: &str) -> String {
+        crate::store::open_connection(&data.database())
+            .unwrap()
+            .query_row("SELECT status FROM builds WHERE id = ?1", [build_id], |r| {
+                r.get(0)
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn a_dropped_build_is_recorded_cancelled_and_its_staging_dir_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = DataDir::open(dir.path()).unwrap();
+        let engine = Engine::open(data.clone(), RegistryConfig::default()).unwrap();
+        let request = BuildRequest::new("dropped", crate::BaseSelector::DebianImage(None));
+        let build = engine.begin(&request).unwrap();
+        let (id, staging) = (build.build_id.clone(), build.staging.path().to_path_buf());
+        assert_eq!(status(&data, &id), "building");
+        drop(build);
+        assert_eq!(status(&data, &id), "cancelled");
+        assert!(!staging.exists());
+        // A build that ended keeps its recorded outcome.
+        let build = engine.begin(&request).unwrap();
+        let id = build.build_id.clone();
+        let _ = engine.end(build, Err(BuildError::Internal("boom".into())));
+        assert_eq!(status(&data, &id), "error");
+    }
 }
