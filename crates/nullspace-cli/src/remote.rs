@@ -50,7 +50,14 @@ impl RemoteError {
             "invalid_request" => 2,
             c if c.ends_with("_not_found") => 3,
             "unauthorized" | "authentication_failed" => 4,
-            c if c == "conflict" || c.ends_with("_conflict") => 7,
+            c if c.ends_with("_permission_denied") => 5,
+            c if c == "file_upload_limit_exceeded"
+                || c.contains("quota")
+                || c.contains("rate_limit") =>
+            {
+                6
+            }
+            c if c == "conflict" || c.ends_with("_conflict") || c == "rebuild_required" => 7,
             _ => 1,
         }
     }
