@@ -147,19 +147,45 @@ fn fsck(image: &Path) {
     );
 }
 
-/// `debugfs -R 'cat PATH'`; `None` when the file does not exist.
-fn cat(image: &Path, path: &str) -> Option<String> {
+/// Runs one debugfs request on the image: its stdout, or `None` when the path is not found.
+fn debugfs(image: &Path, request: &str) -> Option<String> {
     let out = Command::new("debugfs")
         .arg("-R")
-        .arg(format!("cat {path}"))
+        .arg(request)
         .arg(image)
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if stderr.contains("File not found") {
+    if String::from_utf8_lossy(&out.stderr).contains("File not found") {
         return None;
     }
     Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `debugfs -R 'cat PATH'`; `None` when the file does not exist.
+fn cat(image: &Path, path: &str) -> Option<String> {
+    debugfs(image, &format!("cat {path}"))
+}
+
+/// Whether `path` exists in the image (`debugfs -R 'stat PATH'`).
+fn exists(image: &Path, path: &str) -> bool {
+    let Some(stat) = debugfs(image, &format!("stat {path}")) else {
+        return false;
+    };
+    assert!(stat.contains("Inode:"), "debugfs stat {path}: {stat}");
+    true
+}
+
+/// The names in directory `path` of the image, without `.` and `..` (`debugfs -R 'ls -p PATH'`).
+fn ls(image: &Path, path: &str) -> Vec<String> {
+    let listing =
+        debugfs(image, &format!("ls -p {path}")).unwrap_or_else(|| panic!("{path}: not found"));
+    // Lines are `/inode/mode/uid/gid/name/size/`.
+    listing
+        .lines()
+        .filter_map(|l| l.split('/').nth(5))
+        .filter(|n| !n.is_empty() && *n != "." && *n != "..")
+        .map(str::to_string)
+        .collect()
 }
 
 fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
@@ -456,6 +482,142 @@ async fn declarative_steps_render_and_build() {
     let image_env = config["config"]["Env"].to_string();
     assert!(image_env.contains("NODE_ENV=production"));
     assert!(!image_env.contains("BUILD_ONLY"), "{image_env}");
+}
+
+/// `scripts/devenv`'s debian-bookworm image whose only apt source is an on-image `file:`
+/// repository (hello, jq, libjq1, libonig5), so `apt_install` runs with the network off.
+fn localapt_ref() -> String {
+    devenv()
+        .get("NULLSPACE_FIXTURE_LOCALAPT_REF")
+        .expect("scripts/devenv up exports NULLSPACE_FIXTURE_LOCALAPT_REF")
+        .clone()
+}
+
+/// Whether `/var/lib/dpkg/status` of the image says `package` is installed.
+fn dpkg_installed(image: &Path, package: &str) -> bool {
+    let status = cat(image, "/var/lib/dpkg/status").unwrap();
+    status.split("\n\n").any(|stanza| {
+        stanza.lines().any(|l| l == format!("Package: {package}"))
+            && stanza.lines().any(|l| l == "Status: install ok installed")
+    })
+}
+
+#[tokio::test]
+async fn declarative_apt_install_runs_offline_from_a_local_repository() {
+    let env = Env::new();
+    let base = localapt_ref();
+    let steps: Vec<Step> = serde_json::from_value(serde_json::json!([
+        {"type": "set_runtime_envs", "envs": {"APP_MODE": "offline-apt"}},
+        {"type": "apt_install", "packages": ["hello"]},
+        {"type": "run_cmd", "cmd": "hello > /hello.txt && useradd -u 4321 -m runner && mkdir -p /workspace && chown runner /workspace"},
+        {"type": "set_user", "user": "runner"},
+        {"type": "set_workdir", "path": "/workspace"},
+        // As a non-root user: the renderer switches to root for apt and back. jq pulls in libjq1
+        // and libonig5, which apt must resolve from the repository.
+        {"type": "apt_install", "packages": ["jq"]},
+        {"type": "run_cmd", "cmd": "echo '{\"a\":1}' | jq .a > jq.txt && hello > hello.txt && id -un > whoami.txt && pwd > pwd.txt"}
+    ]))
+    .unwrap();
+    let mut request = BuildRequest::new("apt-offline", BaseSelector::BaseImage(base.clone()));
+    request.internet_access = false;
+    let (spec, rendered) = declarative_spec(&request.base, &steps, None).unwrap();
+    assert!(rendered.dockerfile.starts_with(&format!("FROM {base}\n")));
+    assert!(
+        rendered.dockerfile.contains(
+            "USER runner\nWORKDIR \"/workspace\"\nUSER root\nRUN [\"/bin/sh\",\"-c\",\"apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends jq && rm -rf /var/lib/apt/lists/*\"]\nUSER runner\n"
+        ),
+        "{}",
+        rendered.dockerfile
+    );
+    let outcome = env
+        .build_with(
+            &BuildkitOptions::default(),
+            &request,
+            &spec,
+            &Credentials::Anonymous,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\nevents: {}", env.events_json()));
+    let rootfs = &outcome.rootfs_path;
+    fsck(rootfs);
+    // The repository is there, and apt's only source.
+    assert!(exists(rootfs, "/opt/nullspace-apt/Packages"));
+    assert_eq!(
+        cat(rootfs, "/etc/apt/sources.list").unwrap(),
+        "deb [trusted=yes] file:/opt/nullspace-apt ./\n"
+    );
+    assert!(exists(rootfs, "/usr/bin/hello"));
+    assert!(exists(rootfs, "/usr/bin/jq"));
+    assert_eq!(cat(rootfs, "/hello.txt").unwrap(), "Hello, world!\n");
+    assert_eq!(
+        cat(rootfs, "/workspace/hello.txt").unwrap(),
+        "Hello, world!\n"
+    );
+    assert_eq!(cat(rootfs, "/workspace/jq.txt").unwrap(), "1\n");
+    assert_eq!(cat(rootfs, "/workspace/whoami.txt").unwrap(), "runner\n");
+    assert_eq!(cat(rootfs, "/workspace/pwd.txt").unwrap(), "/workspace\n");
+    for package in ["hello", "jq", "libjq1", "libonig5"] {
+        assert!(dpkg_installed(rootfs, package), "{package} not installed");
+    }
+    assert!(!dpkg_installed(rootfs, "no-such-package-nullspace"));
+    // apt_install promises the lists are removed after each install.
+    assert_eq!(
+        ls(rootfs, "/var/lib/apt/lists"),
+        Vec::<String>::new(),
+        "apt lists left behind"
+    );
+
+    let t = &outcome.template;
+    assert_eq!(t.source.kind, "declarative");
+    assert_eq!(t.source.requested, base);
+    assert_eq!(t.build_config.build_backend, "buildkit");
+    assert!(!t.build_config.internet_access);
+    assert_eq!(t.runtime_defaults.user.as_deref(), Some("runner"));
+    assert_eq!(t.runtime_defaults.workdir.as_deref(), Some("/workspace"));
+    assert_eq!(
+        t.runtime_defaults.env.get("APP_MODE").map(String::as_str),
+        Some("offline-apt")
+    );
+    assert!(t.runtime_defaults.env["PATH"].contains("/usr/bin"));
+}
+
+#[tokio::test]
+async fn declarative_apt_install_of_a_missing_package_fails_the_build() {
+    let env = Env::new();
+    let steps: Vec<Step> = serde_json::from_value(serde_json::json!([
+        {"type": "apt_install", "packages": ["hello", "no-such-package-nullspace"]}
+    ]))
+    .unwrap();
+    let mut request = BuildRequest::new("apt-missing", BaseSelector::BaseImage(localapt_ref()));
+    request.internet_access = false;
+    let (spec, _) = declarative_spec(&request.base, &steps, None).unwrap();
+    let e = env
+        .build_with(
+            &BuildkitOptions::default(),
+            &request,
+            &spec,
+            &Credentials::Anonymous,
+        )
+        .await
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("apt-get install -y --no-install-recommends hello no-such-package-nullspace")
+            && msg.contains("exit code: 100"),
+        "{msg}"
+    );
+    assert_eq!(e.phase().to_string(), "build_steps");
+    let events = env.events_json();
+    assert!(
+        events.contains("Unable to locate package no-such-package-nullspace"),
+        "apt's message is not in the build log: {events}"
+    );
+    assert_eq!(
+        std::fs::read_dir(env.data.path().join("staging"))
+            .map(|d| d.count())
+            .unwrap_or(0),
+        0
+    );
 }
 
 #[tokio::test]
