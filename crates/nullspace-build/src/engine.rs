@@ -114,7 +114,8 @@ pub struct Engine {
     data: DataDir,
     store: Store,
     blobs: BlobStore,
-    registry: RegistryClient,
+    /// Also used by Dockerfile builds to exchange cloud `base_image_auth` for BuildKit.
+    pub(crate) registry: RegistryClient,
 }
 
 impl Engine {
@@ -385,7 +386,11 @@ impl Engine {
                 platform,
                 layers,
             },
-            runtime_defaults: imported.runtime,
+            runtime_defaults: {
+                let mut runtime = imported.runtime;
+                request.apply_runtime_overrides(&mut runtime);
+                runtime
+            },
             oci_metadata: imported.metadata,
             rootfs: RootfsRecord {
                 path: ROOTFS_FILE.into(),

@@ -99,9 +99,30 @@ pub struct BuildRequest {
     pub internet_access: bool,
     /// Bypass every cache.
     pub skip_cache: bool,
+    /// The start command the template's sandboxes run, replacing the image's
+    /// (`Entrypoint` + `Cmd`). Recorded in the runtime defaults; running it before a snapshot
+    /// needs a build VM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_cmd: Option<String>,
+    /// The readiness check, replacing one mapped from the image's healthcheck.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness: Option<nullspace_rootfs::runtime::Readiness>,
 }
 
 impl BuildRequest {
+    /// Applies the request's start command and readiness over the image's defaults.
+    pub fn apply_runtime_overrides(
+        &self,
+        runtime: &mut nullspace_rootfs::runtime::RuntimeDefaults,
+    ) {
+        if let Some(cmd) = &self.start_cmd {
+            runtime.start_cmd = Some(cmd.clone());
+        }
+        if let Some(readiness) = &self.readiness {
+            runtime.readiness = Some(readiness.clone());
+        }
+    }
+
     /// A request with defaults for `name` from `base`.
     pub fn new(name: &str, base: BaseSelector) -> BuildRequest {
         BuildRequest {
@@ -113,6 +134,8 @@ impl BuildRequest {
             memory_mb: None,
             internet_access: true,
             skip_cache: false,
+            start_cmd: None,
+            readiness: None,
         }
     }
 

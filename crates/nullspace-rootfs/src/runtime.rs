@@ -79,13 +79,30 @@ struct ConfigDocument {
     config: Option<ImageRuntimeConfig>,
 }
 
-/// A readiness check derived for a template.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A readiness check of a template: mapped from a healthcheck (`command`), or requested with
+/// the start command (`tcp`, `http`, `file`, `process`, `timeout`, `command`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Readiness {
-    /// Always `command` for checks mapped from a healthcheck.
+    /// `command`, `tcp`, `http`, `file`, `process` or `timeout`.
     pub kind: String,
-    /// Shell command run inside the guest; exit status 0 means ready.
+    /// `command`: shell command run inside the guest; exit status 0 means ready.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub command: String,
+    /// `tcp`: the port something must listen on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// `http`: the URL a GET of which must succeed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// `file`: the path that must exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// `process`: the process name that must run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `timeout`: milliseconds to wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_ms: Option<u64>,
     /// Milliseconds between attempts.
     pub interval_ms: u64,
     /// Milliseconds one attempt may take.
@@ -271,6 +288,7 @@ fn map_healthcheck(check: Healthcheck) -> Option<HealthcheckMetadata> {
                     retries
                 })
                 .unwrap_or(u32::MAX),
+                ..Readiness::default()
             }),
             None,
         ),

@@ -651,6 +651,9 @@ fn validation_warnings(definition: &BuildDefinition) -> Vec<String> {
                 .to_string(),
         );
     }
+    if definition.start_cmd.is_some() || definition.readiness.is_some() {
+        warnings.push(START_CMD_WARNING.to_string());
+    }
     warnings
 }
 
@@ -751,6 +754,16 @@ async fn plan(
             )
         }
     };
+    // The request's start command and readiness replace whatever the base provides.
+    let defaults = if definition.start_cmd.is_some() || definition.readiness.is_some() {
+        let mut defaults = defaults.unwrap_or_default();
+        definition
+            .engine_request()
+            .apply_runtime_overrides(&mut defaults);
+        Some(defaults)
+    } else {
+        defaults
+    };
     Ok(Json(json!({
         "build_plan": {
             "source_kind": definition.source_kind(),
@@ -784,13 +797,20 @@ async fn plan(
         "warnings": warnings,
         "requires_base_image_auth": secrets.base_image_auth.is_some(),
         "source_digest": null,
-        "context_manifest": null,
+        "context_manifest": definition.build_context.as_ref().map(|c| json!({
+            "context_digest": c.digest(),
+            "file_count": c.file_count(),
+        })),
         "dockerfile_digest": null,
     })))
 }
 
 /// The runtime defaults that declarative steps set (env keys, user, workdir); values of env
 /// vars are never shown.
+/// Said wherever a start command or readiness is accepted: this server records them, it does
+/// not boot a build VM to run them.
+pub const START_CMD_WARNING: &str = "start_cmd and readiness are recorded as the template's runtime defaults; this server builds rootfs templates without a build VM, so they did not run and no snapshot was taken";
+
 fn declared_defaults(steps: &[Step]) -> nullspace_rootfs::runtime::RuntimeDefaults {
     let mut defaults = nullspace_rootfs::runtime::RuntimeDefaults::default();
     for step in steps {

@@ -15,6 +15,8 @@ use nullspace_build::engine_dockerfile::{declarative_spec, BuildkitOptions};
 use nullspace_build::request::{validate_name, validate_tag};
 use nullspace_build::{BaseSelector, BuildError};
 use nullspace_oci::Credentials;
+use nullspace_rootfs::runtime::Readiness;
+use serde_json::json;
 
 use crate::error::ApiError;
 
@@ -89,6 +91,12 @@ pub struct BuildDefinition {
     /// Dockerfile read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build_context: Option<ContextManifest>,
+    /// The start command, replacing the image's (recorded in the runtime defaults).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_cmd: Option<String>,
+    /// The readiness check (`readiness`, or `ready_cmd` as a `command` check).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness: Option<Readiness>,
 }
 
 impl BuildDefinition {
@@ -108,6 +116,8 @@ impl BuildDefinition {
         request.memory_mb = self.memory_mb;
         request.internet_access = self.internet_access;
         request.skip_cache = self.skip_cache;
+        request.start_cmd = self.start_cmd.clone();
+        request.readiness = self.readiness.clone();
         request
     }
 
@@ -415,23 +425,9 @@ const SUPPORTED: &[&str] = &[
     "build_secrets",
     "registry_auth",
     "build_context",
-];
-
-/// Fields of the contract this server does not execute yet, and why. An empty value (`null`,
-/// `[]`, `{}`, `""`) is accepted as absent.
-const NOT_YET: &[(&str, &str)] = &[
-    (
-        "start_cmd",
-        "start commands run in a build VM, which this server does not run yet",
-    ),
-    (
-        "ready_cmd",
-        "readiness checks run in a build VM, which this server does not run yet",
-    ),
-    (
-        "readiness",
-        "readiness checks run in a build VM, which this server does not run yet",
-    ),
+    "start_cmd",
+    "ready_cmd",
+    "readiness",
 ];
 
 fn is_empty(value: &Value) -> bool {
@@ -610,13 +606,8 @@ pub fn parse_build_request(body: &Value) -> Result<(BuildDefinition, RequestSecr
         .as_object()
         .ok_or_else(|| ApiError::invalid_body("the request body must be a JSON object"))?;
     for key in object.keys() {
-        if !SUPPORTED.contains(&key.as_str()) && !NOT_YET.iter().any(|(name, _)| name == key) {
+        if !SUPPORTED.contains(&key.as_str()) {
             return Err(ApiError::invalid(key, "unknown field"));
-        }
-    }
-    for (field, why) in NOT_YET {
-        if object.get(*field).is_some_and(|value| !is_empty(value)) {
-            return Err(ApiError::invalid(field, format!("not supported: {why}")));
         }
     }
     let name = match (object.get("name"), object.get("alias")) {
@@ -804,6 +795,31 @@ pub fn parse_build_request(body: &Value) -> Result<(BuildDefinition, RequestSecr
         }
     }
     let build_context = parse_build_context(present("build_context"), &base, &steps)?;
+    let start_cmd = present("start_cmd")
+        .map(|v| string("start_cmd", v))
+        .transpose()?;
+    if let Some(cmd) = &start_cmd {
+        if cmd.trim().is_empty() || cmd.contains('\0') {
+            return Err(ApiError::invalid(
+                "start_cmd",
+                "must be a non-empty command",
+            ));
+        }
+    }
+    let readiness = match (present("ready_cmd"), present("readiness")) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid(
+                "ready_cmd",
+                "send either ready_cmd or readiness, not both",
+            ))
+        }
+        (Some(cmd), None) => Some(parse_readiness(
+            &json!({"kind": "command", "command": cmd}),
+            "ready_cmd",
+        )?),
+        (None, Some(object)) => Some(parse_readiness(object, "readiness")?),
+        (None, None) => None,
+    };
     let auth = match object.get("base_image_auth") {
         Some(value) => parse_auth(value)?,
         None => None,
@@ -837,6 +853,8 @@ pub fn parse_build_request(body: &Value) -> Result<(BuildDefinition, RequestSecr
         build_secret_ids: build_secrets.keys().cloned().collect(),
         registry_auth_hosts: registry_auth.iter().map(|a| a.registry.clone()).collect(),
         build_context,
+        start_cmd,
+        readiness,
     };
     let secrets = RequestSecrets {
         base_image_auth: auth.map(|a| a.0),
@@ -845,6 +863,157 @@ pub fn parse_build_request(body: &Value) -> Result<(BuildDefinition, RequestSecr
     };
     checked_buildkit_spec(&definition, &secrets)?;
     Ok((definition, secrets))
+}
+
+/// Probe timing defaults: every 500 ms, 5 s per attempt, for at most 60 s.
+const DEFAULT_PROBE_INTERVAL_MS: u64 = 500;
+const DEFAULT_PROBE_TIMEOUT_MS: u64 = 5_000;
+const DEFAULT_READY_WITHIN_MS: u64 = 60_000;
+
+/// Parses a readiness object: `{kind: tcp, port}`, `{kind: http|url, url}` (http, a local
+/// host, an explicit port, no query, fragment or credentials), `{kind: file, path}`, `{kind:
+/// process, name}`, `{kind: timeout, timeout_ms}`, `{kind: command, command}`, each with
+/// optional `interval_ms`, `timeout_secs` (per attempt), `startup_grace_secs` and `retries`.
+fn parse_readiness(value: &Value, field: &str) -> Result<Readiness, ApiError> {
+    let object = value
+        .as_object()
+        .ok_or_else(|| ApiError::invalid(field, "must be an object with a kind"))?;
+    let sub = |name: &str| format!("{field}.{name}");
+    let kind = object
+        .get("kind")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::invalid(&sub("kind"), "is required (a string)"))?;
+    let text = |name: &str| -> Result<String, ApiError> {
+        let v = object
+            .get(name)
+            .and_then(Value::as_str)
+            .filter(|s| !s.trim().is_empty() && !s.contains('\0'))
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    &sub(name),
+                    format!("is required for kind {kind} (a non-empty string)"),
+                )
+            })?;
+        Ok(v.to_string())
+    };
+    let number = |name: &str| -> Result<Option<u64>, ApiError> {
+        match object.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| ApiError::invalid(&sub(name), "must be a non-negative integer")),
+        }
+    };
+    let (kind, specific): (&str, &[&str]) = match kind {
+        "tcp" | "port" => ("tcp", &["port"]),
+        "http" | "url" => ("http", &["url"]),
+        "file" => ("file", &["path"]),
+        "process" => ("process", &["name"]),
+        "timeout" => ("timeout", &["timeout_ms"]),
+        "command" => ("command", &["command"]),
+        other => {
+            return Err(ApiError::invalid(
+                &sub("kind"),
+                format!("unknown kind {other:?} (tcp, http, file, process, timeout or command)"),
+            ))
+        }
+    };
+    let common = [
+        "kind",
+        "interval_ms",
+        "timeout_secs",
+        "startup_grace_secs",
+        "retries",
+    ];
+    if let Some(unknown) = object
+        .keys()
+        .find(|k| !common.contains(&k.as_str()) && !specific.contains(&k.as_str()))
+    {
+        return Err(ApiError::invalid(
+            &sub(unknown),
+            format!("unknown field for kind {kind}"),
+        ));
+    }
+    let mut readiness = Readiness {
+        kind: kind.to_string(),
+        interval_ms: number("interval_ms")?
+            .unwrap_or(DEFAULT_PROBE_INTERVAL_MS)
+            .max(1),
+        timeout_ms: number("timeout_secs")?
+            .map(|s| s.saturating_mul(1000))
+            .unwrap_or(DEFAULT_PROBE_TIMEOUT_MS),
+        start_period_ms: number("startup_grace_secs")?
+            .unwrap_or(0)
+            .saturating_mul(1000),
+        retries: 0,
+        ..Readiness::default()
+    };
+    readiness.retries = match number("retries")? {
+        Some(r) => {
+            u32::try_from(r).map_err(|_| ApiError::invalid(&sub("retries"), "is too large"))?
+        }
+        None => u32::try_from(DEFAULT_READY_WITHIN_MS / readiness.interval_ms).unwrap_or(u32::MAX),
+    };
+    match kind {
+        "tcp" => {
+            let port = number("port")?
+                .filter(|p| (1..=65535).contains(p))
+                .ok_or_else(|| {
+                    ApiError::invalid(&sub("port"), "is required: a TCP port 1-65535")
+                })?;
+            readiness.port = u16::try_from(port).ok();
+        }
+        "http" => {
+            let url = text("url")?;
+            check_probe_url(&url)
+                .map_err(|why| ApiError::invalid(&sub("url"), format!("{url:?}: {why}")))?;
+            readiness.url = Some(url);
+        }
+        "file" => {
+            let path = text("path")?;
+            if !path.starts_with('/') {
+                return Err(ApiError::invalid(&sub("path"), "must be absolute"));
+            }
+            readiness.path = Some(path);
+        }
+        "process" => readiness.name = Some(text("name")?),
+        "timeout" => {
+            readiness.wait_ms = Some(number("timeout_ms")?.ok_or_else(|| {
+                ApiError::invalid(&sub("timeout_ms"), "is required for kind timeout")
+            })?)
+        }
+        _ => readiness.command = text("command")?,
+    }
+    Ok(readiness)
+}
+
+/// The rules of `wait_for_url` (spec §1.5): `http://`, host `localhost`, `127.0.0.1` or
+/// `0.0.0.0`, an explicit port, no query string, fragment or credentials.
+fn check_probe_url(url: &str) -> Result<(), &'static str> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or("only http:// URLs are accepted")?;
+    if rest.contains('?') {
+        return Err("query strings are not allowed");
+    }
+    if rest.contains('#') {
+        return Err("fragments are not allowed");
+    }
+    let authority = rest.split('/').next().unwrap_or("");
+    if authority.contains('@') {
+        return Err("embedded credentials are not allowed");
+    }
+    let (host, port) = authority
+        .rsplit_once(':')
+        .ok_or("the port must be explicit")?;
+    if !["localhost", "127.0.0.1", "0.0.0.0"].contains(&host) {
+        return Err("the host must be localhost, 127.0.0.1 or 0.0.0.0");
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err("the port is invalid"),
+    }
 }
 
 /// Parses `build_context` (`{"entries": [...]}`, see [`ContextManifest`]) and checks it
@@ -913,10 +1082,53 @@ mod tests {
         let e =
             parse_build_request(&json!({"name": "d", "base_image": "x", "bogus": 1})).unwrap_err();
         assert!(e.message.contains("bogus"), "{e}");
-        let e =
-            parse_build_request(&json!({"name": "d", "base_image": "x", "start_cmd": "sleep 1"}))
+        let (d, _) = parse_build_request(&json!({
+            "name": "d", "base_image": "x", "start_cmd": "sleep 1",
+            "readiness": {"kind": "tcp", "port": 8080, "interval_ms": 250},
+        }))
+        .unwrap();
+        assert_eq!(d.start_cmd.as_deref(), Some("sleep 1"));
+        let readiness = d.readiness.unwrap();
+        assert_eq!(
+            (readiness.kind.as_str(), readiness.port),
+            ("tcp", Some(8080))
+        );
+        assert_eq!(readiness.interval_ms, 250);
+        for (bad, needle) in [
+            (
+                json!({"kind": "http", "url": "https://localhost:8080/"}),
+                "only http://",
+            ),
+            (
+                json!({"kind": "http", "url": "http://example.com:80/"}),
+                "the host must be",
+            ),
+            (
+                json!({"kind": "http", "url": "http://localhost/"}),
+                "explicit",
+            ),
+            (
+                json!({"kind": "http", "url": "http://localhost:80/?a=1"}),
+                "query",
+            ),
+            (json!({"kind": "tcp", "port": 0}), "readiness.port"),
+            (json!({"kind": "file", "path": "rel"}), "absolute"),
+            (json!({"kind": "dns"}), "unknown kind"),
+            (
+                json!({"kind": "tcp", "port": 1, "bogus": 1}),
+                "readiness.bogus",
+            ),
+        ] {
+            let e = parse_build_request(&json!({"name": "d", "base_image": "x", "readiness": bad}))
                 .unwrap_err();
-        assert!(e.message.starts_with("start_cmd: not supported"), "{e}");
+            assert!(e.message.contains(needle), "{e}");
+        }
+        let e = parse_build_request(&json!({
+            "name": "d", "base_image": "x", "ready_cmd": "true",
+            "readiness": {"kind": "tcp", "port": 1},
+        }))
+        .unwrap_err();
+        assert!(e.message.starts_with("ready_cmd"), "{e}");
         let e = parse_build_request(
             &json!({"name": "d", "base_image": "x", "steps": [{"type": "run"}]}),
         )

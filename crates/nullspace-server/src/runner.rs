@@ -365,6 +365,13 @@ impl Runner {
                 )
                 .phase("finalize")
                 .step(IMPORT_STEPS, IMPORT_STEPS);
+                if record.definition.start_cmd.is_some() || record.definition.readiness.is_some() {
+                    let warning = LogEntry::new("warning", "warn", crate::api::START_CMD_WARNING)
+                        .phase("finalize");
+                    if let Err(error) = self.store.append_entry(id, &with_ids(warning, &record)) {
+                        tracing::warn!("build {id}: log entry lost: {error}");
+                    }
+                }
                 let mut end = LogEntry::new("end", "info", "build ended: ready").phase("finalize");
                 end.result = Some(status::READY.into());
                 end.result_metadata = Some(serde_json::json!({
@@ -577,6 +584,10 @@ impl Runner {
         document.build_config.internet_access = record.definition.internet_access;
         document.build_config.skip_cache = record.definition.skip_cache;
         document.build_config.base_image_auth_kind = None;
+        record
+            .definition
+            .engine_request()
+            .apply_runtime_overrides(&mut document.runtime_defaults);
         document.created_at = ids::now_rfc3339();
         let destination = self.engine.data_dir().templates().join(&record.id);
         let published = context.staging.publish(&document, &destination)?;

@@ -25,6 +25,7 @@ from nullspace import (
     InvalidRequestError,
     LogEntry,
     NotFoundError,
+    Readiness,
     Template,
     TemplateBuild,
     default_build_logger,
@@ -294,6 +295,31 @@ def test_history_filters(server: Server, blackhole: str) -> None:
     assert missing.value.code == "template_not_found"
 
 
+def test_start_cmd_and_readiness_are_recorded(server: Server) -> None:
+    name = unique("started")
+    builder = Template().from_debian_image().set_start_cmd(
+        "python3 -m http.server 8080", readiness=wait_for_url("http://localhost:8080/")
+    )
+    build = Template.build(builder, name)
+    assert build.status == "ready", build.raw
+    defaults = build.runtime_defaults or {}
+    assert defaults["start_cmd"] == "python3 -m http.server 8080"
+    assert defaults["readiness"]["kind"] == "http"
+    assert defaults["readiness"]["url"] == "http://localhost:8080/"
+    warnings = [e for e in TemplateBuild.connect(build.build_id).logs() if e.kind == "warning"]
+    assert any("no snapshot" in e.message for e in warnings), warnings
+    # A ready_cmd is a command check; the template's start command stays the image's.
+    checked = Template.build(Template().from_debian_image().set_ready_cmd("test -e /etc/os-release"), name)
+    readiness = (checked.runtime_defaults or {})["readiness"]
+    assert readiness["kind"] == "command" and readiness["command"] == "test -e /etc/os-release"
+    with pytest.raises(InvalidRequestError) as failure:
+        Template.build(
+            Template().from_debian_image().set_start_cmd("x", readiness=Readiness("http", {"url": "http://example.com:80/"})),
+            name,
+        )
+    assert "readiness.url" in failure.value.message and "host" in failure.value.message
+
+
 def test_from_template(server: Server) -> None:
     parent_name = unique("parent")
     parent = Template.build(Template.from_debian_image(), parent_name)
@@ -320,7 +346,11 @@ def test_validate_and_plan(server: Server, devenv: Dict[str, str]) -> None:
     assert any("not uploaded yet" in w for w in result.warnings), result.warnings
     started = Template.from_debian_image().set_start_cmd("python -m http.server 8080", readiness=wait_for_port(8080))
     result = Template.validate(started, "start")
-    assert not result.valid and result.errors[0].message.startswith("start_cmd")
+    assert result.valid, result.errors
+    assert any("no snapshot" in w for w in result.warnings), result.warnings
+    planned = Template.plan(started, "start").build_plan
+    assert planned["start_cmd"] == "python -m http.server 8080"
+    assert planned["readiness"]["kind"] == "tcp" and planned["readiness"]["port"] == 8080
 
     plan = Template.plan(Template.from_ubuntu_image("22.04"), "planned", tags=["x"], disk_mb=2048)
     assert plan.build_plan["base_image"] == "docker.io/library/ubuntu:22.04"
