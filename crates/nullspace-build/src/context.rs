@@ -554,6 +554,290 @@ impl BlobUpload {
     }
 }
 
+/// `.dockerignore` rules as Docker applies them: patterns in order, the last match wins, `!`
+/// re-includes, `*`, `?` and `[...]` stay within a path segment, `**` spans segments, and a
+/// pattern matching a directory excludes everything beneath it.
+#[derive(Clone, Debug, Default)]
+pub struct DockerIgnore {
+    rules: Vec<(Vec<u8>, bool)>,
+}
+
+impl DockerIgnore {
+    /// Parses the file's text.
+    pub fn parse(text: &str) -> DockerIgnore {
+        let mut rules = Vec::new();
+        for line in text.lines() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (negated, pattern) = match line.strip_prefix('!') {
+                Some(rest) => (true, rest.trim()),
+                None => (false, line),
+            };
+            let cleaned = clean_pattern(pattern);
+            if !cleaned.is_empty() {
+                rules.push((cleaned.into_bytes(), negated));
+            }
+        }
+        DockerIgnore { rules }
+    }
+
+    /// The rules of `root/.dockerignore` (none when it does not exist).
+    pub fn load(root: &Path) -> Result<DockerIgnore, BuildError> {
+        let path = root.join(".dockerignore");
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(DockerIgnore::parse(&text)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(DockerIgnore::default()),
+            Err(e) => Err(io_at(&path)(e)),
+        }
+    }
+
+    /// Whether some rule re-includes (then excluded directories must still be walked).
+    pub fn has_exceptions(&self) -> bool {
+        self.rules.iter().any(|(_, negated)| *negated)
+    }
+
+    /// Whether the context path `path` (`a/b.txt`) is excluded.
+    pub fn excluded(&self, path: &str) -> bool {
+        let mut prefixes = Vec::new();
+        for (i, c) in path.char_indices() {
+            if c == '/' {
+                prefixes.push(&path[..i]);
+            }
+        }
+        prefixes.push(path);
+        let mut excluded = false;
+        for (pattern, negated) in &self.rules {
+            if prefixes.iter().any(|p| glob_match(pattern, p.as_bytes())) {
+                excluded = !negated;
+            }
+        }
+        excluded
+    }
+}
+
+/// A pattern as Docker cleans it: no leading `/` or `./`, no empty or `.` segments.
+fn clean_pattern(pattern: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in pattern.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            other => parts.push(other),
+        }
+    }
+    parts.join("/")
+}
+
+/// Glob matching of a whole path: `*` and `?` never cross `/`, `**` does, `[...]` classes
+/// (`!`/`^` negate, `a-z` ranges), `\` escapes.
+fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+    match pattern.first() {
+        None => text.is_empty(),
+        Some(b'*') if pattern.get(1) == Some(&b'*') => {
+            let rest = &pattern[2..];
+            if let Some(after_slash) = rest.strip_prefix(b"/") {
+                // `**/` is zero or more whole segments.
+                glob_match(after_slash, text)
+                    || text
+                        .iter()
+                        .enumerate()
+                        .any(|(i, &c)| c == b'/' && glob_match(after_slash, &text[i + 1..]))
+            } else {
+                (0..=text.len()).any(|i| glob_match(rest, &text[i..]))
+            }
+        }
+        Some(b'*') => {
+            let rest = &pattern[1..];
+            let segment_end = text.iter().position(|&c| c == b'/').unwrap_or(text.len());
+            (0..=segment_end).any(|i| glob_match(rest, &text[i..]))
+        }
+        Some(b'?') => {
+            matches!(text.first(), Some(&c) if c != b'/') && glob_match(&pattern[1..], &text[1..])
+        }
+        Some(b'[') => {
+            let Some(end) = pattern.iter().skip(1).position(|&c| c == b']') else {
+                return text.first() == Some(&b'[') && glob_match(&pattern[1..], &text[1..]);
+            };
+            let class = &pattern[1..=end];
+            let Some(&c) = text.first().filter(|&&c| c != b'/') else {
+                return false;
+            };
+            let (negated, class) = match class.first() {
+                Some(b'!' | b'^') => (true, &class[1..]),
+                _ => (false, class),
+            };
+            let mut found = false;
+            let mut i = 0;
+            while i < class.len() {
+                if i + 2 < class.len() && class[i + 1] == b'-' {
+                    found |= (class[i]..=class[i + 2]).contains(&c);
+                    i += 3;
+                } else {
+                    found |= class[i] == c;
+                    i += 1;
+                }
+            }
+            found != negated && glob_match(&pattern[end + 2..], &text[1..])
+        }
+        Some(b'\\') if pattern.len() > 1 => {
+            text.first() == Some(&pattern[1]) && glob_match(&pattern[2..], &text[1..])
+        }
+        Some(&literal) => text.first() == Some(&literal) && glob_match(&pattern[1..], &text[1..]),
+    }
+}
+
+/// A context collected from local files: its manifest, where each file is on disk, and what
+/// `.dockerignore` left out.
+#[derive(Clone, Debug, Default)]
+pub struct LocalContext {
+    /// The manifest (files marked `reused` until an upload says otherwise).
+    pub manifest: ContextManifest,
+    /// Local path of each file, by context path.
+    pub files: BTreeMap<String, PathBuf>,
+    /// Context paths `.dockerignore` excluded.
+    pub ignored: Vec<String>,
+}
+
+impl LocalContext {
+    /// Every file under `root` (a Dockerfile's context), `.dockerignore` applied, dotfiles
+    /// included; sockets, pipes and devices are skipped.
+    pub fn scan_tree(root: &Path) -> Result<LocalContext, BuildError> {
+        let ignore = DockerIgnore::load(root)?;
+        let mut context = LocalContext::default();
+        context.walk(root, root, "", &ignore)?;
+        Ok(context)
+    }
+
+    /// The copy sources `sources` (context paths under `root`), `.dockerignore` applied; a
+    /// source that is missing or excluded is an error naming it.
+    pub fn scan_paths(root: &Path, sources: &[String]) -> Result<LocalContext, BuildError> {
+        let ignore = DockerIgnore::load(root)?;
+        let mut context = LocalContext::default();
+        for source in sources {
+            let rel = source.trim_start_matches("./").trim_end_matches('/');
+            if ignore.excluded(rel) {
+                return Err(BuildError::FileUpload {
+                    path: rel.to_string(),
+                    message: format!("excluded by {}", root.join(".dockerignore").display()),
+                });
+            }
+            let local = root.join(rel);
+            let meta = std::fs::symlink_metadata(&local).map_err(|e| BuildError::FileUpload {
+                path: rel.to_string(),
+                message: format!("{}: {e}", local.display()),
+            })?;
+            let mut parent = String::new();
+            for part in rel
+                .split('/')
+                .collect::<Vec<_>>()
+                .split_last()
+                .map(|(_, p)| p)
+                .unwrap_or(&[])
+            {
+                parent = if parent.is_empty() {
+                    part.to_string()
+                } else {
+                    format!("{parent}/{part}")
+                };
+                context.add_dir(&parent, &root.join(&parent))?;
+            }
+            context.add(root, rel, &local, &meta, &ignore)?;
+        }
+        Ok(context)
+    }
+
+    fn walk(
+        &mut self,
+        root: &Path,
+        dir: &Path,
+        prefix: &str,
+        ignore: &DockerIgnore,
+    ) -> Result<(), BuildError> {
+        let mut names: Vec<_> = std::fs::read_dir(dir)
+            .map_err(io_at(dir))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<_, _>>()
+            .map_err(io_at(dir))?;
+        names.sort();
+        for name in names {
+            let name = name.to_string_lossy().into_owned();
+            let rel = if prefix.is_empty() {
+                name.clone()
+            } else {
+                format!("{prefix}/{name}")
+            };
+            let local = dir.join(&name);
+            let meta = std::fs::symlink_metadata(&local).map_err(io_at(&local))?;
+            self.add(root, &rel, &local, &meta, ignore)?;
+        }
+        Ok(())
+    }
+
+    fn add(
+        &mut self,
+        root: &Path,
+        rel: &str,
+        local: &Path,
+        meta: &std::fs::Metadata,
+        ignore: &DockerIgnore,
+    ) -> Result<(), BuildError> {
+        let excluded = ignore.excluded(rel);
+        if excluded {
+            self.ignored.push(rel.to_string());
+        }
+        let kind = meta.file_type();
+        if kind.is_dir() {
+            if excluded && !ignore.has_exceptions() {
+                return Ok(());
+            }
+            if !excluded {
+                self.add_dir(rel, local)?;
+            }
+            return self.walk(root, local, rel, ignore);
+        }
+        if excluded {
+            return Ok(());
+        }
+        if kind.is_symlink() {
+            let target = std::fs::read_link(local).map_err(io_at(local))?;
+            self.manifest.entries.push(ContextEntry::Symlink {
+                path: rel.to_string(),
+                target: target.to_string_lossy().into_owned(),
+            });
+        } else if kind.is_file() {
+            let mut file = std::fs::File::open(local).map_err(io_at(local))?;
+            let mut hasher = Sha256::new();
+            let size = std::io::copy(&mut file, &mut hasher).map_err(io_at(local))?;
+            self.manifest.entries.push(ContextEntry::File {
+                path: rel.to_string(),
+                digest: format!("sha256:{:x}", hasher.finalize()),
+                size,
+                mode: meta.permissions().mode() & 0o777,
+                upload: UploadStatus::Reused,
+                reason: None,
+            });
+            self.files.insert(rel.to_string(), local.to_path_buf());
+        }
+        Ok(())
+    }
+
+    fn add_dir(&mut self, rel: &str, local: &Path) -> Result<(), BuildError> {
+        if self.manifest.entries.iter().any(|e| e.path() == rel) {
+            return Ok(());
+        }
+        let meta = std::fs::metadata(local).map_err(io_at(local))?;
+        self.manifest.entries.push(ContextEntry::Dir {
+            path: rel.to_string(),
+            mode: meta.permissions().mode() & 0o777,
+        });
+        Ok(())
+    }
+}
+
 /// The context path of a build's staging dir (`<staging>/context`).
 pub fn staging_context_dir(staging: &Path) -> PathBuf {
     staging.join("context")
@@ -577,6 +861,55 @@ mod tests {
 
     fn manifest(entries: Vec<ContextEntry>) -> ContextManifest {
         ContextManifest { entries }
+    }
+
+    #[test]
+    fn dockerignore_follows_docker() {
+        let ignore = DockerIgnore::parse(
+            "# comment\n/secret.txt\n*.log\n!keep.log\nbuild/\n**/*.pyc\ndocs/[a-c]*.md\n",
+        );
+        for (path, excluded) in [
+            ("secret.txt", true),
+            ("a.log", true),
+            ("keep.log", false),
+            ("sub/a.log", false), // `*` stays in the root segment
+            ("build", true),
+            ("build/out/x", true), // beneath an excluded dir
+            ("app/cache.pyc", true),
+            ("cache.pyc", true),
+            ("docs/api.md", true),
+            ("docs/zeta.md", false),
+            ("src/main.rs", false),
+        ] {
+            assert_eq!(ignore.excluded(path), excluded, "{path}");
+        }
+        assert!(ignore.has_exceptions());
+    }
+
+    #[test]
+    fn scans_follow_dockerignore_and_keep_dotfiles() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("app/.cfg")).unwrap();
+        std::fs::write(root.join("app/main.py"), "x").unwrap();
+        std::fs::write(root.join("app/.cfg/env"), "y").unwrap();
+        std::fs::write(root.join("app/skip.pyc"), "z").unwrap();
+        std::fs::write(root.join(".dockerignore"), "**/*.pyc\n").unwrap();
+        let tree = LocalContext::scan_tree(root).unwrap();
+        let files: Vec<&str> = tree.files.keys().map(String::as_str).collect();
+        assert_eq!(files, [".dockerignore", "app/.cfg/env", "app/main.py"]);
+        assert_eq!(tree.ignored, ["app/skip.pyc"]);
+        tree.manifest.validate().unwrap();
+        let copied = LocalContext::scan_paths(root, &["./app/.cfg/env".into()]).unwrap();
+        let paths: Vec<&str> = copied
+            .manifest
+            .entries
+            .iter()
+            .map(ContextEntry::path)
+            .collect();
+        assert_eq!(paths, ["app", "app/.cfg", "app/.cfg/env"]);
+        let error = LocalContext::scan_paths(root, &["app/skip.pyc".into()]).unwrap_err();
+        assert!(error.to_string().contains("excluded"), "{error}");
     }
 
     #[test]

@@ -188,18 +188,18 @@ impl Engine {
         common.base = BaseSelector::DebianImage(None);
         common.validate()?;
         spec.validate(&options.policy, None)?;
-        let basic = match credentials {
-            Credentials::Anonymous => None,
-            Credentials::Basic { username, password } => Some((username.clone(), password.clone())),
-            _ => {
-                return Err(BuildError::InvalidRequest {
-                    field: "base_image_auth".into(),
-                    message: "BuildKit builds take username/password credentials only".into(),
-                })
-            }
-        };
+        if let Credentials::Bearer(_) = credentials {
+            return Err(BuildError::InvalidRequest {
+                field: "base_image_auth".into(),
+                message: "BuildKit builds take username/password, GCP or ECR credentials only"
+                    .into(),
+            });
+        }
         let info = driver.detect().await?;
         let parsed = spec.validate(&options.policy, Some(info.heredocs))?;
+        let basic = self
+            .base_credentials(spec, &parsed, credentials, &events)
+            .await?;
         if let Some(line) = parsed.syntax_directive {
             events.event(BuildEvent::Warning {
                 message: format!(
@@ -219,6 +219,57 @@ impl Engine {
             ),
         });
         Ok(Prepared { basic, parsed })
+    }
+
+    /// `credentials` (the request's `base_image_auth`) as the username/password BuildKit gets
+    /// for the registry of the final stage's base. GCP and ECR credentials are exchanged for
+    /// short-lived basic credentials with the engine's registry client (as an import does; the
+    /// result is cached), unless that registry has no image base or `registry_auth` covers it.
+    async fn base_credentials(
+        &self,
+        spec: &DockerfileSpec,
+        parsed: &crate::dockerfile::Dockerfile,
+        credentials: &Credentials,
+        events: &Arc<dyn EventSink>,
+    ) -> Result<Option<(String, String)>, BuildError> {
+        let exchanged = match credentials {
+            Credentials::Basic { username, password } => {
+                return Ok(Some((username.clone(), password.clone())))
+            }
+            Credentials::Gcp { .. } | Credentials::Ecr { .. } => {
+                let Some(registry) = parsed
+                    .final_base()
+                    .and_then(|base| nullspace_oci::Reference::parse(&base).ok())
+                    .map(|reference| reference.registry)
+                else {
+                    return Ok(None);
+                };
+                let covered = spec.registry_auth.iter().any(|a| {
+                    nullspace_oci::reference::normalize_registry(a.registry.trim()) == registry
+                });
+                if covered {
+                    return Ok(None);
+                }
+                events.event(BuildEvent::Message {
+                    message: format!(
+                        "base_image_auth: exchanging {} credentials for registry {registry}",
+                        credentials.kind()
+                    ),
+                });
+                self.registry
+                    .exchange_credentials(credentials, &registry)
+                    .await?
+            }
+            _ => return Ok(None),
+        };
+        match exchanged {
+            Credentials::Basic { username, password } => Ok(Some((username, password))),
+            other => Err(BuildError::Internal(format!(
+                "base_image_auth: {} credentials were exchanged for {} credentials",
+                credentials.kind(),
+                other.kind()
+            ))),
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -302,6 +353,8 @@ impl Engine {
 
 /// What the checks before BuildKit found.
 struct Prepared {
+    /// `base_image_auth` as username/password for the final stage's base registry (GCP and ECR
+    /// credentials already exchanged). A secret: never logged.
     basic: Option<(String, String)>,
     parsed: crate::dockerfile::Dockerfile,
 }

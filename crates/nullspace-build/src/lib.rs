@@ -15,6 +15,7 @@ pub mod declarative;
 pub mod dockerfile;
 pub mod engine;
 pub mod engine_dockerfile;
+pub mod engine_template;
 pub mod error;
 pub mod events;
 pub mod ids;

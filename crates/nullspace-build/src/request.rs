@@ -1,6 +1,9 @@
 //! What a user asks for: the base, the name and tags, and the build options.
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use nullspace_rootfs::runtime::Readiness;
 
 use crate::error::BuildError;
 
@@ -141,6 +144,13 @@ impl BuildRequest {
 
     /// Checks names, tags and sizes; the error names the field.
     pub fn validate(&self) -> Result<(), BuildError> {
+        self.validate_common()?;
+        self.base.image_reference()?;
+        Ok(())
+    }
+
+    /// [`BuildRequest::validate`] without the base (for builds whose base is not an image).
+    pub fn validate_common(&self) -> Result<(), BuildError> {
         validate_name(&self.name)?;
         if self.tags.is_empty() {
             return Err(BuildError::InvalidRequest {
@@ -159,7 +169,6 @@ impl BuildRequest {
                 });
             }
         }
-        self.base.image_reference()?;
         Ok(())
     }
 }
@@ -209,6 +218,162 @@ pub fn validate_tag(tag: &str) -> Result<(), BuildError> {
         });
     }
     Ok(())
+}
+
+fn invalid(field: &str, message: impl std::fmt::Display) -> BuildError {
+    BuildError::InvalidRequest {
+        field: field.to_string(),
+        message: message.to_string(),
+    }
+}
+
+/// Milliseconds between readiness attempts unless the request says.
+pub const DEFAULT_PROBE_INTERVAL_MS: u64 = 500;
+/// Milliseconds one readiness attempt may take unless the request says.
+pub const DEFAULT_PROBE_TIMEOUT_MS: u64 = 5_000;
+/// How long readiness may take, unless the request gives `retries`.
+pub const DEFAULT_READY_WITHIN_MS: u64 = 60_000;
+
+/// Parses a readiness object: `{kind: tcp, port}`, `{kind: http|url, url}` (http, a local
+/// host, an explicit port, no query, fragment or credentials), `{kind: file, path}`, `{kind:
+/// process, name}`, `{kind: timeout, timeout_ms}`, `{kind: command, command}`, each with
+/// optional `interval_ms`, `timeout_secs` (per attempt), `startup_grace_secs` and `retries`.
+pub fn parse_readiness(value: &Value, field: &str) -> Result<Readiness, BuildError> {
+    let object = value
+        .as_object()
+        .ok_or_else(|| invalid(field, "must be an object with a kind"))?;
+    let sub = |name: &str| format!("{field}.{name}");
+    let kind = object
+        .get("kind")
+        .and_then(Value::as_str)
+        .ok_or_else(|| invalid(&sub("kind"), "is required (a string)"))?;
+    let text = |name: &str| -> Result<String, BuildError> {
+        let v = object
+            .get(name)
+            .and_then(Value::as_str)
+            .filter(|s| !s.trim().is_empty() && !s.contains('\0'))
+            .ok_or_else(|| {
+                invalid(
+                    &sub(name),
+                    format!("is required for kind {kind} (a non-empty string)"),
+                )
+            })?;
+        Ok(v.to_string())
+    };
+    let number = |name: &str| -> Result<Option<u64>, BuildError> {
+        match object.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| invalid(&sub(name), "must be a non-negative integer")),
+        }
+    };
+    let (kind, specific): (&str, &[&str]) = match kind {
+        "tcp" | "port" => ("tcp", &["port"]),
+        "http" | "url" => ("http", &["url"]),
+        "file" => ("file", &["path"]),
+        "process" => ("process", &["name"]),
+        "timeout" => ("timeout", &["timeout_ms"]),
+        "command" => ("command", &["command"]),
+        other => {
+            return Err(invalid(
+                &sub("kind"),
+                format!("unknown kind {other:?} (tcp, http, file, process, timeout or command)"),
+            ))
+        }
+    };
+    let common = [
+        "kind",
+        "interval_ms",
+        "timeout_secs",
+        "startup_grace_secs",
+        "retries",
+    ];
+    if let Some(unknown) = object
+        .keys()
+        .find(|k| !common.contains(&k.as_str()) && !specific.contains(&k.as_str()))
+    {
+        return Err(invalid(
+            &sub(unknown),
+            format!("unknown field for kind {kind}"),
+        ));
+    }
+    let mut readiness = Readiness {
+        kind: kind.to_string(),
+        interval_ms: number("interval_ms")?
+            .unwrap_or(DEFAULT_PROBE_INTERVAL_MS)
+            .max(1),
+        timeout_ms: number("timeout_secs")?
+            .map(|s| s.saturating_mul(1000))
+            .unwrap_or(DEFAULT_PROBE_TIMEOUT_MS),
+        start_period_ms: number("startup_grace_secs")?
+            .unwrap_or(0)
+            .saturating_mul(1000),
+        retries: 0,
+        ..Readiness::default()
+    };
+    readiness.retries = match number("retries")? {
+        Some(r) => u32::try_from(r).map_err(|_| invalid(&sub("retries"), "is too large"))?,
+        None => u32::try_from(DEFAULT_READY_WITHIN_MS / readiness.interval_ms).unwrap_or(u32::MAX),
+    };
+    match kind {
+        "tcp" => {
+            let port = number("port")?
+                .filter(|p| (1..=65535).contains(p))
+                .ok_or_else(|| invalid(&sub("port"), "is required: a TCP port 1-65535"))?;
+            readiness.port = u16::try_from(port).ok();
+        }
+        "http" => {
+            let url = text("url")?;
+            check_probe_url(&url).map_err(|why| invalid(&sub("url"), format!("{url:?}: {why}")))?;
+            readiness.url = Some(url);
+        }
+        "file" => {
+            let path = text("path")?;
+            if !path.starts_with('/') {
+                return Err(invalid(&sub("path"), "must be absolute"));
+            }
+            readiness.path = Some(path);
+        }
+        "process" => readiness.name = Some(text("name")?),
+        "timeout" => {
+            readiness.wait_ms = Some(
+                number("timeout_ms")?
+                    .ok_or_else(|| invalid(&sub("timeout_ms"), "is required for kind timeout"))?,
+            )
+        }
+        _ => readiness.command = text("command")?,
+    }
+    Ok(readiness)
+}
+
+/// The rules of `wait_for_url` (spec §1.5): `http://`, host `localhost`, `127.0.0.1` or
+/// `0.0.0.0`, an explicit port, no query string, fragment or credentials.
+pub fn check_probe_url(url: &str) -> Result<(), &'static str> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or("only http:// URLs are accepted")?;
+    if rest.contains('?') {
+        return Err("query strings are not allowed");
+    }
+    if rest.contains('#') {
+        return Err("fragments are not allowed");
+    }
+    let authority = rest.split('/').next().unwrap_or("");
+    if authority.contains('@') {
+        return Err("embedded credentials are not allowed");
+    }
+    let (host, port) = authority
+        .rsplit_once(':')
+        .ok_or("the port must be explicit")?;
+    if !["localhost", "127.0.0.1", "0.0.0.0"].contains(&host) {
+        return Err("the host must be localhost, 127.0.0.1 or 0.0.0.0");
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err("the port is invalid"),
+    }
 }
 
 #[cfg(test)]

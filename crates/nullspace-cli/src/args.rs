@@ -144,6 +144,9 @@ pub struct BuildArgs {
     /// Dockerfile build flags.
     #[command(flatten)]
     pub dockerfile: crate::dockerfile_cmd::DockerfileArgs,
+    /// Declarative steps and runtime defaults.
+    #[command(flatten)]
+    pub steps: crate::steps_cmd::StepArgs,
     /// Username for the base image's registry.
     #[arg(long, requires = "password_source")]
     pub username: Option<String>,
@@ -227,4 +230,7 @@ pub struct BaseArgs {
     /// A Dockerfile, built with BuildKit (context: its folder unless --context).
     #[arg(long, value_name = "PATH")]
     pub from_dockerfile: Option<std::path::PathBuf>,
+    /// An existing template (`name[:tag]`, `name:tb_...`): its rootfs and runtime defaults.
+    #[arg(long, value_name = "REF")]
+    pub from_template: Option<String>,
 }

@@ -11,13 +11,14 @@ mod dockerfile_cmd;
 mod progress;
 mod remote;
 mod serve;
+mod steps_cmd;
 
 use std::io::Read;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use serde_json::json;
 
 use args::{BaseArgs, BuildArgs, Cli, Command, TemplateCommand};
@@ -32,11 +33,37 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
-    let json_output = cli.json;
+    let matches = Cli::command().get_matches();
+    let json_output = matches.get_flag("json");
+    let cli = match Cli::from_arg_matches(&matches)
+        .map_err(anyhow::Error::from)
+        .and_then(|mut cli| order_steps(&mut cli, &matches).map(|()| cli))
+    {
+        Ok(cli) => cli,
+        Err(error) => return report(&error, json_output),
+    };
     match run(cli) {
         Ok(code) => code,
         Err(error) => report(&error, json_output),
+    }
+}
+
+/// Puts the declarative step flags of `build`, `validate` and `plan` in command-line order.
+fn order_steps(cli: &mut Cli, matches: &clap::ArgMatches) -> anyhow::Result<()> {
+    let Command::Template(
+        TemplateCommand::Build(args)
+        | TemplateCommand::Validate(args)
+        | TemplateCommand::Plan(args),
+    ) = &mut cli.command
+    else {
+        return Ok(());
+    };
+    let sub = matches
+        .subcommand_matches("template")
+        .and_then(|m| m.subcommand().map(|(_, m)| m));
+    match sub {
+        Some(sub) => steps_cmd::ordered_steps(&mut args.steps, sub),
+        None => Ok(()),
     }
 }
 
@@ -198,8 +225,8 @@ fn base_selector(base: BaseArgs) -> anyhow::Result<BaseSelector> {
         BaseSelector::Image(r)
     } else if let Some(r) = base.from_base_image {
         BaseSelector::BaseImage(r)
-    } else if base.from_dockerfile.is_some() {
-        // Unused: a Dockerfile's FROM lines are its base.
+    } else if base.from_dockerfile.is_some() || base.from_template.is_some() {
+        // Unused: a Dockerfile's FROM lines are its base; a template base is not an image.
         BaseSelector::DebianImage(None)
     } else {
         anyhow::bail!("choose one base image (e.g. --from-debian-image bookworm)")
@@ -219,14 +246,37 @@ fn build(data: DataDir, mut args: BuildArgs, json_output: bool) -> anyhow::Resul
             None
         }
     };
-    if args.backend.as_deref() == Some("buildkit") && dockerfile.is_none() {
+    if args.backend.as_deref() == Some("buildkit")
+        && dockerfile.is_none()
+        && args.steps.steps.is_empty()
+    {
         return Err(BuildError::InvalidRequest {
             field: "build_backend".into(),
             message: "image imports use the native backend; buildkit serves Dockerfiles".into(),
         }
         .into());
     }
+    let steps = std::mem::take(&mut args.steps.steps);
+    if !steps.is_empty() && dockerfile.is_some() {
+        return Err(BuildError::InvalidRequest {
+            field: "steps".into(),
+            message: "a Dockerfile build takes no step flags; write them in the Dockerfile".into(),
+        }
+        .into());
+    }
+    let from_template = args.base.from_template.clone();
+    if !steps.is_empty() && from_template.is_some() {
+        return Err(BuildError::InvalidRequest {
+            field: "steps".into(),
+            message: "steps on a template base are not supported yet; use an image base".into(),
+        }
+        .into());
+    }
+    let readiness = steps_cmd::readiness(&args.steps)?;
+    let start_cmd = args.steps.start_cmd.take();
     let mut request = BuildRequest::new(&args.name, base_selector(args.base)?);
+    request.start_cmd = start_cmd;
+    request.readiness = readiness;
     if !args.tags.is_empty() {
         request.tags = args.tags;
     }
@@ -250,6 +300,23 @@ fn build(data: DataDir, mut args: BuildArgs, json_output: bool) -> anyhow::Resul
             &credentials,
             sink,
         ))?,
+        None if from_template.is_some() => {
+            let reference = from_template.as_deref().unwrap_or_default();
+            engine.build_on_local_template(&request, reference, sink)?
+        }
+        None if !steps.is_empty() => {
+            // Copies read the current directory (its .dockerignore applies, in BuildKit).
+            let root = std::env::current_dir().context("reading the current directory")?;
+            let mut steps = steps;
+            steps_cmd::relative_copy_sources(&mut steps, &root)?;
+            runtime.block_on(engine.build_declarative(
+                &request,
+                &steps,
+                Some(root),
+                &credentials,
+                sink,
+            ))?
+        }
         None => runtime.block_on(engine.build(&request, &credentials, sink))?,
     };
     if json_output {

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use nullspace_build::context::{ContextEntry, LocalContext, UploadStatus};
 use nullspace_oci::Credentials;
 use serde_json::{json, Map, Value};
 
@@ -124,7 +125,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     runtime.block_on(async move {
         match cli.command {
             Command::Template(TemplateCommand::Build(args)) => {
-                let body = build_body(*args)?;
+                let body = client.prepare(build_body(*args)?, true).await?;
                 let build = client
                     .call(reqwest::Method::POST, "/v1/templates/builds", Some(body))
                     .await?;
@@ -231,7 +232,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Template(TemplateCommand::Validate(args)) => {
-                let body = build_body(*args)?;
+                let body = client.prepare(build_body(*args)?, false).await?;
                 let out = client
                     .call(reqwest::Method::POST, "/v1/templates/validate", Some(body))
                     .await?;
@@ -258,7 +259,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 })
             }
             Command::Template(TemplateCommand::Plan(args)) => {
-                let body = build_body(*args)?;
+                let body = client.prepare(build_body(*args)?, false).await?;
                 let out = client
                     .call(reqwest::Method::POST, "/v1/templates/plan", Some(body))
                     .await?;
@@ -346,10 +347,83 @@ fn segment(id: &str) -> String {
         .collect()
 }
 
-/// The `POST /v1/templates/builds` body for `template build --background`.
-fn build_body(mut args: BuildArgs) -> anyhow::Result<Value> {
+/// A request body and the local build context it reads (uploaded before it is sent).
+struct RequestBody {
+    body: Map<String, Value>,
+    context: Option<LocalContext>,
+    skip_cache: bool,
+}
+
+/// The `POST /v1/templates/builds` body for `template build --background` (also `validate`
+/// and `plan`): the base, steps (copies read the current directory), the Dockerfile with its
+/// folder as the context, secrets and options.
+fn build_body(mut args: BuildArgs) -> anyhow::Result<RequestBody> {
     let credentials = crate::base_image_credentials(&mut args)?;
-    crate::dockerfile_cmd::reject_without_dockerfile(&args.dockerfile)?;
+    let mut body = Map::new();
+    let mut context = None;
+    if let Some(path) = args.base.from_dockerfile.take() {
+        if !args.dockerfile.build_context.is_empty() {
+            return Err(RemoteError::new(
+                "invalid_request",
+                "--build-context (named contexts) is not supported by the build server yet; build locally",
+            )
+            .into());
+        }
+        let content = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let root = match args.dockerfile.context.take() {
+            Some(dir) => dir,
+            None => path
+                .canonicalize()
+                .with_context(|| format!("reading {}", path.display()))?
+                .parent()
+                .map(std::path::Path::to_path_buf)
+                .unwrap_or_default(),
+        };
+        context = Some(LocalContext::scan_tree(&root)?);
+        body.insert("dockerfile".into(), json!(content));
+        let mut secrets = Vec::new();
+        for item in &args.dockerfile.build_secret_env {
+            let (id, variable) = item.split_once('=').unwrap_or((item, item));
+            let value = std::env::var(variable).map_err(|_| {
+                RemoteError::new(
+                    "invalid_request",
+                    format!("--build-secret-env {id}: ${variable} is not set"),
+                )
+            })?;
+            secrets.push(json!({ "id": id, "value": value }));
+        }
+        for item in &args.dockerfile.build_secret_file {
+            let (id, file) = item.split_once('=').unwrap_or((item, item));
+            let value = std::fs::read_to_string(file)
+                .with_context(|| format!("--build-secret-file {id}: reading {file}"))?;
+            secrets.push(json!({ "id": id, "value": value }));
+        }
+        if !secrets.is_empty() {
+            body.insert("build_secrets".into(), Value::Array(secrets));
+        }
+    } else {
+        crate::dockerfile_cmd::reject_without_dockerfile(&args.dockerfile)?;
+    }
+    let mut steps = std::mem::take(&mut args.steps.steps);
+    if !steps.is_empty() {
+        let root = std::env::current_dir().context("reading the current directory")?;
+        crate::steps_cmd::relative_copy_sources(&mut steps, &root)?;
+        let sources: Vec<String> = nullspace_build::declarative::copy_sources(&steps)
+            .into_iter()
+            .map(|(_, src)| src)
+            .collect();
+        if !sources.is_empty() {
+            context = Some(LocalContext::scan_paths(&root, &sources)?);
+        }
+        body.insert("steps".into(), serde_json::to_value(&steps)?);
+    }
+    if let Some(cmd) = args.steps.start_cmd.take() {
+        body.insert("start_cmd".into(), json!(cmd));
+    }
+    if let Some(readiness) = crate::steps_cmd::readiness_request(&args.steps) {
+        body.insert("readiness".into(), readiness);
+    }
     let b = args.base;
     let (kind, value) = if let Some(v) = b.from_ubuntu_image {
         ("ubuntu_image", Some(v))
@@ -365,16 +439,15 @@ fn build_body(mut args: BuildArgs) -> anyhow::Result<Value> {
         ("image", Some(r))
     } else if let Some(r) = b.from_base_image {
         ("base_image", Some(r))
+    } else if let Some(r) = b.from_template {
+        ("template", Some(r))
     } else {
-        return Err(RemoteError::new(
-            "invalid_request",
-            "--from-dockerfile is not supported with --background (the server has no build context uploads yet)",
-        )
-        .into());
+        ("", None)
     };
-    let mut body = Map::new();
     body.insert("name".into(), json!(args.name));
-    body.insert("base".into(), json!({ "kind": kind, "value": value }));
+    if !kind.is_empty() {
+        body.insert("base".into(), json!({ "kind": kind, "value": value }));
+    }
     if !args.tags.is_empty() {
         body.insert("tags".into(), json!(args.tags));
     }
@@ -436,7 +509,11 @@ fn build_body(mut args: BuildArgs) -> anyhow::Result<Value> {
     if let Some(auth) = auth {
         body.insert("base_image_auth".into(), auth);
     }
-    Ok(Value::Object(body))
+    Ok(RequestBody {
+        body,
+        context,
+        skip_cache: args.skip_cache,
+    })
 }
 
 /// The HTTP client.
@@ -512,6 +589,96 @@ impl Client {
             .json()
             .await
             .context("reading the build server's answer")
+    }
+
+    /// The request body, with its build context uploaded when `upload` (only the blobs the
+    /// server lacks; all of them with `--skip-cache`) and described either way.
+    async fn prepare(&self, request: RequestBody, upload: bool) -> anyhow::Result<Value> {
+        let RequestBody {
+            mut body,
+            context,
+            skip_cache,
+        } = request;
+        if let Some(mut context) = context {
+            if upload {
+                self.upload_context(&mut context, skip_cache).await?;
+            }
+            body.insert(
+                "build_context".into(),
+                serde_json::to_value(&context.manifest)?,
+            );
+        }
+        Ok(Value::Object(body))
+    }
+
+    /// Asks which blobs the server lacks and uploads them (every one with `skip_cache`),
+    /// recording in the manifest how each reached the server.
+    async fn upload_context(
+        &self,
+        context: &mut LocalContext,
+        skip_cache: bool,
+    ) -> anyhow::Result<()> {
+        let digests: Vec<String> = context
+            .manifest
+            .file_digests()
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        let mut missing = std::collections::HashSet::new();
+        for chunk in digests.chunks(50_000) {
+            let answer = self
+                .call(
+                    reqwest::Method::POST,
+                    "/v1/templates/build-context/blobs/missing",
+                    Some(json!({ "digests": chunk })),
+                )
+                .await?;
+            for digest in answer["missing"].as_array().into_iter().flatten() {
+                if let Some(d) = digest.as_str() {
+                    missing.insert(d.to_string());
+                }
+            }
+        }
+        let mut sent = std::collections::HashSet::new();
+        for entry in &mut context.manifest.entries {
+            let ContextEntry::File {
+                path,
+                digest,
+                upload,
+                reason,
+                ..
+            } = entry
+            else {
+                continue;
+            };
+            let needed = skip_cache || missing.contains(digest.as_str());
+            if needed && !sent.contains(digest.as_str()) {
+                let local = context
+                    .files
+                    .get(path.as_str())
+                    .ok_or_else(|| anyhow::anyhow!("{path}: not in the scanned context"))?;
+                let file = tokio::fs::File::open(local)
+                    .await
+                    .with_context(|| format!("reading {}", local.display()))?;
+                let request = self
+                    .request(
+                        reqwest::Method::PUT,
+                        &format!("/v1/templates/build-context/blobs/{digest}"),
+                    )
+                    .header("content-type", "application/octet-stream")
+                    .body(reqwest::Body::from(file));
+                self.send(request)
+                    .await
+                    .with_context(|| format!("uploading {path} ({digest})"))?;
+                sent.insert(digest.clone());
+            }
+            (*upload, *reason) = match (skip_cache, needed) {
+                (true, _) => (UploadStatus::Forced, Some("whole_build_skip_cache".into())),
+                (false, true) => (UploadStatus::Uploaded, None),
+                (false, false) => (UploadStatus::Reused, None),
+            };
+        }
+        Ok(())
     }
 
     /// `GET /v1/templates/builds/{id}?offset=`: `{build, entries, next_offset}`.

@@ -12,7 +12,7 @@ use nullspace_build::dockerfile::{
     BuildBackend, DockerfileSource, DockerfileSpec, RegistryAuth, SecretValue,
 };
 use nullspace_build::engine_dockerfile::{declarative_spec, BuildkitOptions};
-use nullspace_build::request::{validate_name, validate_tag};
+use nullspace_build::request::{parse_readiness, validate_name, validate_tag};
 use nullspace_build::{BaseSelector, BuildError};
 use nullspace_oci::Credentials;
 use nullspace_rootfs::runtime::Readiness;
@@ -813,11 +813,11 @@ pub fn parse_build_request(body: &Value) -> Result<(BuildDefinition, RequestSecr
                 "send either ready_cmd or readiness, not both",
             ))
         }
-        (Some(cmd), None) => Some(parse_readiness(
-            &json!({"kind": "command", "command": cmd}),
-            "ready_cmd",
-        )?),
-        (None, Some(object)) => Some(parse_readiness(object, "readiness")?),
+        (Some(cmd), None) => Some(
+            parse_readiness(&json!({"kind": "command", "command": cmd}), "ready_cmd")
+                .map_err(api_error)?,
+        ),
+        (None, Some(object)) => Some(parse_readiness(object, "readiness").map_err(api_error)?),
         (None, None) => None,
     };
     let auth = match object.get("base_image_auth") {
@@ -829,14 +829,6 @@ pub fn parse_build_request(body: &Value) -> Result<(BuildDefinition, RequestSecr
             "base_image_auth",
             "a template base needs no registry credentials",
         ));
-    }
-    if buildkit {
-        if let Some(kind) = auth.as_ref().map(|a| a.0.kind()).filter(|k| *k != "basic") {
-            return Err(ApiError::invalid(
-                "base_image_auth",
-                format!("BuildKit builds take username/password credentials only (not {kind}); use registry_auth"),
-            ));
-        }
     }
     let definition = BuildDefinition {
         name,
@@ -863,157 +855,6 @@ pub fn parse_build_request(body: &Value) -> Result<(BuildDefinition, RequestSecr
     };
     checked_buildkit_spec(&definition, &secrets)?;
     Ok((definition, secrets))
-}
-
-/// Probe timing defaults: every 500 ms, 5 s per attempt, for at most 60 s.
-const DEFAULT_PROBE_INTERVAL_MS: u64 = 500;
-const DEFAULT_PROBE_TIMEOUT_MS: u64 = 5_000;
-const DEFAULT_READY_WITHIN_MS: u64 = 60_000;
-
-/// Parses a readiness object: `{kind: tcp, port}`, `{kind: http|url, url}` (http, a local
-/// host, an explicit port, no query, fragment or credentials), `{kind: file, path}`, `{kind:
-/// process, name}`, `{kind: timeout, timeout_ms}`, `{kind: command, command}`, each with
-/// optional `interval_ms`, `timeout_secs` (per attempt), `startup_grace_secs` and `retries`.
-fn parse_readiness(value: &Value, field: &str) -> Result<Readiness, ApiError> {
-    let object = value
-        .as_object()
-        .ok_or_else(|| ApiError::invalid(field, "must be an object with a kind"))?;
-    let sub = |name: &str| format!("{field}.{name}");
-    let kind = object
-        .get("kind")
-        .and_then(Value::as_str)
-        .ok_or_else(|| ApiError::invalid(&sub("kind"), "is required (a string)"))?;
-    let text = |name: &str| -> Result<String, ApiError> {
-        let v = object
-            .get(name)
-            .and_then(Value::as_str)
-            .filter(|s| !s.trim().is_empty() && !s.contains('\0'))
-            .ok_or_else(|| {
-                ApiError::invalid(
-                    &sub(name),
-                    format!("is required for kind {kind} (a non-empty string)"),
-                )
-            })?;
-        Ok(v.to_string())
-    };
-    let number = |name: &str| -> Result<Option<u64>, ApiError> {
-        match object.get(name) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .map(Some)
-                .ok_or_else(|| ApiError::invalid(&sub(name), "must be a non-negative integer")),
-        }
-    };
-    let (kind, specific): (&str, &[&str]) = match kind {
-        "tcp" | "port" => ("tcp", &["port"]),
-        "http" | "url" => ("http", &["url"]),
-        "file" => ("file", &["path"]),
-        "process" => ("process", &["name"]),
-        "timeout" => ("timeout", &["timeout_ms"]),
-        "command" => ("command", &["command"]),
-        other => {
-            return Err(ApiError::invalid(
-                &sub("kind"),
-                format!("unknown kind {other:?} (tcp, http, file, process, timeout or command)"),
-            ))
-        }
-    };
-    let common = [
-        "kind",
-        "interval_ms",
-        "timeout_secs",
-        "startup_grace_secs",
-        "retries",
-    ];
-    if let Some(unknown) = object
-        .keys()
-        .find(|k| !common.contains(&k.as_str()) && !specific.contains(&k.as_str()))
-    {
-        return Err(ApiError::invalid(
-            &sub(unknown),
-            format!("unknown field for kind {kind}"),
-        ));
-    }
-    let mut readiness = Readiness {
-        kind: kind.to_string(),
-        interval_ms: number("interval_ms")?
-            .unwrap_or(DEFAULT_PROBE_INTERVAL_MS)
-            .max(1),
-        timeout_ms: number("timeout_secs")?
-            .map(|s| s.saturating_mul(1000))
-            .unwrap_or(DEFAULT_PROBE_TIMEOUT_MS),
-        start_period_ms: number("startup_grace_secs")?
-            .unwrap_or(0)
-            .saturating_mul(1000),
-        retries: 0,
-        ..Readiness::default()
-    };
-    readiness.retries = match number("retries")? {
-        Some(r) => {
-            u32::try_from(r).map_err(|_| ApiError::invalid(&sub("retries"), "is too large"))?
-        }
-        None => u32::try_from(DEFAULT_READY_WITHIN_MS / readiness.interval_ms).unwrap_or(u32::MAX),
-    };
-    match kind {
-        "tcp" => {
-            let port = number("port")?
-                .filter(|p| (1..=65535).contains(p))
-                .ok_or_else(|| {
-                    ApiError::invalid(&sub("port"), "is required: a TCP port 1-65535")
-                })?;
-            readiness.port = u16::try_from(port).ok();
-        }
-        "http" => {
-            let url = text("url")?;
-            check_probe_url(&url)
-                .map_err(|why| ApiError::invalid(&sub("url"), format!("{url:?}: {why}")))?;
-            readiness.url = Some(url);
-        }
-        "file" => {
-            let path = text("path")?;
-            if !path.starts_with('/') {
-                return Err(ApiError::invalid(&sub("path"), "must be absolute"));
-            }
-            readiness.path = Some(path);
-        }
-        "process" => readiness.name = Some(text("name")?),
-        "timeout" => {
-            readiness.wait_ms = Some(number("timeout_ms")?.ok_or_else(|| {
-                ApiError::invalid(&sub("timeout_ms"), "is required for kind timeout")
-            })?)
-        }
-        _ => readiness.command = text("command")?,
-    }
-    Ok(readiness)
-}
-
-/// The rules of `wait_for_url` (spec §1.5): `http://`, host `localhost`, `127.0.0.1` or
-/// `0.0.0.0`, an explicit port, no query string, fragment or credentials.
-fn check_probe_url(url: &str) -> Result<(), &'static str> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or("only http:// URLs are accepted")?;
-    if rest.contains('?') {
-        return Err("query strings are not allowed");
-    }
-    if rest.contains('#') {
-        return Err("fragments are not allowed");
-    }
-    let authority = rest.split('/').next().unwrap_or("");
-    if authority.contains('@') {
-        return Err("embedded credentials are not allowed");
-    }
-    let (host, port) = authority
-        .rsplit_once(':')
-        .ok_or("the port must be explicit")?;
-    if !["localhost", "127.0.0.1", "0.0.0.0"].contains(&host) {
-        return Err("the host must be localhost, 127.0.0.1 or 0.0.0.0");
-    }
-    match port.parse::<u16>() {
-        Ok(p) if p > 0 => Ok(()),
-        _ => Err("the port is invalid"),
-    }
 }
 
 /// Parses `build_context` (`{"entries": [...]}`, see [`ContextManifest`]) and checks it

@@ -11,10 +11,10 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::AbortHandle;
 
-use nullspace_build::artifact::{read_document, SourceRecord, ROOTFS_FILE, TEMPLATE_FILE};
 use nullspace_build::buildkit::{default_driver, BuildkitDriver};
 use nullspace_build::engine::BuildContext;
 use nullspace_build::engine_dockerfile::BuildkitOptions;
+use nullspace_build::engine_template::ParentTemplate;
 use nullspace_build::{ids, BuildError, BuildEvent, BuildOutcome, Engine, EventSink};
 use nullspace_oci::Credentials;
 
@@ -506,8 +506,8 @@ impl Runner {
         Ok(dir)
     }
 
-    /// `from_template`: the parent's rootfs (linked, never copied: artifacts are immutable)
-    /// and its runtime defaults, published under the new name.
+    /// `from_template`: the parent (resolved in the owner's namespace) and the engine's
+    /// [`Engine::build_on_template`].
     #[allow(clippy::result_large_err)] // `BuildError` is the engine's error type.
     fn build_on_template(
         &self,
@@ -530,95 +530,21 @@ impl Runner {
             .ok_or_else(|| BuildError::NotFound {
                 reference: reference.to_string(),
             })?;
-        let parent_document = read_document(&artifact_dir)?;
-        events.event(BuildEvent::Message {
-            message: format!(
-                "using template {reference} (build {}, {} MiB rootfs)",
-                parent.build.id,
-                parent_document.rootfs.size_bytes / (1024 * 1024)
-            ),
-        });
-        if let Some(disk_mb) = record.definition.disk_mb {
-            if disk_mb * 1024 * 1024 > parent_document.rootfs.size_bytes {
-                return Err(BuildError::InvalidRequest {
-                    field: "disk_mb".into(),
-                    message: format!(
-                        "{disk_mb} MiB is larger than the parent template's rootfs ({} MiB); growing a template base is not supported yet",
-                        parent_document.rootfs.size_bytes / (1024 * 1024)
-                    ),
-                });
-            }
-        }
-        let staged = context.staging.path().join(ROOTFS_FILE);
-        let source_rootfs = artifact_dir.join(ROOTFS_FILE);
-        if std::fs::hard_link(&source_rootfs, &staged).is_err() {
-            std::fs::copy(&source_rootfs, &staged).map_err(|source| BuildError::Io {
-                path: source_rootfs.clone(),
-                source,
-            })?;
-        }
-        events.event(BuildEvent::Cache {
-            kind: "layer",
-            status: "hit",
-            reason: None,
-            subject: format!("rootfs of template {reference}"),
-        });
-        let mut document = parent_document.clone();
-        document.build_id = record.id.clone();
-        document.template_id = record.template_id.clone();
-        document.name = record.name.clone();
-        document.tags = record.tags.clone();
-        document.source = SourceRecord {
-            kind: "template_base".into(),
+        let parent = ParentTemplate {
+            artifact_dir,
             requested: reference.to_string(),
             reference: format!(
                 "{}/{}:{}",
                 record.owner, parent.template.name, parent.build.id
             ),
-            ..parent_document.source.clone()
         };
-        document.build_config.build_backend = "native".into();
-        document.build_config.disk_mb = record.definition.disk_mb;
-        document.build_config.cpu_count = record.definition.cpu_count;
-        document.build_config.memory_mb = record.definition.memory_mb;
-        document.build_config.internet_access = record.definition.internet_access;
-        document.build_config.skip_cache = record.definition.skip_cache;
-        document.build_config.base_image_auth_kind = None;
-        record
-            .definition
-            .engine_request()
-            .apply_runtime_overrides(&mut document.runtime_defaults);
-        document.created_at = ids::now_rfc3339();
-        let destination = self.engine.data_dir().templates().join(&record.id);
-        let published = context.staging.publish(&document, &destination)?;
-        if let Err(error) = self.engine.store().publish(
-            &record.id,
-            &record.template_id,
-            &record.tags,
-            &published,
-            &ids::now_rfc3339(),
-        ) {
-            let _ = std::fs::remove_dir_all(&published);
-            return Err(error);
-        }
-        Ok(BuildOutcome {
-            build_id: record.id.clone(),
-            template_id: record.template_id.clone(),
-            name: record.name.clone(),
-            tags: record.tags.clone(),
-            canonical_ref: format!(
-                "{}/{}:{}",
-                record.owner,
-                record.name,
-                record.tags.first().map(String::as_str).unwrap_or("default")
-            ),
-            rootfs_path: published.join(ROOTFS_FILE),
-            template_json_path: published.join(TEMPLATE_FILE),
-            artifact_dir: published,
-            rootfs_cache_hit: true,
-            seconds: context.started.elapsed().as_secs_f64(),
-            template: document,
-        })
+        self.engine.build_on_template(
+            &record.definition.engine_request(),
+            &parent,
+            &record.owner,
+            events,
+            context,
+        )
     }
 }
 

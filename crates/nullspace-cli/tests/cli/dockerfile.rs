@@ -161,3 +161,114 @@ fn native_backend_and_missing_secrets_exit_2() {
         "--context needs --from-dockerfile"
     );
 }
+
+#[test]
+fn step_flags_build_in_order_and_from_template_reuses_the_rootfs() {
+    let cli = Cli::new();
+    let work = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(work.path().join("site/.well-known")).unwrap();
+    std::fs::write(work.path().join("site/index.html"), "<h1>hi</h1>\n").unwrap();
+    std::fs::write(work.path().join("site/.well-known/id"), "dotfile\n").unwrap();
+    std::fs::write(work.path().join("site/debug.log"), "noise\n").unwrap();
+    std::fs::write(work.path().join(".dockerignore"), "**/*.log\n").unwrap();
+    let mut command = cli.command();
+    command
+        .env("DOCKER_CONFIG", &devenv()["DOCKER_CONFIG"])
+        .current_dir(work.path())
+        .args([
+            "--json",
+            "template",
+            "build",
+            "--name",
+            "flags",
+            "--from-debian-image",
+            "--run-cmd",
+            "mkdir -p /srv && echo first > /srv/order",
+            "--copy-src",
+            "./site",
+            "--copy-dst",
+            "/srv/site",
+            "--run-cmd",
+            "echo second >> /srv/order && ls -A /srv/site > /srv/listing",
+            "--set-workdir",
+            "/srv",
+            "--env",
+            "MODE=prod",
+            "--start-cmd",
+            "python3 -m http.server 8080",
+            "--ready-port",
+            "8080",
+        ]);
+    let out = command.output().unwrap();
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let outcome: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let image = Path::new(outcome["rootfs_path"].as_str().unwrap());
+    assert_fsck_clean(image);
+    assert_eq!(debugfs_cat(image, "/srv/order").unwrap(), "first\nsecond\n");
+    assert_eq!(
+        debugfs_cat(image, "/srv/listing").unwrap(),
+        ".well-known\nindex.html\n"
+    );
+    assert_eq!(
+        debugfs_cat(image, "/srv/site/.well-known/id").unwrap(),
+        "dotfile\n"
+    );
+    let defaults = &outcome["template"]["runtime_defaults"];
+    assert_eq!(defaults["workdir"], "/srv", "{defaults}");
+    assert_eq!(defaults["env"]["MODE"], "prod", "{defaults}");
+    assert_eq!(defaults["start_cmd"], "python3 -m http.server 8080");
+    assert_eq!(defaults["readiness"]["kind"], "tcp");
+    assert_eq!(defaults["readiness"]["port"], 8080);
+
+    // A template on that template: the same rootfs, its defaults, a new name.
+    let child = cli.build_json(&["--from-template", "flags", "--name", "child"]);
+    assert_eq!(
+        child["template"]["source"]["kind"], "template_base",
+        "{child}"
+    );
+    assert_eq!(child["template"]["runtime_defaults"]["workdir"], "/srv");
+    let child_image = Path::new(child["rootfs_path"].as_str().unwrap());
+    assert_eq!(
+        debugfs_cat(child_image, "/srv/order").unwrap(),
+        "first\nsecond\n"
+    );
+
+    // A scope modifier anywhere but right after its install flag is a usage error.
+    let out = cli.run(&[
+        "template",
+        "build",
+        "--name",
+        "bad",
+        "--from-debian-image",
+        "--npm-install",
+        "x",
+        "--run-cmd",
+        "true",
+        "--npm-global",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--npm-global"), "{}", stderr(&out));
+    // A copy source outside the current directory is refused before anything runs.
+    let mut command = cli.command();
+    let out = command
+        .current_dir(work.path().join("site"))
+        .args([
+            "template",
+            "build",
+            "--name",
+            "bad",
+            "--from-debian-image",
+            "--copy-src",
+            "../.dockerignore",
+            "--copy-dst",
+            "/x",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("outside the build context"),
+        "{}",
+        stderr(&out)
+    );
+}

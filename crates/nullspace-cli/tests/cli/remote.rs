@@ -19,16 +19,26 @@ struct Server {
 
 impl Server {
     fn start() -> Server {
+        Server::start_with(false)
+    }
+
+    /// With `buildkit`, the server sees the devenv's Docker config (where buildx lives), as
+    /// Dockerfile and declarative builds need.
+    fn start_with(buildkit: bool) -> Server {
         let data = tempfile::Builder::new()
             .prefix("nullspace-cli-serve")
             .tempdir()
             .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_nullspace"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_nullspace"));
+        command
             .args(["serve", "--listen", "127.0.0.1:0"])
             .envs(harness::devenv())
             .env("NULLSPACE_DATA_DIR", data.path())
-            .env("NULLSPACE_API_KEYS", format!("{KEY}:alice"))
-            .env_remove("DOCKER_CONFIG")
+            .env("NULLSPACE_API_KEYS", format!("{KEY}:alice"));
+        if !buildkit {
+            command.env_remove("DOCKER_CONFIG");
+        }
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -379,4 +389,146 @@ fn lifecycle_commands_need_a_server() {
             harness::stderr(&out)
         );
     }
+}
+
+#[test]
+fn background_builds_upload_their_build_context() {
+    let cli = Cli::new();
+    let server = Server::start_with(true);
+    let work = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(work.path().join("app")).unwrap();
+    std::fs::write(work.path().join("app/main.sh"), "echo main\n").unwrap();
+    std::fs::write(work.path().join("app/.env"), "A=1\n").unwrap();
+    std::fs::write(work.path().join("app/secret.key"), "do-not-upload-4242\n").unwrap();
+    std::fs::write(work.path().join(".dockerignore"), "**/*.key\n").unwrap();
+    std::fs::write(
+        work.path().join("Dockerfile"),
+        "FROM debian:bookworm\nCOPY app /app\nRUN ls -A /app > /listing\n",
+    )
+    .unwrap();
+    let in_work = |args: &[&str]| {
+        cli.command()
+            .current_dir(work.path())
+            .env("NULLSPACE_API_URL", &server.url)
+            .env("NULLSPACE_API_KEY", KEY)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    // Declarative copy: the plan shows it, the build uploads app/ (minus the key) and runs.
+    let plan = json(&in_work(&[
+        "template",
+        "plan",
+        "--from-debian-image",
+        "--name",
+        "ctx",
+        "--copy-src",
+        "app",
+        "--copy-dst",
+        "/srv/app",
+        "--json",
+    ]));
+    let dockerfile = plan["build_plan"]["dockerfile"].as_str().unwrap();
+    assert!(dockerfile.contains(r#"COPY ["app","/srv/app"]"#), "{plan}");
+    assert_eq!(plan["context_manifest"]["file_count"], 2, "{plan}");
+    let build = json(&in_work(&[
+        "template",
+        "build",
+        "--from-debian-image",
+        "--name",
+        "ctx",
+        "--copy-src",
+        "./app",
+        "--copy-dst",
+        "/srv/app",
+        "--run-cmd",
+        "ls -A /srv/app > /srv/listing",
+        "--background",
+        "--json",
+    ]));
+    let id = build["build_id"].as_str().unwrap().to_string();
+    ok(&run(&cli, &server, KEY, &["template", "wait", &id]));
+    let status = json(&run(
+        &cli,
+        &server,
+        KEY,
+        &["template", "status", &id, "--json"],
+    ));
+    let summary = &status["build"]["cache_summary"];
+    assert_eq!(summary["file_blob_misses"], 2, "{status}");
+    // The same build again reuses both blobs.
+    let again = json(&in_work(&[
+        "template",
+        "build",
+        "--from-debian-image",
+        "--name",
+        "ctx",
+        "--copy-src",
+        "app",
+        "--copy-dst",
+        "/srv/app",
+        "--background",
+        "--json",
+    ]));
+    let again_id = again["build_id"].as_str().unwrap().to_string();
+    ok(&run(&cli, &server, KEY, &["template", "wait", &again_id]));
+    let status = json(&run(
+        &cli,
+        &server,
+        KEY,
+        &["template", "status", &again_id, "--json"],
+    ));
+    assert_eq!(
+        status["build"]["cache_summary"]["file_blob_hits"], 2,
+        "{status}"
+    );
+
+    // A Dockerfile build sends its folder as the context.
+    let df = json(&in_work(&[
+        "template",
+        "build",
+        "--from-dockerfile",
+        "Dockerfile",
+        "--name",
+        "ctx-df",
+        "--background",
+        "--json",
+    ]));
+    let df_id = df["build_id"].as_str().unwrap().to_string();
+    ok(&run(&cli, &server, KEY, &["template", "wait", &df_id]));
+    let status = json(&run(
+        &cli,
+        &server,
+        KEY,
+        &["template", "status", &df_id, "--json"],
+    ));
+    assert_eq!(status["build"]["status"], "ready", "{status}");
+    assert!(status["build"]["context_digest"]
+        .as_str()
+        .unwrap()
+        .starts_with("sha256:"));
+    // The ignored key never reached the server.
+    let blobs = server._data.path().join("context-blobs");
+    let needle = b"do-not-upload-4242";
+    for entry in walk(&blobs) {
+        let bytes = std::fs::read(&entry).unwrap();
+        assert!(
+            !bytes.windows(needle.len()).any(|w| w == needle),
+            "{}",
+            entry.display()
+        );
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
 }
