@@ -838,6 +838,14 @@ impl LocalContext {
     }
 }
 
+/// Where the named context `name` of a build goes: `<staging>/contexts/<sha256 of name>`
+/// (names may hold `/`); the parent is created.
+pub fn staging_named_context_dir(staging: &Path, name: &str) -> std::io::Result<PathBuf> {
+    let contexts = staging.join("contexts");
+    std::fs::create_dir_all(&contexts)?;
+    Ok(contexts.join(format!("{:x}", Sha256::digest(name.as_bytes()))))
+}
+
 /// The context path of a build's staging dir (`<staging>/context`).
 pub fn staging_context_dir(staging: &Path) -> PathBuf {
     staging.join("context")

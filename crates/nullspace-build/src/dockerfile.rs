@@ -298,7 +298,8 @@ fn check_dir(field: &str, dir: &Path) -> Result<(), BuildError> {
     }
 }
 
-fn valid_context_name(name: &str) -> bool {
+/// Whether `name` can name a BuildKit build context (`FROM name`, `COPY --from=name`).
+pub fn valid_context_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 128
         && name

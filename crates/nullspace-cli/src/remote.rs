@@ -351,6 +351,7 @@ fn segment(id: &str) -> String {
 struct RequestBody {
     body: Map<String, Value>,
     context: Option<LocalContext>,
+    named_contexts: Vec<(String, LocalContext)>,
     skip_cache: bool,
 }
 
@@ -361,13 +362,17 @@ fn build_body(mut args: BuildArgs) -> anyhow::Result<RequestBody> {
     let credentials = crate::base_image_credentials(&mut args)?;
     let mut body = Map::new();
     let mut context = None;
+    let mut named_contexts = Vec::new();
     if let Some(path) = args.base.from_dockerfile.take() {
-        if !args.dockerfile.build_context.is_empty() {
-            return Err(RemoteError::new(
-                "invalid_request",
-                "--build-context (named contexts) is not supported by the build server yet; build locally",
-            )
-            .into());
+        for item in &args.dockerfile.build_context {
+            let (name, dir) = item.split_once('=').ok_or_else(|| {
+                RemoteError::new(
+                    "invalid_request",
+                    format!("--build-context {item:?}: expected NAME=DIR"),
+                )
+            })?;
+            let scanned = LocalContext::scan_tree(std::path::Path::new(dir))?;
+            named_contexts.push((name.to_string(), scanned));
         }
         let content = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
@@ -512,6 +517,7 @@ fn build_body(mut args: BuildArgs) -> anyhow::Result<RequestBody> {
     Ok(RequestBody {
         body,
         context,
+        named_contexts,
         skip_cache: args.skip_cache,
     })
 }
@@ -597,8 +603,19 @@ impl Client {
         let RequestBody {
             mut body,
             context,
+            named_contexts,
             skip_cache,
         } = request;
+        let mut named = Map::new();
+        for (name, mut context) in named_contexts {
+            if upload {
+                self.upload_context(&mut context, skip_cache).await?;
+            }
+            named.insert(name, serde_json::to_value(&context.manifest)?);
+        }
+        if !named.is_empty() {
+            body.insert("build_contexts".into(), Value::Object(named));
+        }
         if let Some(mut context) = context {
             if upload {
                 self.upload_context(&mut context, skip_cache).await?;

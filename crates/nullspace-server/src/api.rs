@@ -18,7 +18,9 @@ use axum::{Extension, Json, Router};
 use futures_util::Stream;
 use serde_json::{json, Value};
 
-use nullspace_build::context::{parse_digest, ContextBlobs, ContextEntry, UploadError};
+use nullspace_build::context::{
+    parse_digest, ContextBlobs, ContextEntry, ContextManifest, UploadError,
+};
 use nullspace_build::request::validate_tag;
 
 use crate::auth::ApiKeys;
@@ -221,7 +223,11 @@ fn check_base(state: &AppState, owner: &str, definition: &BuildDefinition) -> Ap
     if let Base::Template { reference } = &definition.base {
         resolve_ref(state.runner.store().as_ref(), owner, reference)?;
     }
-    if let Some(manifest) = &definition.build_context {
+    let manifests = definition
+        .build_context
+        .iter()
+        .chain(definition.named_contexts.values());
+    for manifest in manifests {
         let blobs = context_blobs(state, owner)?;
         for entry in &manifest.entries {
             if let ContextEntry::File { path, digest, .. } = entry {
@@ -667,19 +673,25 @@ async fn validate(
     // warning rather than an error.
     let checked = parse_build_request(&body).and_then(|(mut definition, _)| {
         let context = definition.build_context.take();
+        let named = std::mem::take(&mut definition.named_contexts);
         check_base(&state, &owner, &definition)?;
         definition.build_context = context;
+        definition.named_contexts = named;
         Ok(definition)
     });
     Ok(Json(match checked {
         Ok(definition) => {
             let mut warnings = validation_warnings(&definition);
-            if let Some(manifest) = &definition.build_context {
+            if definition.build_context.is_some() || !definition.named_contexts.is_empty() {
                 let blobs = context_blobs(&state, &owner)?;
-                let digests: Vec<_> = manifest
-                    .file_digests()
-                    .into_iter()
+                let digests: Vec<_> = definition
+                    .build_context
+                    .iter()
+                    .chain(definition.named_contexts.values())
+                    .flat_map(ContextManifest::file_digests)
                     .filter_map(|d| parse_digest(d).ok())
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
                     .collect();
                 let missing = blobs.missing(&digests).len();
                 if missing > 0 {

@@ -91,6 +91,10 @@ pub struct BuildDefinition {
     /// Dockerfile read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build_context: Option<ContextManifest>,
+    /// Named build contexts of a Dockerfile build (`FROM name`, `COPY --from=name`), uploaded
+    /// like `build_context`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub named_contexts: BTreeMap<String, ContextManifest>,
     /// The start command, replacing the image's (recorded in the runtime defaults).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_cmd: Option<String>,
@@ -425,6 +429,7 @@ const SUPPORTED: &[&str] = &[
     "build_secrets",
     "registry_auth",
     "build_context",
+    "build_contexts",
     "start_cmd",
     "ready_cmd",
     "readiness",
@@ -795,6 +800,7 @@ pub fn parse_build_request(body: &Value) -> Result<(BuildDefinition, RequestSecr
         }
     }
     let build_context = parse_build_context(present("build_context"), &base, &steps)?;
+    let named_contexts = parse_named_contexts(present("build_contexts"), &base)?;
     let start_cmd = present("start_cmd")
         .map(|v| string("start_cmd", v))
         .transpose()?;
@@ -845,6 +851,7 @@ pub fn parse_build_request(body: &Value) -> Result<(BuildDefinition, RequestSecr
         build_secret_ids: build_secrets.keys().cloned().collect(),
         registry_auth_hosts: registry_auth.iter().map(|a| a.registry.clone()).collect(),
         build_context,
+        named_contexts,
         start_cmd,
         readiness,
     };
@@ -855,6 +862,46 @@ pub fn parse_build_request(body: &Value) -> Result<(BuildDefinition, RequestSecr
     };
     checked_buildkit_spec(&definition, &secrets)?;
     Ok((definition, secrets))
+}
+
+/// Parses `build_contexts` (`{"name": {"entries": [...]}}`), which only Dockerfile builds read.
+fn parse_named_contexts(
+    value: Option<&Value>,
+    base: &Base,
+) -> Result<BTreeMap<String, ContextManifest>, ApiError> {
+    let Some(value) = value else {
+        return Ok(BTreeMap::new());
+    };
+    if !matches!(base, Base::Dockerfile { .. }) {
+        return Err(ApiError::invalid(
+            "build_contexts",
+            "named contexts are for Dockerfile builds (FROM name, COPY --from=name)",
+        ));
+    }
+    let object = value.as_object().ok_or_else(|| {
+        ApiError::invalid("build_contexts", "must be an object of build contexts")
+    })?;
+    let mut contexts = BTreeMap::new();
+    for (name, manifest) in object {
+        let field = format!("build_contexts.{name}");
+        if !nullspace_build::dockerfile::valid_context_name(name) {
+            return Err(ApiError::invalid(
+                &field,
+                "use lower-case letters, digits, '.', '_', '-' or '/'",
+            ));
+        }
+        let manifest: ContextManifest = serde_json::from_value(manifest.clone())
+            .map_err(|e| ApiError::invalid(&field, e.to_string()))?;
+        manifest.validate().map_err(|e| {
+            ApiError::invalid(
+                &field,
+                strip(&e.to_string(), "build_context.entries")
+                    .trim_start_matches("invalid request: "),
+            )
+        })?;
+        contexts.insert(name.clone(), manifest);
+    }
+    Ok(contexts)
 }
 
 /// Parses `build_context` (`{"entries": [...]}`, see [`ContextManifest`]) and checks it

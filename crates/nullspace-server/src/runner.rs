@@ -22,7 +22,9 @@ use crate::entry::{CacheSummary, EventMapper, LogEntry, IMPORT_STEPS};
 use crate::error::{ApiError, ErrorDetail};
 use crate::refs::resolve_ref;
 use crate::request::{buildkit_spec, Base, BuildDefinition, RequestSecrets};
-use nullspace_build::context::{staging_context_dir, ContextBlobs, ContextManifest};
+use nullspace_build::context::{
+    staging_context_dir, staging_named_context_dir, ContextBlobs, ContextManifest,
+};
 
 use crate::store::{status, BuildRecord, BuildResult, BuildStore, Finish, StoreError};
 
@@ -438,10 +440,20 @@ impl Runner {
             .unwrap_or(Credentials::Anonymous);
         let mut spec = buildkit_spec(&record.definition, secrets)?;
         let mut context = self.engine.begin_with(&record.id, &record.template_id)?;
-        if let (Some((spec, _)), Some(manifest)) = (&mut spec, &record.definition.build_context) {
-            match self.materialize_context(record, manifest, &context, &events) {
-                Ok(dir) => spec.context_dir = Some(dir),
-                Err(error) => return self.engine.end(context, Err(error)),
+        if let Some((spec, _)) = &mut spec {
+            let named = &record.definition.named_contexts;
+            let main = record.definition.build_context.as_ref().map(|m| ("", m));
+            for (name, manifest) in main
+                .into_iter()
+                .chain(named.iter().map(|(n, m)| (n.as_str(), m)))
+            {
+                match self.materialize_context(record, name, manifest, &context, &events) {
+                    Ok(dir) if name.is_empty() => spec.context_dir = Some(dir),
+                    Ok(dir) => {
+                        spec.named_contexts.insert(name.to_string(), dir);
+                    }
+                    Err(error) => return self.engine.end(context, Err(error)),
+                }
             }
         }
         let result = match (&spec, &record.definition.base) {
@@ -480,6 +492,7 @@ impl Runner {
     fn materialize_context(
         &self,
         record: &BuildRecord,
+        name: &str,
         manifest: &ContextManifest,
         context: &BuildContext,
         events: &Arc<dyn EventSink>,
@@ -493,11 +506,25 @@ impl Runner {
             });
         }
         let blobs = ContextBlobs::open(self.engine.data_dir(), &record.owner)?;
-        let dir = staging_context_dir(context.staging.path());
+        let dir = if name.is_empty() {
+            staging_context_dir(context.staging.path())
+        } else {
+            staging_named_context_dir(context.staging.path(), name).map_err(|source| {
+                BuildError::Io {
+                    path: context.staging.path().to_path_buf(),
+                    source,
+                }
+            })?
+        };
         let stats = manifest.materialize(&blobs, &dir)?;
         events.event(BuildEvent::Message {
             message: format!(
-                "build context {}: {} files, {} bytes",
+                "build context {}{}: {} files, {} bytes",
+                if name.is_empty() {
+                    String::new()
+                } else {
+                    format!("{name} ")
+                },
                 manifest.digest(),
                 stats.files,
                 stats.bytes

@@ -61,6 +61,7 @@ class Template:
         current directory); its ``.dockerignore`` applies to them."""
         self._context_root = os.path.abspath(file_context_path or os.getcwd())
         self._dockerfile_context: Optional[str] = None
+        self._named_contexts: Dict[str, str] = {}
         self._copies: List[Tuple[str, Optional[str]]] = []
         self._after_cache_boundary = False
         self._base: Optional[Dict[str, Any]] = None
@@ -140,13 +141,25 @@ class Template:
         """An existing template of yours: its rootfs and runtime defaults carry over."""
         return self._set_base("from_template", {"base": {"kind": "template", "value": ref}})
 
+    def _set_named_contexts(self, build_contexts: Optional[Mapping[str, str]]) -> None:
+        for name, folder in (build_contexts or {}).items():
+            if not os.path.isdir(folder):
+                raise FileUploadError(
+                    f"build context {name!r}: {folder} is not a directory", code="file_upload_error"
+                )
+            self._named_contexts[name] = os.path.abspath(folder)
+
     @_dualmethod
-    def from_dockerfile(self: T, path_or_content: str) -> T:
+    def from_dockerfile(
+        self: T, path_or_content: str, build_contexts: Optional[Mapping[str, str]] = None
+    ) -> T:
         """A Dockerfile, by path (when it names an existing file) or as content.
 
         For a path, the build context is the Dockerfile's folder with its ``.dockerignore``
         applied (dotfiles included): its files are hashed and only the blobs the server lacks
-        are uploaded when the build starts. Content alone builds on an empty context."""
+        are uploaded when the build starts. Content alone builds on an empty context.
+        ``build_contexts`` maps names to folders for ``FROM name`` / ``COPY --from=name``,
+        uploaded the same way."""
         if "\n" not in path_or_content and os.path.isfile(path_or_content):
             try:
                 with open(path_or_content, encoding="utf-8") as f:
@@ -160,14 +173,22 @@ class Template:
             content = path_or_content
         self._set_base("from_dockerfile", {})
         self._dockerfile = content
+        self._set_named_contexts(build_contexts)
         return self
 
     @_dualmethod
-    def from_dockerfile_content(self: T, text: str, context: Optional[str] = None) -> T:
+    def from_dockerfile_content(
+        self: T,
+        text: str,
+        context: Optional[str] = None,
+        build_contexts: Optional[Mapping[str, str]] = None,
+    ) -> T:
         """An inline Dockerfile, built with BuildKit on ``context`` (a folder, uploaded like
-        ``from_dockerfile``'s) or on an empty context."""
+        ``from_dockerfile``'s) or on an empty context; ``build_contexts`` as for
+        ``from_dockerfile``."""
         self._set_base("from_dockerfile_content", {})
         self._dockerfile = text
+        self._set_named_contexts(build_contexts)
         if context is not None:
             if not os.path.isdir(context):
                 raise FileUploadError(
@@ -402,6 +423,7 @@ class Template:
         build_secrets: Optional[Mapping[str, BuildSecret]] = None,
         include_secrets: bool = True,
         build_context: Optional[Mapping[str, Any]] = None,
+        build_contexts: Optional[Mapping[str, Any]] = None,
     ) -> Dict[str, Any]:
         """The API request body. Only fields that are set are sent; with
         ``include_secrets=False`` credentials and secret values are left out."""
@@ -437,6 +459,8 @@ class Template:
             body["build_secrets"] = _resolve_secrets(build_secrets, include_secrets)
         if build_context is not None:
             body["build_context"] = dict(build_context)
+        if build_contexts:
+            body["build_contexts"] = {k: dict(v) for k, v in build_contexts.items()}
         return body
 
     def _collect_context(self) -> Optional[BuildContext]:
@@ -470,6 +494,10 @@ class Template:
         client = Client(api_url, api_key)
         context = builder._collect_context()
         manifest = upload(context, client, bool(skip_cache)) if context is not None else None
+        named = {
+            name: upload(collect_tree(folder), client, bool(skip_cache))
+            for name, folder in builder._named_contexts.items()
+        }
         body = builder.to_request(
             name,
             tags=tags,
@@ -481,6 +509,7 @@ class Template:
             build_backend=build_backend,
             build_secrets=build_secrets,
             build_context=manifest,
+            build_contexts=named,
         )
         response = client.request("POST", "/v1/templates/builds", json_body=body)
         return TemplateBuild(Build.from_dict(response), client)
@@ -554,7 +583,8 @@ class Template:
     def _request_with_context(self, name: Optional[str], options: Dict[str, Any]) -> Dict[str, Any]:
         context = self._collect_context()
         manifest = context.manifest() if context is not None else None
-        return self.to_request(name, build_context=manifest, **options)
+        named = {n: collect_tree(f).manifest() for n, f in self._named_contexts.items()}
+        return self.to_request(name, build_context=manifest, build_contexts=named, **options)
 
     @staticmethod
     def inspect_build_context(

@@ -475,10 +475,19 @@ def test_from_dockerfile_path_uploads_its_folder(server: Server, tmp_path: Path)
     (ctx / "a.log").write_text("noise\n")
     (ctx / "keep.log").write_text("kept\n")
     (ctx / ".dockerignore").write_text("secret.txt\n*.log\n!keep.log\n")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "lib.sh").write_text("echo lib\n")
     (ctx / "Dockerfile").write_text(
-        "FROM debian:bookworm\nCOPY . /ctx/\nRUN cp /ctx/app.py /app-copy.py\n"
+        "FROM debian:bookworm AS stage\n"
+        "RUN <<EOF\necho built-in-stage > /stage.txt\nEOF\n"
+        "FROM debian:bookworm\n"
+        "COPY --from=stage /stage.txt /stage.txt\n"
+        "COPY --from=shared lib.sh /lib.sh\n"
+        "COPY . /ctx/\n"
+        "RUN cp /ctx/app.py /app-copy.py\n"
     )
-    builder = Template().from_dockerfile(str(ctx / "Dockerfile"))
+    builder = Template().from_dockerfile(str(ctx / "Dockerfile"), build_contexts={"shared": str(shared)})
     report = Template.inspect_build_context(builder, "p")
     paths = [f["path"] for f in report["files"]]
     assert "app.py" in paths and ".config/settings.toml" in paths and "keep.log" in paths
@@ -494,6 +503,8 @@ def test_from_dockerfile_path_uploads_its_folder(server: Server, tmp_path: Path)
     assert rootfs_file(server, build.build_id, "/ctx/keep.log") == b"kept\n"
     assert rootfs_file(server, build.build_id, "/ctx/secret.txt") is None
     assert rootfs_file(server, build.build_id, "/ctx/a.log") is None
+    assert rootfs_file(server, build.build_id, "/stage.txt") == b"built-in-stage\n"
+    assert rootfs_file(server, build.build_id, "/lib.sh") == b"echo lib\n"
     secret_digest = "sha256:" + hashlib.sha256(b"context-secret-5d1f0b\n").hexdigest()
     assert secret_digest not in context_blob_digests(server)
 

@@ -403,9 +403,13 @@ fn background_builds_upload_their_build_context() {
     std::fs::write(work.path().join(".dockerignore"), "**/*.key\n").unwrap();
     std::fs::write(
         work.path().join("Dockerfile"),
-        "FROM debian:bookworm\nCOPY app /app\nRUN ls -A /app > /listing\n",
+        "FROM debian:bookworm\nCOPY app /app\nCOPY --from=shared lib.sh /lib.sh\n\
+         RUN ls -A /app > /listing\n",
     )
     .unwrap();
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::write(shared.path().join("lib.sh"), "echo lib\n").unwrap();
+    let named = format!("shared={}", shared.path().display());
     let in_work = |args: &[&str]| {
         cli.command()
             .current_dir(work.path())
@@ -489,6 +493,8 @@ fn background_builds_upload_their_build_context() {
         "build",
         "--from-dockerfile",
         "Dockerfile",
+        "--build-context",
+        &named,
         "--name",
         "ctx-df",
         "--background",
