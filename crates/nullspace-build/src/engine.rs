@@ -306,10 +306,12 @@ impl Engine {
         let staged_rootfs = staging.path().join(ROOTFS_FILE);
         let cached = self.data.rootfs_cache().join(format!("{cache_key}.ext4"));
         let cached_summary = self.data.rootfs_cache().join(format!("{cache_key}.json"));
+        // The finished rootfs of this layer chain and these options: the final artifact (the
+        // runtime defaults are derived from the image config again, which costs nothing).
         let subject = format!("rootfs of {} layer(s) of {reference}", layers.len());
         let hit = if request.skip_cache {
             events.event(BuildEvent::Cache {
-                kind: "layer",
+                kind: "final_artifact",
                 status: "bypass",
                 reason: Some("whole_build_skip_cache"),
                 subject: subject.clone(),
@@ -322,7 +324,7 @@ impl Engine {
         let (size_bytes, entries) = match hit {
             Some(found) => {
                 events.event(BuildEvent::Cache {
-                    kind: "layer",
+                    kind: "final_artifact",
                     status: "hit",
                     reason: None,
                     subject,
@@ -332,7 +334,7 @@ impl Engine {
             None => {
                 if !request.skip_cache {
                     events.event(BuildEvent::Cache {
-                        kind: "layer",
+                        kind: "final_artifact",
                         status: "miss",
                         reason: Some("missing_or_incompatible"),
                         subject: subject.clone(),
@@ -353,7 +355,7 @@ impl Engine {
                         summary.entries,
                     )?;
                     events.event(BuildEvent::Cache {
-                        kind: "layer",
+                        kind: "final_artifact",
                         status: "stored",
                         reason: None,
                         subject,

@@ -63,7 +63,7 @@ impl Engine {
             })?;
         }
         events.event(BuildEvent::Cache {
-            kind: "layer",
+            kind: "final_artifact",
             status: "hit",
             reason: None,
             subject: format!("rootfs of template {}", parent.requested),
