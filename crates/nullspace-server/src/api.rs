@@ -105,6 +105,14 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/templates/refs/{*reference}", get(get_ref))
         .route("/v1/templates/{template}/builds", get(history))
         .route("/v1/templates/{template}/rename", post(rename_template))
+        .route(
+            "/v1/templates/{template}/tags",
+            get(list_tags).post(assign_tag),
+        )
+        .route(
+            "/v1/templates/{template}/tags/{tag}",
+            axum::routing::delete(remove_tag),
+        )
         .route("/v1/templates/{template}/aliases", post(add_alias))
         .route(
             "/v1/templates/{template}/aliases/{alias}",
@@ -621,11 +629,16 @@ async fn promote_build(
         .get("tag")
         .and_then(Value::as_str)
         .ok_or_else(|| ApiError::invalid("tag", "is required (a string)"))?;
+    Ok(Json(promote(&state, &owner, &build_id, tag)?))
+}
+
+/// Points `tag` of the build's template at `build_id` (a ready build with its artifact).
+fn promote(state: &AppState, owner: &str, build_id: &str, tag: &str) -> ApiResult<Value> {
     validate_tag(tag).map_err(|e| ApiError::invalid("tag", e))?;
     let store = state.runner.store();
     let record = store
-        .build(Some(&owner), &build_id)?
-        .ok_or_else(|| ApiError::build_not_found(&build_id))?;
+        .build(Some(owner), build_id)?
+        .ok_or_else(|| ApiError::build_not_found(build_id))?;
     let view = view::build(&record);
     if view["promotability"]["promotable"] != json!(true) {
         return Err(ApiError::conflict(format!(
@@ -635,12 +648,83 @@ async fn promote_build(
         )));
     }
     store.set_tag(&record.template_id, tag, &record.id)?;
-    let record = store.build(Some(&owner), &build_id)?.unwrap_or(record);
-    Ok(Json(json!({
+    let record = store.build(Some(owner), build_id)?.unwrap_or(record);
+    let name = store
+        .template(owner, &record.template_id)?
+        .map_or_else(|| record.name.clone(), |t| t.name);
+    Ok(json!({
         "build": view::build(&record),
         "tag": tag,
-        "canonical_ref": format!("{owner}/{}:{tag}", record.name),
-    })))
+        "canonical_ref": format!("{owner}/{name}:{tag}"),
+    }))
+}
+
+/// `GET /v1/templates/{template}/tags`: `{tags: [{tag, build_id}], default_tag}`.
+async fn list_tags(
+    State(state): State<AppState>,
+    Extension(Owner(owner)): Extension<Owner>,
+    Path(template): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let row = state
+        .runner
+        .store()
+        .template(&owner, &template)?
+        .ok_or_else(|| ApiError::template_not_found(&template))?;
+    let tags: Vec<Value> = row
+        .tags
+        .iter()
+        .map(|(tag, build)| json!({ "tag": tag, "build_id": build }))
+        .collect();
+    Ok(Json(
+        json!({ "tags": tags, "default_tag": crate::refs::default_tag(&row) }),
+    ))
+}
+
+/// `POST /v1/templates/{template}/tags` `{tag, build_id}`: like promote, for a build of this
+/// template.
+async fn assign_tag(
+    State(state): State<AppState>,
+    Extension(Owner(owner)): Extension<Owner>,
+    Path(template): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let body = json_body(&body)?;
+    only_fields(&body, &["tag", "build_id"])?;
+    let field = |name: &str| {
+        body.get(name)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| ApiError::invalid(name, "is required (a string)"))
+    };
+    let (tag, build_id) = (field("tag")?, field("build_id")?);
+    let id = template_id(&state, &owner, &template)?;
+    let belongs = state
+        .runner
+        .store()
+        .build(Some(&owner), &build_id)?
+        .is_some_and(|b| b.template_id == id);
+    if !belongs {
+        return Err(ApiError::build_not_found(&build_id));
+    }
+    Ok(Json(promote(&state, &owner, &build_id, &tag)?))
+}
+
+/// `DELETE /v1/templates/{template}/tags/{tag}`: refs by that tag stop resolving; the build
+/// and its artifact stay.
+async fn remove_tag(
+    State(state): State<AppState>,
+    Extension(Owner(owner)): Extension<Owner>,
+    Path((template, tag)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let id = template_id(&state, &owner, &template)?;
+    if !state.runner.store().remove_tag(&id, &tag)? {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "template_resource_not_found",
+            format!("template {template:?} has no tag {tag:?}"),
+        ));
+    }
+    Ok(Json(template_details(&state, &owner, &id)?))
 }
 
 fn validation_warnings(definition: &BuildDefinition) -> Vec<String> {

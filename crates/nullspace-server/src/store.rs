@@ -211,6 +211,8 @@ pub trait BuildStore: Send + Sync + 'static {
     fn set_tag(&self, template_id: &str, tag: &str, build_id: &str) -> Result<(), StoreError>;
     /// Ids of builds in `status`, oldest first.
     fn builds_in(&self, status: &str) -> Result<Vec<String>, StoreError>;
+    /// Removes `tag` of a template (and from its build's record); false when it had none.
+    fn remove_tag(&self, template_id: &str, tag: &str) -> Result<bool, StoreError>;
     /// Renames a template; its id, builds, tags and aliases stay.
     fn rename_template(
         &self,
@@ -605,6 +607,44 @@ impl BuildStore for SqliteStore {
             )?;
             tx.commit()
         })
+    }
+
+    fn remove_tag(&self, template_id: &str, tag: &str) -> Result<bool, StoreError> {
+        let build_id: Option<String> = self.with(|c| {
+            c.query_row(
+                "SELECT build_id FROM tags WHERE template_id = ?1 AND tag = ?2",
+                params![template_id, tag],
+                |r| r.get(0),
+            )
+            .optional()
+        })?;
+        let Some(build_id) = build_id else {
+            return Ok(false);
+        };
+        let record = self.build(None, &build_id)?;
+        let json = match record {
+            Some(mut record) => {
+                record.tags.retain(|t| t != tag);
+                record.updated_at = nullspace_build::ids::now_rfc3339();
+                Some(self.encode("build record", &record)?)
+            }
+            None => None,
+        };
+        self.with(|c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "DELETE FROM tags WHERE template_id = ?1 AND tag = ?2",
+                params![template_id, tag],
+            )?;
+            if let Some(json) = &json {
+                tx.execute(
+                    "UPDATE api_builds SET record = ?2 WHERE id = ?1",
+                    params![build_id, json],
+                )?;
+            }
+            tx.commit()
+        })?;
+        Ok(true)
     }
 
     fn rename_template(

@@ -277,6 +277,31 @@ def test_promote(server: Server, blackhole: str) -> None:
     with pytest.raises(InvalidRequestError):
         TemplateBuild.connect(second.build_id).promote("tb_nope")
 
+    # The tags sub-resource: list, assign (a build of this template only), remove.
+    auth = {"authorization": f"Bearer {ALICE_KEY}"}
+    tags = httpx.get(f"{server.url}/v1/templates/{name}/tags", headers=auth).json()
+    assert {t["tag"]: t["build_id"] for t in tags["tags"]} == {"v1": second.build_id, "v2": second.build_id}
+    answer = httpx.post(
+        f"{server.url}/v1/templates/{name}/tags",
+        json={"tag": "old", "build_id": first.build_id},
+        headers=auth,
+    )
+    assert answer.status_code == 200, answer.text
+    assert Template.get(f"{name}:old")["build_id"] == first.build_id
+    other = Template.build(Template.from_debian_image(), unique("other"))
+    answer = httpx.post(
+        f"{server.url}/v1/templates/{name}/tags",
+        json={"tag": "x", "build_id": other.build_id},
+        headers=auth,
+    )
+    assert answer.status_code == 404 and answer.json()["code"] == "template_build_not_found"
+    answer = httpx.delete(f"{server.url}/v1/templates/{name}/tags/old", headers=auth)
+    assert answer.status_code == 200 and "old" not in answer.json()["tags"], answer.text
+    with pytest.raises(NotFoundError):
+        Template.get(f"{name}:old")
+    answer = httpx.delete(f"{server.url}/v1/templates/{name}/tags/old", headers=auth)
+    assert answer.status_code == 404
+
 
 def test_history_filters(server: Server, blackhole: str) -> None:
     name = unique("hist")
