@@ -113,6 +113,12 @@ pub enum TemplateCommand {
         /// Environment variable holding the base-image registry password.
         #[arg(long, requires = "username")]
         password_env: Option<String>,
+        /// A build secret read from an environment variable (the original's ids); repeatable.
+        #[arg(long = "build-secret-env", value_name = "ID=ENVVAR")]
+        build_secret_env: Vec<String>,
+        /// A build secret read from a file; repeatable.
+        #[arg(long = "build-secret-file", value_name = "ID=PATH")]
+        build_secret_file: Vec<String>,
     },
     /// Validate a build request on the server; nothing is built (needs NULLSPACE_API_URL).
     Validate(Box<BuildArgs>),
@@ -200,6 +206,10 @@ pub struct BuildArgs {
     /// Start the build on the server (NULLSPACE_API_URL) and print its id without waiting.
     #[arg(long)]
     pub background: bool,
+    /// Print the request (secrets redacted) and, for steps, the rendered Dockerfile; build
+    /// and upload nothing.
+    #[arg(long, conflicts_with = "background")]
+    pub dry_run: bool,
 }
 
 /// The base selectors; clap enforces exactly one.

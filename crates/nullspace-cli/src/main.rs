@@ -233,7 +233,42 @@ fn base_selector(base: BaseArgs) -> anyhow::Result<BaseSelector> {
     })
 }
 
+/// `template build --dry-run`: the request with secrets redacted, and the Dockerfile that
+/// steps render to. Nothing is built or uploaded.
+fn dry_run(args: BuildArgs, json_output: bool) -> anyhow::Result<ExitCode> {
+    let request = remote::dry_run_body(args)?;
+    let dockerfile = match (request.get("steps"), request.get("base")) {
+        (Some(steps), Some(base)) => {
+            let steps: Vec<nullspace_build::declarative::Step> =
+                serde_json::from_value(steps.clone())?;
+            match serde_json::from_value::<BaseSelector>(base.clone()) {
+                Ok(selector) => Some(
+                    nullspace_build::declarative::render(&selector.image_reference()?, &steps)?
+                        .dockerfile,
+                ),
+                Err(_) => None,
+            }
+        }
+        _ => None,
+    };
+    if json_output {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "request": request, "dockerfile": dockerfile }))?
+        );
+    } else {
+        println!("{}", serde_json::to_string_pretty(&request)?);
+        if let Some(dockerfile) = dockerfile {
+            println!("--- Dockerfile ---\n{dockerfile}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn build(data: DataDir, mut args: BuildArgs, json_output: bool) -> anyhow::Result<ExitCode> {
+    if args.dry_run {
+        return dry_run(args, json_output);
+    }
     let credentials = base_image_credentials(&mut args)?;
     let dockerfile = match args.base.from_dockerfile.clone() {
         Some(path) => Some(dockerfile_cmd::spec(

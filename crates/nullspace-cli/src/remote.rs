@@ -203,8 +203,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 tags,
                 username,
                 password_env,
+                build_secret_env,
+                build_secret_file,
             }) => {
                 let mut body = Map::new();
+                let secrets = build_secrets(&build_secret_env, &build_secret_file)?;
+                if !secrets.is_empty() {
+                    body.insert("build_secrets".into(), Value::Array(secrets));
+                }
                 if !tags.is_empty() {
                     body.insert("tags".into(), json!(tags));
                 }
@@ -347,6 +353,70 @@ fn segment(id: &str) -> String {
         .collect()
 }
 
+/// `--build-secret-env ID=VAR` and `--build-secret-file ID=PATH` as the API's `[{id, value}]`,
+/// read here.
+fn build_secrets(from_env: &[String], from_file: &[String]) -> anyhow::Result<Vec<Value>> {
+    let mut secrets = Vec::new();
+    for item in from_env {
+        let (id, variable) = item.split_once('=').unwrap_or((item, item));
+        let value = std::env::var(variable).map_err(|_| {
+            RemoteError::new(
+                "invalid_request",
+                format!("--build-secret-env {id}: ${variable} is not set"),
+            )
+        })?;
+        secrets.push(json!({ "id": id, "value": value }));
+    }
+    for item in from_file {
+        let (id, file) = item.split_once('=').unwrap_or((item, item));
+        let value = std::fs::read_to_string(file)
+            .with_context(|| format!("--build-secret-file {id}: reading {file}"))?;
+        secrets.push(json!({ "id": id, "value": value }));
+    }
+    Ok(secrets)
+}
+
+/// The request `template build --dry-run` shows: the body as it would be sent (the build
+/// context described, nothing uploaded) with every secret value replaced by `<redacted>`.
+pub fn dry_run_body(args: BuildArgs) -> anyhow::Result<Value> {
+    let RequestBody {
+        mut body,
+        context,
+        named_contexts,
+        ..
+    } = build_body(args)?;
+    if let Some(context) = context {
+        body.insert(
+            "build_context".into(),
+            serde_json::to_value(&context.manifest)?,
+        );
+    }
+    if !named_contexts.is_empty() {
+        let named: Map<String, Value> = named_contexts
+            .into_iter()
+            .map(|(name, c)| Ok((name, serde_json::to_value(&c.manifest)?)))
+            .collect::<anyhow::Result<_>>()?;
+        body.insert("build_contexts".into(), Value::Object(named));
+    }
+    let redacted = json!("<redacted>");
+    if let Some(auth) = body
+        .get_mut("base_image_auth")
+        .and_then(Value::as_object_mut)
+    {
+        for key in ["password", "service_account_json", "secret_access_key"] {
+            if auth.contains_key(key) {
+                auth.insert(key.into(), redacted.clone());
+            }
+        }
+    }
+    if let Some(secrets) = body.get_mut("build_secrets").and_then(Value::as_array_mut) {
+        for secret in secrets {
+            secret["value"] = redacted.clone();
+        }
+    }
+    Ok(Value::Object(body))
+}
+
 /// A request body and the local build context it reads (uploaded before it is sent).
 struct RequestBody {
     body: Map<String, Value>,
@@ -387,23 +457,10 @@ fn build_body(mut args: BuildArgs) -> anyhow::Result<RequestBody> {
         };
         context = Some(LocalContext::scan_tree(&root)?);
         body.insert("dockerfile".into(), json!(content));
-        let mut secrets = Vec::new();
-        for item in &args.dockerfile.build_secret_env {
-            let (id, variable) = item.split_once('=').unwrap_or((item, item));
-            let value = std::env::var(variable).map_err(|_| {
-                RemoteError::new(
-                    "invalid_request",
-                    format!("--build-secret-env {id}: ${variable} is not set"),
-                )
-            })?;
-            secrets.push(json!({ "id": id, "value": value }));
-        }
-        for item in &args.dockerfile.build_secret_file {
-            let (id, file) = item.split_once('=').unwrap_or((item, item));
-            let value = std::fs::read_to_string(file)
-                .with_context(|| format!("--build-secret-file {id}: reading {file}"))?;
-            secrets.push(json!({ "id": id, "value": value }));
-        }
+        let secrets = build_secrets(
+            &args.dockerfile.build_secret_env,
+            &args.dockerfile.build_secret_file,
+        )?;
         if !secrets.is_empty() {
             body.insert("build_secrets".into(), Value::Array(secrets));
         }

@@ -272,3 +272,82 @@ fn step_flags_build_in_order_and_from_template_reuses_the_rootfs() {
         stderr(&out)
     );
 }
+
+#[test]
+fn dry_run_shows_the_request_and_dockerfile_with_secrets_redacted() {
+    let cli = Cli::new();
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(work.path().join("app.sh"), "echo app\n").unwrap();
+    let out = cli
+        .command()
+        .current_dir(work.path())
+        .env("NULLSPACE_BASE_IMAGE_PASSWORD", "dry-run-password-771")
+        .args([
+            "--json",
+            "template",
+            "build",
+            "--name",
+            "dry",
+            "--from-image",
+            "127.0.0.1:5001/library/debian:bookworm",
+            "--username",
+            "nullspace",
+            "--apt-install",
+            "curl",
+            "--copy-src",
+            "app.sh",
+            "--copy-dst",
+            "/app.sh",
+            "--dry-run",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(!text.contains("dry-run-password-771"), "{text}");
+    let shown: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        shown["request"]["base_image_auth"]["password"],
+        "<redacted>"
+    );
+    assert_eq!(
+        shown["request"]["build_context"]["entries"][0]["path"],
+        "app.sh"
+    );
+    let dockerfile = shown["dockerfile"].as_str().unwrap();
+    assert!(
+        dockerfile.contains(r#"COPY ["app.sh","/app.sh"]"#),
+        "{dockerfile}"
+    );
+
+    let dockerfile = work.path().join("Dockerfile");
+    std::fs::write(
+        &dockerfile,
+        "FROM debian:bookworm\nRUN --mount=type=secret,id=tok true\n",
+    )
+    .unwrap();
+    let out = cli
+        .command()
+        .env("NS_DRY_TOKEN", "dry-run-secret-993")
+        .args([
+            "template",
+            "build",
+            "--name",
+            "dry",
+            "--from-dockerfile",
+            dockerfile.to_str().unwrap(),
+            "--build-secret-env",
+            "tok=NS_DRY_TOKEN",
+            "--dry-run",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        !text.contains("dry-run-secret-993") && text.contains("<redacted>"),
+        "{text}"
+    );
+    // Nothing was built.
+    assert!(!cli.files().iter().any(|f| f.ends_with("rootfs.ext4")));
+}
