@@ -178,6 +178,9 @@ pub struct DockerfileSpec {
     pub context_dir: Option<PathBuf>,
     /// Named contexts (`--build-context NAME=DIR`), usable as `FROM NAME` / `COPY --from=NAME`.
     pub named_contexts: BTreeMap<String, PathBuf>,
+    /// Named contexts that are images in an OCI layout (`NAME=oci-layout://DIR@DIGEST`), such
+    /// as a template's image for steps on a template base.
+    pub image_contexts: BTreeMap<String, String>,
     /// Build secrets by id (values already resolved), for `RUN --mount=type=secret,id=ID`.
     pub build_secrets: BTreeMap<String, SecretValue>,
     /// Credentials per registry; each must match a `FROM` host.
@@ -197,6 +200,7 @@ impl DockerfileSpec {
             dockerfile,
             context_dir: None,
             named_contexts: BTreeMap::new(),
+            image_contexts: BTreeMap::new(),
             build_secrets: BTreeMap::new(),
             registry_auth: Vec::new(),
             build_args: BTreeMap::new(),
@@ -256,6 +260,14 @@ impl DockerfileSpec {
                 ));
             }
             check_dir(&format!("build_contexts.{name}"), dir)?;
+        }
+        for name in self.image_contexts.keys() {
+            if !valid_context_name(name) || self.named_contexts.contains_key(name) {
+                return Err(invalid(
+                    "build_contexts",
+                    format!("{name:?}: an invalid or duplicate context name"),
+                ));
+            }
         }
         for id in self.build_secrets.keys() {
             if !valid_secret_id(id) {
@@ -613,7 +625,13 @@ impl Dockerfile {
                 }
             }
         }
-        let hosts = self.from_hosts(&spec.named_contexts);
+        let mut contexts = spec.named_contexts.clone();
+        contexts.extend(
+            spec.image_contexts
+                .keys()
+                .map(|k| (k.clone(), PathBuf::new())),
+        );
+        let hosts = self.from_hosts(&contexts);
         for auth in &spec.registry_auth {
             let wanted = nullspace_oci::reference::normalize_registry(auth.registry.trim());
             if !hosts.contains(&wanted) {

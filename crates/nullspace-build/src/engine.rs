@@ -113,7 +113,7 @@ pub struct ImageInput {
 pub struct Engine {
     data: DataDir,
     store: Store,
-    blobs: BlobStore,
+    pub(crate) blobs: BlobStore,
     /// Also used by Dockerfile builds to exchange cloud `base_image_auth` for BuildKit.
     pub(crate) registry: RegistryClient,
 }
@@ -276,6 +276,12 @@ impl Engine {
                 message: warning.clone(),
             });
         }
+        // Kept with the layers, so that steps on this template can hand its image to BuildKit.
+        self.blobs.import(
+            &image.config_raw[..],
+            &image.manifest.config.digest,
+            image.config_raw.len() as u64,
+        )?;
         let diff_ids = &image.config.rootfs.diff_ids;
         let layers: Vec<LayerRecord> = image
             .manifest

@@ -430,6 +430,7 @@ impl Scratch {
             dockerfile,
             context,
             named_contexts: spec.named_contexts.clone(),
+            image_contexts: spec.image_contexts.clone(),
             secrets,
             build_args: spec.build_args.clone(),
             network: if request.internet_access {

@@ -94,6 +94,12 @@ pub enum BuildError {
         /// What is wrong.
         message: String,
     },
+    /// What the build reuses is gone; the template it starts from must be built again.
+    #[error("rebuild required: {message}")]
+    RebuildRequired {
+        /// What is missing.
+        message: String,
+    },
     /// A background task died.
     #[error("internal: {0}")]
     Internal(String),
@@ -106,7 +112,8 @@ impl BuildError {
             BuildError::InvalidRequest { .. }
             | BuildError::Config { .. }
             | BuildError::Reference(_)
-            | BuildError::FileUpload { .. } => Phase::Prepare,
+            | BuildError::FileUpload { .. }
+            | BuildError::RebuildRequired { .. } => Phase::Prepare,
             BuildError::Registry(_) | BuildError::Rootfs(_) | BuildError::ImageConfig { .. } => {
                 Phase::BaseImageImport
             }
@@ -129,6 +136,7 @@ impl BuildError {
             BuildError::InvalidRequest { .. } | BuildError::Reference(_) => "invalid_request",
             BuildError::NotFound { .. } => "template_not_found",
             BuildError::FileUpload { .. } => "file_upload_error",
+            BuildError::RebuildRequired { .. } => "rebuild_required",
             BuildError::Buildkit(crate::buildkit::BuildkitError::Unreachable { .. }) => {
                 "buildkit_unavailable"
             }

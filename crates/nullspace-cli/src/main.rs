@@ -300,13 +300,6 @@ fn build(data: DataDir, mut args: BuildArgs, json_output: bool) -> anyhow::Resul
         .into());
     }
     let from_template = args.base.from_template.clone();
-    if !steps.is_empty() && from_template.is_some() {
-        return Err(BuildError::InvalidRequest {
-            field: "steps".into(),
-            message: "steps on a template base are not supported yet; use an image base".into(),
-        }
-        .into());
-    }
     let readiness = steps_cmd::readiness(&args.steps)?;
     let start_cmd = args.steps.start_cmd.take();
     let mut request = BuildRequest::new(&args.name, base_selector(args.base)?);
@@ -335,7 +328,7 @@ fn build(data: DataDir, mut args: BuildArgs, json_output: bool) -> anyhow::Resul
             &credentials,
             sink,
         ))?,
-        None if from_template.is_some() => {
+        None if from_template.is_some() && steps.is_empty() => {
             let reference = from_template.as_deref().unwrap_or_default();
             engine.build_on_local_template(&request, reference, sink)?
         }
@@ -344,13 +337,22 @@ fn build(data: DataDir, mut args: BuildArgs, json_output: bool) -> anyhow::Resul
             let root = std::env::current_dir().context("reading the current directory")?;
             let mut steps = steps;
             steps_cmd::relative_copy_sources(&mut steps, &root)?;
-            runtime.block_on(engine.build_declarative(
-                &request,
-                &steps,
-                Some(root),
-                &credentials,
-                sink,
-            ))?
+            match from_template.as_deref() {
+                Some(reference) => runtime.block_on(engine.build_steps_on_local_template(
+                    &request,
+                    reference,
+                    &steps,
+                    Some(root),
+                    sink,
+                ))?,
+                None => runtime.block_on(engine.build_declarative(
+                    &request,
+                    &steps,
+                    Some(root),
+                    &credentials,
+                    sink,
+                ))?,
+            }
         }
         None => runtime.block_on(engine.build(&request, &credentials, sink))?,
     };

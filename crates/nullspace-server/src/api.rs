@@ -839,7 +839,17 @@ async fn plan(
         }
         Base::Template { reference } => {
             let parent = resolve_ref(state.runner.store().as_ref(), &owner, reference)?;
-            let defaults = parent.build.result.map(|r| r.runtime_defaults);
+            let mut defaults = parent.build.result.map(|r| r.runtime_defaults);
+            if let Some((_, Some(rendered), _)) = &buildkit {
+                rendered_dockerfile = Some(rendered.dockerfile.clone());
+                build_env_keys = rendered.build_env_keys.clone();
+                let declared = declared_defaults(&definition.steps);
+                if let Some(d) = &mut defaults {
+                    d.env.extend(declared.env);
+                    d.user = declared.user.or(d.user.take());
+                    d.workdir = declared.workdir.or(d.workdir.take());
+                }
+            }
             (
                 None,
                 Some(format!(

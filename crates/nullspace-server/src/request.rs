@@ -12,6 +12,7 @@ use nullspace_build::dockerfile::{
     BuildBackend, DockerfileSource, DockerfileSpec, RegistryAuth, SecretValue,
 };
 use nullspace_build::engine_dockerfile::{declarative_spec, BuildkitOptions};
+use nullspace_build::engine_template::template_steps_spec;
 use nullspace_build::request::{parse_readiness, validate_name, validate_tag};
 use nullspace_build::{BaseSelector, BuildError};
 use nullspace_oci::Credentials;
@@ -203,6 +204,10 @@ pub fn buildkit_spec(
         ),
         Base::Image { selector } if definition.build_backend == "buildkit" => {
             let (spec, rendered) = declarative_spec(selector, &definition.steps, None)?;
+            (spec, Some(rendered))
+        }
+        Base::Template { .. } if definition.build_backend == "buildkit" => {
+            let (spec, rendered) = template_steps_spec(&definition.steps, None)?;
             (spec, Some(rendered))
         }
         _ => return Ok(None),
@@ -756,13 +761,7 @@ pub fn parse_build_request(body: &Value) -> Result<(BuildDefinition, RequestSecr
                     "a Dockerfile build takes no declarative steps or defaults; write them in the Dockerfile (ENV, USER, WORKDIR, RUN)",
                 ))
             }
-            Base::Template { .. } => {
-                return Err(ApiError::invalid(
-                    field,
-                    "declarative steps on a template base are not supported yet; use an image base",
-                ))
-            }
-            Base::Image { .. } => {}
+            Base::Template { .. } | Base::Image { .. } => {}
         }
         if requested_backend == Some("native") {
             return Err(ApiError::invalid(
@@ -771,10 +770,13 @@ pub fn parse_build_request(body: &Value) -> Result<(BuildDefinition, RequestSecr
             ));
         }
     }
-    if requested_backend == Some("buildkit") && matches!(base, Base::Template { .. }) {
+    if requested_backend == Some("buildkit")
+        && matches!(base, Base::Template { .. })
+        && steps.is_empty()
+    {
         return Err(ApiError::invalid(
             "build_backend",
-            "a template base reuses the parent's rootfs; BuildKit cannot build on it (use native)",
+            "a template base without steps reuses the parent's rootfs; BuildKit runs only steps on it",
         ));
     }
     let buildkit = match &base {

@@ -457,6 +457,24 @@ impl Runner {
             }
         }
         let result = match (&spec, &record.definition.base) {
+            (Some((spec, _)), Base::Template { reference }) => {
+                match self.parent_template(record, reference) {
+                    Ok(parent) => {
+                        self.engine
+                            .build_steps_on_template(
+                                default_driver(),
+                                &BuildkitOptions::from_env(),
+                                &request,
+                                &parent,
+                                spec,
+                                events.clone(),
+                                &mut context,
+                            )
+                            .await
+                    }
+                    Err(error) => Err(error),
+                }
+            }
             (Some((spec, _)), _) => {
                 let driver: &dyn BuildkitDriver = default_driver();
                 self.engine
@@ -543,6 +561,23 @@ impl Runner {
         events: Arc<dyn EventSink>,
         context: &mut BuildContext,
     ) -> Result<BuildOutcome, BuildError> {
+        let parent = self.parent_template(record, reference)?;
+        self.engine.build_on_template(
+            &record.definition.engine_request(),
+            &parent,
+            &record.owner,
+            events,
+            context,
+        )
+    }
+
+    /// The published template `reference` names in the build owner's namespace.
+    #[allow(clippy::result_large_err)] // `BuildError` is the engine's error type.
+    fn parent_template(
+        &self,
+        record: &BuildRecord,
+        reference: &str,
+    ) -> Result<ParentTemplate, BuildError> {
         let parent = resolve_ref(self.store.as_ref(), &record.owner, reference).map_err(|e| {
             BuildError::InvalidRequest {
                 field: "base.value".into(),
@@ -557,21 +592,14 @@ impl Runner {
             .ok_or_else(|| BuildError::NotFound {
                 reference: reference.to_string(),
             })?;
-        let parent = ParentTemplate {
+        Ok(ParentTemplate {
             artifact_dir,
             requested: reference.to_string(),
             reference: format!(
                 "{}/{}:{}",
                 record.owner, parent.template.name, parent.build.id
             ),
-        };
-        self.engine.build_on_template(
-            &record.definition.engine_request(),
-            &parent,
-            &record.owner,
-            events,
-            context,
-        )
+        })
     }
 }
 

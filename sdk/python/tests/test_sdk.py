@@ -360,6 +360,16 @@ def test_from_template(server: Server) -> None:
     assert plan.build_plan["base_template"] == f"alice/{parent_name}:{parent.build_id}"
     with pytest.raises(NotFoundError):
         Template.build_in_background(Template.from_template(unique("missing")), "orphan")
+    # Steps on a template run on its image (through BuildKit); its defaults carry over.
+    steps = Template.from_template(parent_name).run_cmd("echo on-top > /on-top").set_runtime_envs({"EXTRA": "1"})
+    plan = Template.plan(steps, "plan-steps")
+    assert plan.build_plan["dockerfile"].startswith("FROM nullspace-template-parent")
+    layered = Template.build(steps, unique("layered"))
+    assert layered.status == "ready", layered.raw
+    assert layered.raw["build_backend"] == "buildkit"
+    assert rootfs_file(server, layered.build_id, "/on-top") == b"on-top\n"
+    keys = set((layered.runtime_defaults or {})["default_env_keys"])
+    assert {"EXTRA", "PATH"} <= keys
 
 
 def test_validate_and_plan(server: Server, devenv: Dict[str, str]) -> None:

@@ -268,6 +268,11 @@ impl DockerBuildx {
                 .arg("--build-context")
                 .arg(format!("{name}={}", dir.display()));
         }
+        for (name, source) in &job.image_contexts {
+            command
+                .arg("--build-context")
+                .arg(format!("{name}={source}"));
+        }
         for (key, value) in &job.build_args {
             // `--build-arg KEY` takes the value from the client's environment: not in argv.
             command.arg("--build-arg").arg(key).env(key, value);

@@ -82,6 +82,8 @@ pub struct BuildkitJob {
     pub context: PathBuf,
     /// Named contexts (`--build-context NAME=DIR`).
     pub named_contexts: BTreeMap<String, PathBuf>,
+    /// Image contexts: name → `oci-layout://DIR@DIGEST`.
+    pub image_contexts: BTreeMap<String, String>,
     /// Secret id → file holding the value (0600, in the staging dir).
     pub secrets: BTreeMap<String, PathBuf>,
     /// Build args (values passed through the child's environment, not its argv).

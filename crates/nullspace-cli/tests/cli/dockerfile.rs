@@ -233,6 +233,41 @@ fn step_flags_build_in_order_and_from_template_reuses_the_rootfs() {
         "first\nsecond\n"
     );
 
+    // Steps on a template: its image goes to BuildKit; its start command carries over.
+    let mut command = cli.command();
+    let out = command
+        .env("DOCKER_CONFIG", &devenv()["DOCKER_CONFIG"])
+        .current_dir(work.path())
+        .args([
+            "--json",
+            "template",
+            "build",
+            "--from-template",
+            "flags",
+            "--name",
+            "grandchild",
+            "--run-cmd",
+            "echo third >> /srv/order",
+            "--env",
+            "LEVEL=2",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let grandchild: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let image = Path::new(grandchild["rootfs_path"].as_str().unwrap());
+    assert_fsck_clean(image);
+    assert_eq!(
+        debugfs_cat(image, "/srv/order").unwrap(),
+        "first\nsecond\nthird\n"
+    );
+    let defaults = &grandchild["template"]["runtime_defaults"];
+    assert_eq!(defaults["env"]["MODE"], "prod", "{defaults}");
+    assert_eq!(defaults["env"]["LEVEL"], "2", "{defaults}");
+    assert_eq!(defaults["workdir"], "/srv");
+    assert_eq!(defaults["start_cmd"], "python3 -m http.server 8080");
+    assert_eq!(defaults["readiness"]["port"], 8080);
+
     // A scope modifier anywhere but right after its install flag is a usage error.
     let out = cli.run(&[
         "template",
