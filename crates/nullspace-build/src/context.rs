@@ -386,7 +386,24 @@ impl ContextManifest {
                         .mode(0o600)
                         .open(&target)
                         .map_err(io_at(&target))?;
-                    let copied = std::io::copy(&mut source, &mut file).map_err(io_at(&target))?;
+                    let mut hashing = HashingWriter {
+                        inner: &mut file,
+                        hasher: Sha256::new(),
+                    };
+                    let copied =
+                        std::io::copy(&mut source, &mut hashing).map_err(io_at(&target))?;
+                    let actual = format!("sha256:{:x}", hashing.hasher.finalize());
+                    if &actual != digest || copied != *size {
+                        // Damaged on disk: drop it so the client's next question reports it
+                        // missing and uploads it again.
+                        blobs.discard(&parsed);
+                        return Err(BuildError::FileUpload {
+                            path: path.clone(),
+                            message: format!(
+                                "the stored blob {digest} is damaged ({copied} bytes, {actual}); upload it again"
+                            ),
+                        });
+                    }
                     file.flush().map_err(io_at(&target))?;
                     file.set_permissions(std::fs::Permissions::from_mode(*mode))
                         .map_err(io_at(&target))?;
@@ -464,6 +481,11 @@ impl ContextBlobs {
         })
     }
 
+    /// Removes a damaged blob.
+    fn discard(&self, digest: &Digest) {
+        let _ = std::fs::remove_file(self.store.path(digest));
+    }
+
     /// Opens a blob, checking its size.
     fn open_blob(&self, digest: &Digest, size: u64) -> Result<std::fs::File, String> {
         if !self.store.contains_sized(digest, size) {
@@ -487,6 +509,24 @@ fn owner_dir(owner: &str) -> String {
         owner.to_string()
     } else {
         format!("h-{:x}", Sha256::digest(owner.as_bytes()))
+    }
+}
+
+/// Hashes what passes through to `inner`.
+struct HashingWriter<'a, W> {
+    inner: &'a mut W,
+    hasher: Sha256,
+}
+
+impl<W: std::io::Write> std::io::Write for HashingWriter<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }
 
@@ -547,9 +587,12 @@ impl BlobUpload {
                 actual,
             });
         }
-        self.store
-            .commit(self.file, &self.digest)
-            .map_err(|e| UploadError::Io(Box::new(e.into())))?;
+        // No fsync per blob (a context has thousands): a blob damaged by a crash is caught when
+        // a build copies it (the digest is checked again there) and asked for again.
+        let dest = self.store.path(&self.digest);
+        self.file
+            .persist(&dest)
+            .map_err(|e| UploadError::Io(Box::new(io_at(&dest)(e.error))))?;
         Ok(self.written)
     }
 }
@@ -1023,6 +1066,17 @@ mod tests {
             std::fs::read_link(dest.join("link")).unwrap(),
             Path::new("src/.hidden/app.py")
         );
+        // A blob damaged on disk is caught when copied, and dropped so it is uploaded again.
+        let stored = blobs.store.path(&digest);
+        let mut bytes = std::fs::read(&stored).unwrap();
+        bytes[0] ^= 0xff;
+        std::fs::write(&stored, &bytes).unwrap();
+        let error = m
+            .materialize(&blobs, &dir.path().join("ctx-damaged"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("damaged"), "{error}");
+        assert_eq!(blobs.missing([&digest]).len(), 1);
         // Bob's build naming Alice's digest fails, naming the path.
         let error = m
             .materialize(&bob, &dir.path().join("ctx-bob"))

@@ -4,7 +4,11 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
 use anyhow::Context;
+use futures_util::StreamExt as _;
 use nullspace_build::context::{ContextEntry, LocalContext, UploadStatus};
 use nullspace_oci::Credentials;
 use serde_json::{json, Map, Value};
@@ -713,7 +717,8 @@ impl Client {
                 }
             }
         }
-        let mut sent = std::collections::HashSet::new();
+        // Decide per file, then send each needed blob once, 8 at a time.
+        let mut to_send: BTreeMap<String, PathBuf> = BTreeMap::new();
         for entry in &mut context.manifest.entries {
             let ContextEntry::File {
                 path,
@@ -726,31 +731,40 @@ impl Client {
                 continue;
             };
             let needed = skip_cache || missing.contains(digest.as_str());
-            if needed && !sent.contains(digest.as_str()) {
+            if needed {
                 let local = context
                     .files
                     .get(path.as_str())
                     .ok_or_else(|| anyhow::anyhow!("{path}: not in the scanned context"))?;
-                let file = tokio::fs::File::open(local)
-                    .await
-                    .with_context(|| format!("reading {}", local.display()))?;
-                let request = self
-                    .request(
-                        reqwest::Method::PUT,
-                        &format!("/v1/templates/build-context/blobs/{digest}"),
-                    )
-                    .header("content-type", "application/octet-stream")
-                    .body(reqwest::Body::from(file));
-                self.send(request)
-                    .await
-                    .with_context(|| format!("uploading {path} ({digest})"))?;
-                sent.insert(digest.clone());
+                to_send
+                    .entry(digest.clone())
+                    .or_insert_with(|| local.clone());
             }
             (*upload, *reason) = match (skip_cache, needed) {
                 (true, _) => (UploadStatus::Forced, Some("whole_build_skip_cache".into())),
                 (false, true) => (UploadStatus::Uploaded, None),
                 (false, false) => (UploadStatus::Reused, None),
             };
+        }
+        let uploads = to_send.into_iter().map(|(digest, local)| async move {
+            let file = tokio::fs::File::open(&local)
+                .await
+                .with_context(|| format!("reading {}", local.display()))?;
+            let request = self
+                .request(
+                    reqwest::Method::PUT,
+                    &format!("/v1/templates/build-context/blobs/{digest}"),
+                )
+                .header("content-type", "application/octet-stream")
+                .body(reqwest::Body::from(file));
+            self.send(request)
+                .await
+                .with_context(|| format!("uploading {} ({digest})", local.display()))?;
+            anyhow::Ok(())
+        });
+        let mut uploads = futures_util::stream::iter(uploads).buffer_unordered(8);
+        while let Some(result) = uploads.next().await {
+            result?;
         }
         Ok(())
     }

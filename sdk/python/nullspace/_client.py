@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, BinaryIO, Dict, Iterator, Mapping, Optional, Tuple
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, BinaryIO, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import httpx
 
-from .errors import ApiError, error_from_response
+from .errors import ApiError, NullspaceError, error_from_response
 
 DEFAULT_API_URL = "http://127.0.0.1:8080"
 
@@ -62,20 +63,35 @@ class Client:
             raise ApiError(f"cannot reach {self.api_url}: {error}", code="connection_error") from None
         return _decode(response)
 
-    def upload(self, path: str, body: BinaryIO) -> Any:
-        """PUTs a file's bytes, streamed (no read timeout while the server hashes them)."""
+    def upload_files(
+        self, uploads: "List[Tuple[str, str]]", workers: int = 8
+    ) -> None:
+        """PUTs files, streamed, on one keep-alive connection pool with ``workers`` at once:
+        ``uploads`` is ``[(api path, local path)]``. The first failure is raised (an API error,
+        or ``OSError`` naming the file)."""
+        if not uploads:
+            return
         headers = dict(self._headers(), **{"content-type": "application/octet-stream"})
         timeout = httpx.Timeout(self._timeout, write=None, read=None)
-        try:
-            response = httpx.put(
-                self.api_url + path,
-                content=_chunks(body),
-                headers=headers,
-                timeout=timeout,
-            )
-        except httpx.HTTPError as error:
-            raise ApiError(f"cannot reach {self.api_url}: {error}", code="connection_error") from None
-        return _decode(response)
+        limits = httpx.Limits(max_connections=workers, max_keepalive_connections=workers)
+
+        def put(session: httpx.Client, path: str, local: str) -> None:
+            with open(local, "rb") as body:
+                try:
+                    response = session.put(self.api_url + path, content=_chunks(body), headers=headers)
+                except httpx.HTTPError as error:
+                    raise ApiError(f"cannot reach {self.api_url}: {error}", code="connection_error") from None
+            try:
+                _decode(response)
+            except NullspaceError as error:
+                error.message = f"{local}: {error.message}"
+                raise
+
+        with httpx.Client(timeout=timeout, limits=limits) as session:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                futures = [pool.submit(put, session, path, local) for path, local in uploads]
+                for future in futures:
+                    future.result()
 
     def sse(self, path: str, params: Mapping[str, Any]) -> Iterator[Tuple[Optional[str], str, str]]:
         """Yields ``(id, event, data)`` of a server-sent event stream until it closes."""

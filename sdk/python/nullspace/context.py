@@ -314,39 +314,35 @@ def upload(context: BuildContext, client: Client, skip_cache: bool = False) -> D
             json_body={"digests": digests[start : start + 50_000]},
         )
         missing.update(answer.get("missing") or [])
-    sent: Dict[str, str] = {}
+    to_send: Dict[str, ContextFile] = {}
     for f in context.files.values():
         reason = "whole_build_skip_cache" if skip_cache else f.reason
-        if f.digest in sent:
-            f.upload = sent[f.digest]
-        elif reason is not None:
-            _put(client, f)
+        if reason is not None:
             f.upload, f.reason = "forced", reason
+            to_send.setdefault(f.digest, f)
         elif f.digest in missing:
-            _put(client, f)
             f.upload = "uploaded"
+            to_send.setdefault(f.digest, f)
         else:
             f.upload = "reused"
-        sent.setdefault(f.digest, f.upload)
-    return context.manifest()
-
-
-def _put(client: Client, f: ContextFile) -> None:
     try:
-        with open(f.local_path, "rb") as body:
-            client.upload(f"/v1/templates/build-context/blobs/{f.digest}", body)
+        client.upload_files(
+            [(f"/v1/templates/build-context/blobs/{f.digest}", f.local_path) for f in to_send.values()]
+        )
     except OSError as error:
-        raise FileUploadError(f"{f.local_path}: {error.strerror}", code="file_upload_error") from None
+        raise FileUploadError(
+            f"{error.filename}: {error.strerror}", code="file_upload_error"
+        ) from None
     except FileUploadError:
         raise
-    except Exception as error:  # the API's errors, re-raised as upload errors naming the file
-        code = getattr(error, "code", "file_upload_error")
+    except Exception as error:  # the API's errors, re-raised as upload errors
         raise FileUploadError(
-            f"uploading {f.path} ({f.digest}): {getattr(error, 'message', error)}",
-            code=code,
+            f"uploading the build context of {context.root}: {getattr(error, 'message', error)}",
+            code=getattr(error, "code", "file_upload_error"),
             status_code=getattr(error, "status_code", None),
             request_id=getattr(error, "request_id", None),
         ) from None
+    return context.manifest()
 
 
 __all__ = ["BuildContext", "DockerIgnore", "collect_copies", "collect_tree", "upload"]
