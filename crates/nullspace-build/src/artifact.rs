@@ -109,26 +109,74 @@ pub struct TemplateDocument {
     pub created_at: String,
 }
 
-/// A build's private scratch dir; removed on drop unless published.
+/// A build's private staging dir, published whole (removed on drop unless published), and
+/// its scratch dir beside it for inputs that must never be published (uploaded contexts, a
+/// parent's image layout), removed on drop in every case.
 pub struct Staging {
     dir: PathBuf,
+    scratch: PathBuf,
     keep: bool,
+}
+
+/// The scratch dir of build `build_id` under the staging parent.
+pub fn scratch_dir(parent: &Path, build_id: &str) -> PathBuf {
+    parent.join(format!("{build_id}.scratch"))
+}
+
+/// Removes a tree even where a directory's own mode forbids it (an uploaded context may hold
+/// `0555` directories), never following symlinks.
+pub fn remove_tree(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Ok(()) => Ok(()),
+        Err(_) => {
+            make_writable(path);
+            std::fs::remove_dir_all(path)
+        }
+    }
+}
+
+fn make_writable(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::symlink_metadata(dir) else {
+        return;
+    };
+    if !meta.is_dir() {
+        return;
+    }
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            make_writable(&entry.path());
+        }
+    }
 }
 
 impl Staging {
     /// Creates `<staging>/<build_id>` (replacing leftovers of a crashed run with the same id).
     pub fn create(parent: &Path, build_id: &str) -> Result<Staging, BuildError> {
         let dir = parent.join(build_id);
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(io_at(&dir))?;
+        let scratch = scratch_dir(parent, build_id);
+        for old in [&dir, &scratch] {
+            remove_tree(old).map_err(io_at(old))?;
         }
         std::fs::create_dir_all(&dir).map_err(io_at(&dir))?;
-        Ok(Staging { dir, keep: false })
+        Ok(Staging {
+            dir,
+            scratch,
+            keep: false,
+        })
     }
 
     /// The dir.
     pub fn path(&self) -> &Path {
         &self.dir
+    }
+
+    /// The scratch dir (created on first use); never part of the artifact.
+    pub fn scratch(&self) -> Result<PathBuf, BuildError> {
+        std::fs::create_dir_all(&self.scratch).map_err(io_at(&self.scratch))?;
+        Ok(self.scratch.clone())
     }
 
     /// Writes `template.json`, then moves the whole staging dir to `destination` in one rename.
@@ -159,8 +207,9 @@ impl Staging {
 
 impl Drop for Staging {
     fn drop(&mut self) {
+        let _ = remove_tree(&self.scratch);
         if !self.keep {
-            let _ = std::fs::remove_dir_all(&self.dir);
+            let _ = remove_tree(&self.dir);
         }
     }
 }

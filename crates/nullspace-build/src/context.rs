@@ -286,6 +286,17 @@ impl ContextManifest {
         decisions
     }
 
+    /// Bytes of file content the context holds (each entry counted).
+    pub fn total_bytes(&self) -> u64 {
+        self.entries
+            .iter()
+            .map(|e| match e {
+                ContextEntry::File { size, .. } => *size,
+                _ => 0,
+            })
+            .fold(0u64, u64::saturating_add)
+    }
+
     /// Regular files in the context.
     pub fn file_count(&self) -> usize {
         self.entries
@@ -341,6 +352,8 @@ impl ContextManifest {
         entries.sort_by(|a, b| a.path().cmp(b.path()));
         let mut stats = ContextStats::default();
         let mut dir_modes = Vec::new();
+        // A blob named by several entries with the same mode is written once and hard-linked.
+        let mut written: BTreeMap<(&str, u32), PathBuf> = BTreeMap::new();
         for entry in entries {
             let target = dest.join(entry.path());
             if let Some(parent) = target.parent() {
@@ -369,6 +382,12 @@ impl ContextManifest {
                     mode,
                     ..
                 } => {
+                    if let Some(first) = written.get(&(digest.as_str(), *mode)) {
+                        std::fs::hard_link(first, &target).map_err(io_at(&target))?;
+                        stats.files += 1;
+                        stats.bytes += size;
+                        continue;
+                    }
                     let parsed =
                         parse_digest(digest).map_err(|message| BuildError::FileUpload {
                             path: path.clone(),
@@ -409,6 +428,7 @@ impl ContextManifest {
                         .map_err(io_at(&target))?;
                     stats.files += 1;
                     stats.bytes += copied;
+                    written.insert((digest.as_str(), *mode), target);
                 }
             }
         }
@@ -488,6 +508,13 @@ impl ContextBlobs {
 
     /// Opens a blob, checking its size.
     fn open_blob(&self, digest: &Digest, size: u64) -> Result<std::fs::File, String> {
+        if self.store.contains(digest) && !self.store.contains_sized(digest, size) {
+            // Truncated (a crash after the upload): drop it so it is asked for again.
+            self.discard(digest);
+            return Err(format!(
+                "the stored blob {digest} is damaged (not {size} bytes); upload it again"
+            ));
+        }
         if !self.store.contains_sized(digest, size) {
             return Err(format!(
                 "blob {digest} ({size} bytes) was not uploaded; upload it and send the build again"
@@ -666,9 +693,7 @@ fn clean_pattern(pattern: &str) -> String {
     for part in pattern.split('/') {
         match part {
             "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
+            // Kept: no context path has a `..` part, so such a pattern matches nothing.
             other => parts.push(other),
         }
     }
@@ -743,6 +768,8 @@ pub struct LocalContext {
     pub files: BTreeMap<String, PathBuf>,
     /// Context paths `.dockerignore` excluded.
     pub ignored: Vec<String>,
+    /// Context paths already in the manifest (overlapping sources add each once).
+    seen: BTreeSet<String>,
 }
 
 impl LocalContext {
@@ -762,6 +789,11 @@ impl LocalContext {
         let mut context = LocalContext::default();
         for source in sources {
             let rel = source.trim_start_matches("./").trim_end_matches('/');
+            if rel.is_empty() || rel == "." {
+                // The whole context.
+                context.walk(root, root, "", &ignore)?;
+                continue;
+            }
             if ignore.excluded(rel) {
                 return Err(BuildError::FileUpload {
                     path: rel.to_string(),
@@ -807,7 +839,12 @@ impl LocalContext {
             .map_err(io_at(dir))?;
         names.sort();
         for name in names {
-            let name = name.to_string_lossy().into_owned();
+            let Some(name) = name.to_str().map(str::to_string) else {
+                // Context paths are UTF-8 (JSON); such a file cannot be sent.
+                self.ignored
+                    .push(format!("{prefix}/{}", name.to_string_lossy()));
+                continue;
+            };
             let rel = if prefix.is_empty() {
                 name.clone()
             } else {
@@ -847,6 +884,9 @@ impl LocalContext {
         }
         if kind.is_symlink() {
             let target = std::fs::read_link(local).map_err(io_at(local))?;
+            if !self.seen.insert(rel.to_string()) {
+                return Ok(());
+            }
             self.manifest.entries.push(ContextEntry::Symlink {
                 path: rel.to_string(),
                 target: target.to_string_lossy().into_owned(),
@@ -855,6 +895,9 @@ impl LocalContext {
             let mut file = std::fs::File::open(local).map_err(io_at(local))?;
             let mut hasher = Sha256::new();
             let size = std::io::copy(&mut file, &mut hasher).map_err(io_at(local))?;
+            if !self.seen.insert(rel.to_string()) {
+                return Ok(());
+            }
             self.manifest.entries.push(ContextEntry::File {
                 path: rel.to_string(),
                 digest: format!("sha256:{:x}", hasher.finalize()),
@@ -869,7 +912,7 @@ impl LocalContext {
     }
 
     fn add_dir(&mut self, rel: &str, local: &Path) -> Result<(), BuildError> {
-        if self.manifest.entries.iter().any(|e| e.path() == rel) {
+        if !self.seen.insert(rel.to_string()) {
             return Ok(());
         }
         let meta = std::fs::metadata(local).map_err(io_at(local))?;
@@ -881,7 +924,7 @@ impl LocalContext {
     }
 }
 
-/// Where the named context `name` of a build goes: `<staging>/contexts/<sha256 of name>`
+/// Where the named context `name` of a build goes: `<scratch>/contexts/<sha256 of name>`
 /// (names may hold `/`); the parent is created.
 pub fn staging_named_context_dir(staging: &Path, name: &str) -> std::io::Result<PathBuf> {
     let contexts = staging.join("contexts");
@@ -889,7 +932,7 @@ pub fn staging_named_context_dir(staging: &Path, name: &str) -> std::io::Result<
     Ok(contexts.join(format!("{:x}", Sha256::digest(name.as_bytes()))))
 }
 
-/// The context path of a build's staging dir (`<staging>/context`).
+/// Where a build's uploaded context goes in its scratch dir (`<scratch>/context`).
 pub fn staging_context_dir(staging: &Path) -> PathBuf {
     staging.join("context")
 }
@@ -959,6 +1002,12 @@ mod tests {
             .map(ContextEntry::path)
             .collect();
         assert_eq!(paths, ["app", "app/.cfg", "app/.cfg/env"]);
+        // Overlapping sources add each path once; "." is the whole tree.
+        let overlapping =
+            LocalContext::scan_paths(root, &["app".into(), "app/main.py".into()]).unwrap();
+        overlapping.manifest.validate().unwrap();
+        let whole = LocalContext::scan_paths(root, &[".".into()]).unwrap();
+        assert_eq!(whole.files.len(), tree.files.len());
         let error = LocalContext::scan_paths(root, &["app/skip.pyc".into()]).unwrap_err();
         assert!(error.to_string().contains("excluded"), "{error}");
     }
@@ -1050,6 +1099,16 @@ mod tests {
         let dest = dir.path().join("ctx");
         let stats = m.materialize(&blobs, &dest).unwrap();
         assert_eq!(stats.files, 1);
+        // The same blob under many paths is written once and hard-linked.
+        let many = manifest(
+            (0..50)
+                .map(|i| file(&format!("copies/{i}.py"), content))
+                .collect(),
+        );
+        assert_eq!(many.total_bytes(), 50 * content.len() as u64);
+        many.materialize(&blobs, &dir.path().join("many")).unwrap();
+        let first = std::fs::metadata(dir.path().join("many/copies/0.py")).unwrap();
+        assert_eq!(std::os::unix::fs::MetadataExt::nlink(&first), 50);
         assert_eq!(
             std::fs::read(dest.join("src/.hidden/app.py")).unwrap(),
             content

@@ -295,7 +295,7 @@ impl Engine {
                 parent.requested, parent.reference
             ),
         });
-        let layout = build.staging.path().join("parent-image");
+        let layout = build.staging.scratch()?.join("parent-image");
         let source = self.parent_image_layout(parent, &layout)?;
         let mut spec = spec.clone();
         spec.image_contexts

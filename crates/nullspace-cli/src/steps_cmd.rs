@@ -22,20 +22,20 @@ pub struct StepArgs {
     #[arg(long = "pip-install", value_name = "PKG,...")]
     pub pip_install: Vec<String>,
     /// The `--pip-install` right before installs into the user's site-packages.
-    #[arg(long = "pip-user-install", action = ArgAction::Count)]
-    pub pip_user_install: u8,
+    #[arg(long = "pip-user-install", action = ArgAction::Append, num_args = 0, default_missing_value = "true")]
+    pub pip_user_install: Vec<bool>,
     /// `npm install` these (comma-separated); repeatable.
     #[arg(long = "npm-install", value_name = "PKG,...")]
     pub npm_install: Vec<String>,
     /// The `--npm-install` right before installs globally.
-    #[arg(long = "npm-global", action = ArgAction::Count)]
-    pub npm_global: u8,
+    #[arg(long = "npm-global", action = ArgAction::Append, num_args = 0, default_missing_value = "true")]
+    pub npm_global: Vec<bool>,
     /// `bun add` these (comma-separated); repeatable.
     #[arg(long = "bun-install", value_name = "PKG,...")]
     pub bun_install: Vec<String>,
     /// The `--bun-install` right before installs globally.
-    #[arg(long = "bun-global", action = ArgAction::Count)]
-    pub bun_global: u8,
+    #[arg(long = "bun-global", action = ArgAction::Append, num_args = 0, default_missing_value = "true")]
+    pub bun_global: Vec<bool>,
     /// A local file or directory to copy (relative to the current directory; with
     /// `--copy-dst`); repeatable, paired in order.
     #[arg(long = "copy-src", value_name = "PATH")]
@@ -357,6 +357,11 @@ pub fn relative_copy_sources(steps: &mut [Step], root: &std::path::Path) -> anyh
             }
         }
         let normalized: std::path::PathBuf = parts.iter().collect();
+        if normalized == root {
+            // The whole context.
+            *src = ".".to_string();
+            return Ok(());
+        }
         let rel = normalized
             .strip_prefix(root)
             .ok()

@@ -160,11 +160,39 @@ async fn middleware(State(state): State<AppState>, mut request: Request, next: N
     };
     if let Some(error) = response.extensions_mut().remove::<ApiError>() {
         response = render(&error, &request_id);
+    } else if matches!(
+        response.status().as_u16(),
+        400 | 405 | 411 | 413 | 415 | 422
+    ) && !is_json(&response)
+    {
+        // An extractor's own rejection (a body over the limit, say): still the envelope.
+        let error = if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "file_upload_limit_exceeded",
+                format!("the request body is larger than {REQUEST_BODY_LIMIT} bytes"),
+            )
+        } else {
+            ApiError::new(
+                response.status(),
+                "invalid_request",
+                format!("the request was rejected ({})", response.status()),
+            )
+        };
+        response = render(&error, &request_id);
     }
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", value);
     }
     response
+}
+
+fn is_json(response: &Response) -> bool {
+    response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json") || v.starts_with("text/event-stream"))
 }
 
 fn authenticate(state: &AppState, request: &Request) -> ApiResult<String> {

@@ -866,6 +866,33 @@ pub fn parse_build_request(body: &Value) -> Result<(BuildDefinition, RequestSecr
     Ok((definition, secrets))
 }
 
+/// Largest total of file content a build's contexts may hold: `NULLSPACE_MAX_CONTEXT_BYTES`,
+/// default 16 GiB.
+fn max_context_bytes() -> u64 {
+    std::env::var("NULLSPACE_MAX_CONTEXT_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&v| v > 0)
+        .unwrap_or(16 << 30)
+}
+
+/// Refuses contexts holding more than [`max_context_bytes`] of file content.
+fn check_context_size(field: &str, manifests: &[&ContextManifest]) -> Result<(), ApiError> {
+    let total = manifests
+        .iter()
+        .map(|m| m.total_bytes())
+        .fold(0u64, u64::saturating_add);
+    let limit = max_context_bytes();
+    if total > limit {
+        return Err(ApiError::new(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            "file_upload_limit_exceeded",
+            format!("{field}: the build context holds {total} bytes; at most {limit} are accepted"),
+        ));
+    }
+    Ok(())
+}
+
 /// Parses `build_contexts` (`{"name": {"entries": [...]}}`), which only Dockerfile builds read.
 fn parse_named_contexts(
     value: Option<&Value>,
@@ -903,6 +930,7 @@ fn parse_named_contexts(
         })?;
         contexts.insert(name.clone(), manifest);
     }
+    check_context_size("build_contexts", &contexts.values().collect::<Vec<_>>())?;
     Ok(contexts)
 }
 
@@ -927,6 +955,7 @@ fn parse_build_context(
     let manifest: ContextManifest = serde_json::from_value(value.clone())
         .map_err(|e| ApiError::invalid("build_context", e.to_string()))?;
     manifest.validate().map_err(api_error)?;
+    check_context_size("build_context", &[&manifest])?;
     if sources.is_empty() && !matches!(base, Base::Dockerfile { .. }) {
         return Err(ApiError::invalid(
             "build_context",

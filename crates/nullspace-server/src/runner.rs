@@ -218,7 +218,11 @@ impl Runner {
             let record = self.store.build(None, &id)?;
             self.fail(&id, record.as_ref(), "build", message, &now)?;
             let _ = self.engine.store().fail_build(&id, message, &now);
-            let _ = std::fs::remove_dir_all(self.engine.data_dir().staging().join(&id));
+            let staging = self.engine.data_dir().staging();
+            let _ = nullspace_build::artifact::remove_tree(&staging.join(&id));
+            let _ = nullspace_build::artifact::remove_tree(
+                &nullspace_build::artifact::scratch_dir(&staging, &id),
+            );
         }
         for id in self.store.builds_in(status::WAITING)? {
             let record = self.store.build(None, &id)?;
@@ -524,14 +528,13 @@ impl Runner {
             });
         }
         let blobs = ContextBlobs::open(self.engine.data_dir(), &record.owner)?;
+        let scratch = context.staging.scratch()?;
         let dir = if name.is_empty() {
-            staging_context_dir(context.staging.path())
+            staging_context_dir(&scratch)
         } else {
-            staging_named_context_dir(context.staging.path(), name).map_err(|source| {
-                BuildError::Io {
-                    path: context.staging.path().to_path_buf(),
-                    source,
-                }
+            staging_named_context_dir(&scratch, name).map_err(|source| BuildError::Io {
+                path: scratch.clone(),
+                source,
             })?
         };
         let stats = manifest.materialize(&blobs, &dir)?;

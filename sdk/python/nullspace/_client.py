@@ -72,7 +72,9 @@ class Client:
         if not uploads:
             return
         headers = dict(self._headers(), **{"content-type": "application/octet-stream"})
-        timeout = httpx.Timeout(self._timeout, write=None, read=None)
+        # No write timeout (a large file streams as long as it takes), but a stalled server
+        # still times out on reading the answer after 10 minutes.
+        timeout = httpx.Timeout(self._timeout, write=None, read=600.0)
         limits = httpx.Limits(max_connections=workers, max_keepalive_connections=workers)
 
         def put(session: httpx.Client, path: str, local: str) -> None:
@@ -88,10 +90,14 @@ class Client:
                 raise
 
         with httpx.Client(timeout=timeout, limits=limits) as session:
-            with ThreadPoolExecutor(max_workers=workers) as pool:
+            pool = ThreadPoolExecutor(max_workers=workers)
+            try:
                 futures = [pool.submit(put, session, path, local) for path, local in uploads]
                 for future in futures:
                     future.result()
+            finally:
+                # On the first failure, the uploads not started yet are dropped.
+                pool.shutdown(wait=True, cancel_futures=True)
 
     def sse(self, path: str, params: Mapping[str, Any]) -> Iterator[Tuple[Optional[str], str, str]]:
         """Yields ``(id, event, data)`` of a server-sent event stream until it closes."""

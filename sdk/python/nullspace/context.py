@@ -38,7 +38,13 @@ class DockerIgnore:
             line = os.path.normpath(line).lstrip("/") if line else line
             if line in ("", "."):
                 continue
-            self.rules.append((_compile(line), negated, raw.strip()))
+            try:
+                self.rules.append((_compile(line), negated, raw.strip()))
+            except re.error as error:
+                raise FileUploadError(
+                    f".dockerignore: pattern {raw.strip()!r} is invalid: {error}",
+                    code="file_upload_error",
+                ) from None
 
     @classmethod
     def load(cls, root: str) -> "DockerIgnore":
@@ -186,7 +192,9 @@ class BuildContext:
         """The context path of a local ``src`` (relative to the root, or absolute inside it)."""
         local = os.path.normpath(os.path.join(self.root, src))
         rel = os.path.relpath(local, self.root)
-        if rel == "." or rel.startswith(".." + os.sep) or rel == ".." or os.path.isabs(rel):
+        if rel == ".":
+            return "."  # the whole context
+        if rel.startswith(".." + os.sep) or rel == ".." or os.path.isabs(rel):
             raise FileUploadError(
                 f"copy source {src!r} is outside the build context {self.root}",
                 code="file_upload_error",
@@ -196,6 +204,9 @@ class BuildContext:
     def add(self, rel: str, ignore: DockerIgnore, force_reason: Optional[str]) -> None:
         """Adds the context path ``rel`` (a file, a symlink, or a directory walked with its
         dotfiles), skipping what ``ignore`` excludes."""
+        if rel == ".":
+            self.add_tree(ignore)
+            return
         local = os.path.join(self.root, rel)
         try:
             info = os.lstat(local)
@@ -268,13 +279,15 @@ class BuildContext:
         existing = self.files.get(rel)
         if existing is None:
             digest = hashlib.sha256()
+            size = 0  # what was hashed, not what lstat said (the file may change meanwhile)
             try:
                 with open(local, "rb") as f:
                     for chunk in iter(lambda: f.read(_CHUNK), b""):
                         digest.update(chunk)
+                        size += len(chunk)
             except OSError as error:
                 raise FileUploadError(f"{local}: {error.strerror}", code="file_upload_error") from None
-            existing = ContextFile(rel, local, "sha256:" + digest.hexdigest(), info.st_size, mode)
+            existing = ContextFile(rel, local, "sha256:" + digest.hexdigest(), size, mode)
             self.files[rel] = existing
         if force_reason and existing.reason is None:
             existing.reason = force_reason

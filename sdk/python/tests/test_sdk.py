@@ -584,6 +584,11 @@ def test_copy_uploads_only_missing_blobs(server: Server, tmp_path: Path) -> None
     assert listing.split() == [b".env.example", b"main.py"]
     assert (rootfs_file(server, first.build_id, "/srv/notes.txt") or b"").startswith(b"notes ")
 
+    # The uploaded context is not part of the artifact, and no scratch dir is left.
+    artifact = server.data_dir / "templates" / first.build_id
+    assert sorted(p.name for p in artifact.iterdir()) == ["rootfs.ext4", "template.json"]
+    assert not list((server.data_dir / "staging").glob("*.scratch"))
+
     second = Template.build(builder(), name)
     assert second.cache_summary["file_blob_hits"] == 3
     assert second.cache_summary["file_blob_misses"] == 0
