@@ -131,28 +131,11 @@ fn positions(matches: &ArgMatches, id: &str) -> Vec<usize> {
 pub fn ordered_steps(args: &mut StepArgs, matches: &ArgMatches) -> anyhow::Result<()> {
     let mut steps: Vec<(usize, Step)> = Vec::new();
     let mut taken_modifiers = Vec::new();
-    // Every step flag's value position, to find what comes "right after" an install.
-    let all: Vec<usize> = [
-        "apt_install",
-        "pip_install",
-        "npm_install",
-        "bun_install",
-        "copy_src",
-        "copy_items",
-        "remove",
-        "rename_src",
-        "run_cmd",
-        "set_workdir",
-        "set_user",
-        "env",
-        "build_env",
-        "pip_user_install",
-        "npm_global",
-        "bun_global",
-    ]
-    .iter()
-    .flat_map(|id| positions(matches, id))
-    .collect();
+    // Every argument's position, to find what comes "right after" an install.
+    let all: Vec<usize> = matches
+        .ids()
+        .flat_map(|id| positions(matches, id.as_str()))
+        .collect();
     let next_after = |at: usize| all.iter().copied().filter(|&p| p > at).min();
     let modifier_after = |at: usize, modifier: &str, taken: &mut Vec<usize>| -> bool {
         let next = next_after(at);
