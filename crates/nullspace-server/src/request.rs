@@ -92,6 +92,9 @@ pub struct BuildDefinition {
     /// Dockerfile read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build_context: Option<ContextManifest>,
+    /// `build_context`'s digest and file count, computed once (status polls show them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_summary: Option<(String, usize)>,
     /// Named build contexts of a Dockerfile build (`FROM name`, `COPY --from=name`), uploaded
     /// like `build_context`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -852,6 +855,9 @@ pub fn parse_build_request(body: &Value) -> Result<(BuildDefinition, RequestSecr
         steps,
         build_secret_ids: build_secrets.keys().cloned().collect(),
         registry_auth_hosts: registry_auth.iter().map(|a| a.registry.clone()).collect(),
+        context_summary: build_context
+            .as_ref()
+            .map(|c| (c.digest(), c.file_count())),
         build_context,
         named_contexts,
         start_cmd,

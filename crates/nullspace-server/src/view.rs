@@ -70,8 +70,8 @@ pub fn build(record: &BuildRecord) -> Value {
         "error": if record.status == status::ERROR { json!(record.error_message) } else { Value::Null },
         "error_detail": error_detail,
         "source_digest": record.result.as_ref().and_then(|r| r.source_digest.clone()),
-        "context_digest": definition.build_context.as_ref().map(|c| c.digest()),
-        "context_file_count": definition.build_context.as_ref().map(|c| c.file_count()),
+        "context_digest": definition.context_summary.as_ref().map(|(digest, _)| digest),
+        "context_file_count": definition.context_summary.as_ref().map(|(_, count)| count),
         "dockerfile_digest": null,
         "build_config": {
             "vcpus": definition.cpu_count,
