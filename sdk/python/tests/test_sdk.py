@@ -413,9 +413,9 @@ def test_error_paths(server: Server) -> None:
     with pytest.raises(InvalidRequestError) as failure:
         Template.build(Template.from_debian_image(), "acme/bad")
     assert "single-segment" in failure.value.message
-    with pytest.raises(InvalidRequestError) as failure:
+    with pytest.raises(NotFoundError) as missing:
         Template.build(Template.from_template("x").set_runtime_envs({"A": "1"}), "envs")
-    assert failure.value.message.startswith("steps") and "template base" in failure.value.message
+    assert missing.value.code == "template_not_found"
     with pytest.raises(InvalidRequestError) as failure:
         Template.build(Template.from_debian_image(), "secrets", build_secrets={"token": "s3cret"})
     assert "build_secrets" in failure.value.message and "s3cret" not in failure.value.message
