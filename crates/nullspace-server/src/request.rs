@@ -855,9 +855,7 @@ pub fn parse_build_request(body: &Value) -> Result<(BuildDefinition, RequestSecr
         steps,
         build_secret_ids: build_secrets.keys().cloned().collect(),
         registry_auth_hosts: registry_auth.iter().map(|a| a.registry.clone()).collect(),
-        context_summary: build_context
-            .as_ref()
-            .map(|c| (c.digest(), c.file_count())),
+        context_summary: build_context.as_ref().map(|c| (c.digest(), c.file_count())),
         build_context,
         named_contexts,
         start_cmd,
