@@ -357,6 +357,37 @@ fn segment(id: &str) -> String {
         .collect()
 }
 
+/// Marks the files of copies with `force_upload` (from `--copy-items`) as forced uploads.
+fn mark_forced(context: &mut LocalContext, steps: &[nullspace_build::declarative::Step]) {
+    use nullspace_build::declarative::Step;
+    let forced: Vec<&str> = steps
+        .iter()
+        .flat_map(|step| match step {
+            Step::Copy(item) => std::slice::from_ref(item),
+            Step::CopyItems { items } => items.as_slice(),
+            _ => &[],
+        })
+        .filter(|item| item.force_upload)
+        .map(|item| item.src.as_str())
+        .collect();
+    for entry in &mut context.manifest.entries {
+        if let ContextEntry::File {
+            path,
+            upload,
+            reason,
+            ..
+        } = entry
+        {
+            let under =
+                |src: &str| src == "." || path == src || path.starts_with(&format!("{src}/"));
+            if forced.iter().any(|src| under(src)) {
+                *upload = UploadStatus::Forced;
+                *reason = Some("force_upload".into());
+            }
+        }
+    }
+}
+
 /// `--build-secret-env ID=VAR` and `--build-secret-file ID=PATH` as the API's `[{id, value}]`,
 /// read here.
 fn build_secrets(from_env: &[String], from_file: &[String]) -> anyhow::Result<Vec<Value>> {
@@ -480,7 +511,9 @@ fn build_body(mut args: BuildArgs) -> anyhow::Result<RequestBody> {
             .map(|(_, src)| src)
             .collect();
         if !sources.is_empty() {
-            context = Some(LocalContext::scan_paths(&root, &sources)?);
+            let mut scanned = LocalContext::scan_paths(&root, &sources)?;
+            mark_forced(&mut scanned, &steps);
+            context = Some(scanned);
         }
         body.insert("steps".into(), serde_json::to_value(&steps)?);
     }
@@ -730,7 +763,8 @@ impl Client {
             else {
                 continue;
             };
-            let needed = skip_cache || missing.contains(digest.as_str());
+            let forced = *upload == UploadStatus::Forced;
+            let needed = skip_cache || forced || missing.contains(digest.as_str());
             if needed {
                 let local = context
                     .files
@@ -740,10 +774,11 @@ impl Client {
                     .entry(digest.clone())
                     .or_insert_with(|| local.clone());
             }
-            (*upload, *reason) = match (skip_cache, needed) {
-                (true, _) => (UploadStatus::Forced, Some("whole_build_skip_cache".into())),
-                (false, true) => (UploadStatus::Uploaded, None),
-                (false, false) => (UploadStatus::Reused, None),
+            (*upload, *reason) = match (skip_cache, forced, needed) {
+                (true, _, _) => (UploadStatus::Forced, Some("whole_build_skip_cache".into())),
+                (false, true, _) => (UploadStatus::Forced, Some("force_upload".into())),
+                (false, false, true) => (UploadStatus::Uploaded, None),
+                (false, false, false) => (UploadStatus::Reused, None),
             };
         }
         let uploads = to_send.into_iter().map(|(digest, local)| async move {

@@ -253,6 +253,21 @@ fn query_bool(query: &HashMap<String, String>, name: &str) -> ApiResult<bool> {
 }
 
 /// A template base must name an existing template of the caller.
+/// [`check_base`] on a blocking thread (a context can mean many file checks).
+async fn check_base_blocking(
+    state: &AppState,
+    owner: &str,
+    definition: &BuildDefinition,
+) -> ApiResult<()> {
+    if definition.build_context.is_none() && definition.named_contexts.is_empty() {
+        return check_base(state, owner, definition);
+    }
+    let (state, owner, definition) = (state.clone(), owner.to_string(), definition.clone());
+    tokio::task::spawn_blocking(move || check_base(&state, &owner, &definition))
+        .await
+        .map_err(ApiError::internal)?
+}
+
 /// Checks what the request refers to in the caller's own state: a template base exists, and
 /// every file blob of the build context was uploaded.
 fn check_base(state: &AppState, owner: &str, definition: &BuildDefinition) -> ApiResult<()> {
@@ -320,7 +335,11 @@ async fn missing_blobs(
         })
         .collect::<ApiResult<Vec<_>>>()?;
     let blobs = context_blobs(&state, &owner)?;
-    Ok(Json(json!({ "missing": blobs.missing(&digests) })))
+    // Up to 200k stat calls: off the async workers.
+    let missing = tokio::task::spawn_blocking(move || blobs.missing(&digests))
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!({ "missing": missing })))
 }
 
 /// `HEAD /v1/templates/build-context/blobs/{digest}`: 200 when the caller has it, else 404.
@@ -393,7 +412,7 @@ async fn create_build(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let body = json_body(&body)?;
     let (definition, secrets) = parse_build_request(&body)?;
-    check_base(&state, &owner, &definition)?;
+    check_base_blocking(&state, &owner, &definition).await?;
     let record = state.runner.submit(&owner, definition, secrets, None)?;
     Ok((StatusCode::ACCEPTED, Json(view::build(&record))))
 }
@@ -638,7 +657,7 @@ async fn retry_build(
         registry_auth,
     };
     checked_buildkit_spec(&definition, &secrets)?;
-    check_base(&state, &owner, &definition)?;
+    check_base_blocking(&state, &owner, &definition).await?;
     let record = state
         .runner
         .submit(&owner, definition, secrets, Some(original.id.clone()))?;

@@ -487,6 +487,36 @@ fn background_builds_upload_their_build_context() {
         "{status}"
     );
 
+    // `force_upload` in --copy-items sends the blobs again: bypasses, not hits.
+    std::fs::write(
+        work.path().join("items.json"),
+        r#"[{"src": "app", "dst": "/srv/app", "force_upload": true}]"#,
+    )
+    .unwrap();
+    let forced = json(&in_work(&[
+        "template",
+        "build",
+        "--from-debian-image",
+        "--name",
+        "ctx",
+        "--copy-items",
+        "@items.json",
+        "--background",
+        "--json",
+    ]));
+    let forced_id = forced["build_id"].as_str().unwrap().to_string();
+    ok(&run(&cli, &server, KEY, &["template", "wait", &forced_id]));
+    let status = json(&run(
+        &cli,
+        &server,
+        KEY,
+        &["template", "status", &forced_id, "--json"],
+    ));
+    assert_eq!(
+        status["build"]["cache_summary"]["file_blob_bypasses"], 2,
+        "{status}"
+    );
+
     // A Dockerfile build sends its folder as the context.
     let df = json(&in_work(&[
         "template",
