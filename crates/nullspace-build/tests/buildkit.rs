@@ -18,6 +18,9 @@ use nullspace_build::{
 };
 use nullspace_oci::{Credentials, RegistryConfig};
 
+#[path = "buildkit/cloud_auth.rs"]
+mod cloud_auth;
+
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .ancestors()

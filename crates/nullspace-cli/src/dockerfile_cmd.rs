@@ -1,12 +1,15 @@
 //! `nullspace template build --from-dockerfile PATH`: the Dockerfile flags, resolved on this
 //! side (secrets from env vars and files) into a [`DockerfileSpec`] built by BuildKit.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Args;
 
-use nullspace_build::dockerfile::{BuildBackend, DockerfileSource, DockerfileSpec, SecretSource};
+use nullspace_build::dockerfile::{
+    BuildBackend, DockerfileSource, DockerfileSpec, SecretSource, SecretValue,
+};
 use nullspace_build::{BuildError, BuildOutcome, BuildRequest, Engine, EventSink};
 use nullspace_oci::Credentials;
 
@@ -59,6 +62,26 @@ pub fn reject_without_dockerfile(args: &DockerfileArgs) -> anyhow::Result<()> {
     }
 }
 
+/// `--build-secret-env ID=VAR` and `--build-secret-file ID=PATH`, read here (the errors name
+/// the id and the variable or file, never a value).
+pub fn resolve_secrets(
+    from_env: &[String],
+    from_file: &[String],
+) -> anyhow::Result<BTreeMap<String, SecretValue>> {
+    let mut secrets = BTreeMap::new();
+    for item in from_env {
+        let (id, env) = pair("--build-secret-env", item)?;
+        let source = SecretSource::Env { env: env.into() };
+        secrets.insert(id.to_string(), source.resolve(id)?);
+    }
+    for item in from_file {
+        let (id, path) = pair("--build-secret-file", item)?;
+        let source = SecretSource::File { path: path.into() };
+        secrets.insert(id.to_string(), source.resolve(id)?);
+    }
+    Ok(secrets)
+}
+
 /// Resolves the flags into a spec (secret values read here, never echoed).
 pub fn spec(
     dockerfile: PathBuf,
@@ -72,16 +95,7 @@ pub fn spec(
         Some(_) => Some(BuildBackend::Buildkit),
         None => None,
     };
-    for item in &args.build_secret_env {
-        let (id, env) = pair("--build-secret-env", item)?;
-        let source = SecretSource::Env { env: env.into() };
-        spec.build_secrets.insert(id.into(), source.resolve(id)?);
-    }
-    for item in &args.build_secret_file {
-        let (id, path) = pair("--build-secret-file", item)?;
-        let source = SecretSource::File { path: path.into() };
-        spec.build_secrets.insert(id.into(), source.resolve(id)?);
-    }
+    spec.build_secrets = resolve_secrets(&args.build_secret_env, &args.build_secret_file)?;
     for item in &args.build_context {
         let (name, dir) = pair("--build-context", item)?;
         spec.named_contexts.insert(name.into(), dir.into());

@@ -391,48 +391,16 @@ fn mark_forced(context: &mut LocalContext, steps: &[nullspace_build::declarative
 /// `--build-secret-env ID=VAR` and `--build-secret-file ID=PATH` as the API's `[{id, value}]`,
 /// read here.
 fn build_secrets(from_env: &[String], from_file: &[String]) -> anyhow::Result<Vec<Value>> {
-    let mut secrets = Vec::new();
-    for item in from_env {
-        let (id, variable) = item.split_once('=').unwrap_or((item, item));
-        let value = std::env::var(variable).map_err(|_| {
-            RemoteError::new(
-                "invalid_request",
-                format!("--build-secret-env {id}: ${variable} is not set"),
-            )
-        })?;
-        secrets.push(json!({ "id": id, "value": value }));
-    }
-    for item in from_file {
-        let (id, file) = item.split_once('=').unwrap_or((item, item));
-        let value = std::fs::read_to_string(file)
-            .with_context(|| format!("--build-secret-file {id}: reading {file}"))?;
-        secrets.push(json!({ "id": id, "value": value }));
-    }
-    Ok(secrets)
+    Ok(crate::dockerfile_cmd::resolve_secrets(from_env, from_file)?
+        .into_iter()
+        .map(|(id, value)| json!({ "id": id, "value": String::from_utf8_lossy(value.expose()) }))
+        .collect())
 }
 
 /// The request `template build --dry-run` shows: the body as it would be sent (the build
 /// context described, nothing uploaded) with every secret value replaced by `<redacted>`.
 pub fn dry_run_body(args: BuildArgs) -> anyhow::Result<Value> {
-    let RequestBody {
-        mut body,
-        context,
-        named_contexts,
-        ..
-    } = build_body(args)?;
-    if let Some(context) = context {
-        body.insert(
-            "build_context".into(),
-            serde_json::to_value(&context.manifest)?,
-        );
-    }
-    if !named_contexts.is_empty() {
-        let named: Map<String, Value> = named_contexts
-            .into_iter()
-            .map(|(name, c)| Ok((name, serde_json::to_value(&c.manifest)?)))
-            .collect::<anyhow::Result<_>>()?;
-        body.insert("build_contexts".into(), Value::Object(named));
-    }
+    let mut body = build_body(args)?.into_body()?;
     let redacted = json!("<redacted>");
     if let Some(auth) = body
         .get_mut("base_image_auth")
@@ -458,6 +426,32 @@ struct RequestBody {
     context: Option<LocalContext>,
     named_contexts: Vec<(String, LocalContext)>,
     skip_cache: bool,
+}
+
+impl RequestBody {
+    /// The body with the contexts' manifests in it (`build_context`, `build_contexts`).
+    fn into_body(self) -> anyhow::Result<Map<String, Value>> {
+        let RequestBody {
+            mut body,
+            context,
+            named_contexts,
+            ..
+        } = self;
+        if let Some(context) = context {
+            body.insert(
+                "build_context".into(),
+                serde_json::to_value(&context.manifest)?,
+            );
+        }
+        if !named_contexts.is_empty() {
+            let named: Map<String, Value> = named_contexts
+                .into_iter()
+                .map(|(name, c)| Ok((name, serde_json::to_value(&c.manifest)?)))
+                .collect::<anyhow::Result<_>>()?;
+            body.insert("build_contexts".into(), Value::Object(named));
+        }
+        Ok(body)
+    }
 }
 
 /// The `POST /v1/templates/builds` body for `template build --background` (also `validate`
@@ -693,33 +687,15 @@ impl Client {
 
     /// The request body, with its build context uploaded when `upload` (only the blobs the
     /// server lacks; all of them with `--skip-cache`) and described either way.
-    async fn prepare(&self, request: RequestBody, upload: bool) -> anyhow::Result<Value> {
-        let RequestBody {
-            mut body,
-            context,
-            named_contexts,
-            skip_cache,
-        } = request;
-        let mut named = Map::new();
-        for (name, mut context) in named_contexts {
-            if upload {
-                self.upload_context(&mut context, skip_cache).await?;
+    async fn prepare(&self, mut request: RequestBody, upload: bool) -> anyhow::Result<Value> {
+        if upload {
+            let skip_cache = request.skip_cache;
+            let named = request.named_contexts.iter_mut().map(|(_, c)| c);
+            for context in request.context.iter_mut().chain(named) {
+                self.upload_context(context, skip_cache).await?;
             }
-            named.insert(name, serde_json::to_value(&context.manifest)?);
         }
-        if !named.is_empty() {
-            body.insert("build_contexts".into(), Value::Object(named));
-        }
-        if let Some(mut context) = context {
-            if upload {
-                self.upload_context(&mut context, skip_cache).await?;
-            }
-            body.insert(
-                "build_context".into(),
-                serde_json::to_value(&context.manifest)?,
-            );
-        }
-        Ok(Value::Object(body))
+        Ok(Value::Object(request.into_body()?))
     }
 
     /// Asks which blobs the server lacks and uploads them (every one with `skip_cache`),

@@ -492,12 +492,7 @@ class Template:
         """Starts a build and returns its handle at once: the build context (if any) is
         hashed, the blobs the server lacks are uploaded, then the build is queued."""
         client = Client(api_url, api_key)
-        context = builder._collect_context()
-        manifest = upload(context, client, bool(skip_cache)) if context is not None else None
-        named = {
-            name: upload(collect_tree(folder), client, bool(skip_cache))
-            for name, folder in builder._named_contexts.items()
-        }
+        _, manifest, named = builder._context_manifests(client, bool(skip_cache))
         body = builder.to_request(
             name,
             tags=tags,
@@ -580,10 +575,21 @@ class Template:
         response = Client(api_url, api_key).request("POST", "/v1/templates/plan", json_body=body)
         return BuildPlan.from_dict(response)
 
-    def _request_with_context(self, name: Optional[str], options: Dict[str, Any]) -> Dict[str, Any]:
+    def _context_manifests(
+        self, client: Optional[Client] = None, skip_cache: bool = False
+    ) -> Tuple[Optional[BuildContext], Optional[Dict[str, Any]], Dict[str, Dict[str, Any]]]:
+        """The local build context, its manifest and the named contexts' manifests; with a
+        ``client``, their missing blobs are uploaded first."""
+
+        def manifest(context: BuildContext) -> Dict[str, Any]:
+            return upload(context, client, skip_cache) if client is not None else context.manifest()
+
         context = self._collect_context()
-        manifest = context.manifest() if context is not None else None
-        named = {n: collect_tree(f).manifest() for n, f in self._named_contexts.items()}
+        named = {n: manifest(collect_tree(f)) for n, f in self._named_contexts.items()}
+        return context, (manifest(context) if context is not None else None), named
+
+    def _request_with_context(self, name: Optional[str], options: Dict[str, Any]) -> Dict[str, Any]:
+        _, manifest, named = self._context_manifests()
         return self.to_request(name, build_context=manifest, build_contexts=named, **options)
 
     @staticmethod
@@ -593,18 +599,13 @@ class Template:
         """Reports the local build context (files with sizes and digests, directories,
         symlinks, what ``.dockerignore`` excluded, unsupported entries, warnings) and the
         request payload with secrets redacted. Nothing is sent."""
-        context = builder._collect_context()
-        report: Dict[str, Any] = (
-            context.describe()
-            if context is not None
-            else {"context_root": None, "file_count": 0, "total_bytes": 0, "files": [],
-                  "directories": [], "symlinks": {}, "ignored": [], "unsupported": [],
-                  "warnings": [], "forced_uploads": {}}
-        )
+        context, manifest, named = builder._context_manifests()
+        report = (context or BuildContext(builder._context_root)).describe()
         report["request"] = builder.to_request(
             name,
             include_secrets=False,
-            build_context=context.manifest() if context is not None else None,
+            build_context=manifest,
+            build_contexts=named,
             **options,
         )
         return report

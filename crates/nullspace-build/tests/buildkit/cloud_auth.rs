@@ -6,15 +6,13 @@
 //! devenv's `library/debian:bookworm`.
 //!
 //! Needs `docker-registry`, `htpasswd`, `skopeo`, `openssl`, `debugfs` and, for ECR,
-//! `moto_server` on PATH; a test whose tools are missing prints why and passes.
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+//! `moto_server` on PATH; a test whose tools are missing fails, naming them.
 
-use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -22,9 +20,7 @@ use futures_util::future::BoxFuture;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use nullspace_build::buildkit::{
-    BuildkitDriver, BuildkitError, BuildkitInfo, BuildkitJob, DockerBuildx, DockerBuildxConfig,
-};
+use nullspace_build::buildkit::{BuildkitDriver, BuildkitError, BuildkitInfo, BuildkitJob};
 use nullspace_build::dockerfile::{DockerfileSource, DockerfileSpec};
 use nullspace_build::engine_dockerfile::BuildkitOptions;
 use nullspace_build::events::EventSink;
@@ -33,50 +29,10 @@ use nullspace_build::{
 };
 use nullspace_oci::{Credentials, RegistryConfig};
 
+use super::{devenv, driver as docker_buildx};
+
 // ---------------------------------------------------------------------------------------------
-// The devenv, BuildKit and the engine.
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .nth(2)
-        .unwrap()
-        .to_path_buf()
-}
-
-/// Brings the devenv up once and exports its variables into this process.
-fn devenv() -> &'static HashMap<String, String> {
-    static ENV: OnceLock<HashMap<String, String>> = OnceLock::new();
-    ENV.get_or_init(|| {
-        let out = Command::new(repo_root().join("scripts/devenv"))
-            .arg("up")
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("running scripts/devenv up");
-        assert!(out.status.success(), "scripts/devenv up failed");
-        let vars: HashMap<String, String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.strip_prefix("export "))
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| {
-                (
-                    k.to_string(),
-                    v.trim().trim_matches(['\'', '"']).to_string(),
-                )
-            })
-            .collect();
-        for (k, v) in &vars {
-            std::env::set_var(k, v);
-        }
-        vars
-    })
-}
-
-fn docker_buildx() -> &'static DockerBuildx {
-    static DRIVER: OnceLock<DockerBuildx> = OnceLock::new();
-    devenv();
-    DRIVER.get_or_init(|| DockerBuildx::new(DockerBuildxConfig::from_env()))
-}
+// BuildKit and the engine.
 
 /// The devenv's BuildKit, counting builds and keeping the Docker config each build was given
 /// (read while BuildKit runs: the engine deletes it right after).
@@ -207,17 +163,9 @@ impl Env {
     }
 }
 
-/// The content of `path` in the ext4 image, via `debugfs -R 'cat PATH'`.
+/// The content of `path` in the ext4 image (which must hold it).
 fn cat(image: &Path, path: &str) -> String {
-    let out = Command::new("debugfs")
-        .arg("-R")
-        .arg(format!("cat {path}"))
-        .arg(image)
-        .stderr(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "debugfs cat {path}");
-    String::from_utf8(out.stdout).unwrap()
+    super::cat(image, path).unwrap_or_else(|| panic!("{path} is not in {}", image.display()))
 }
 
 /// The user and password of `host` in a Docker config.json.
@@ -247,14 +195,16 @@ fn on_path(tool: &str) -> bool {
     })
 }
 
-/// Prints why the test is skipped when a tool is missing.
-fn have_tools(test: &str, tools: &[&str]) -> bool {
+/// Fails the test, naming the missing tools, when one is not on PATH (`scripts/test` installs
+/// them all; a skipped check would pass without checking anything).
+fn require_tools(test: &str, tools: &[&str]) {
     let missing: Vec<&str> = tools.iter().copied().filter(|t| !on_path(t)).collect();
-    if missing.is_empty() {
-        return true;
-    }
-    println!("skipped {test}: not on PATH: {}", missing.join(", "));
-    false
+    assert!(
+        missing.is_empty(),
+        "{test}: not on PATH: {} (moto: `pip install 'moto[server]'`; the rest: \
+         `apt-get install docker-registry apache2-utils skopeo gzip openssl e2fsprogs`)",
+        missing.join(", ")
+    );
 }
 
 fn free_port() -> u16 {
@@ -579,7 +529,7 @@ fn pem_fragment(pem: &str) -> String {
 
 #[tokio::test]
 async fn gcp_base_image_auth_reaches_a_private_registry_through_buildkit() {
-    if !have_tools(
+    require_tools(
         "gcp buildkit test",
         &[
             "docker-registry",
@@ -588,9 +538,7 @@ async fn gcp_base_image_auth_reaches_a_private_registry_through_buildkit() {
             "openssl",
             "debugfs",
         ],
-    ) {
-        return;
-    }
+    );
     let dir = tempfile::tempdir().unwrap();
     let (pem, public_key) = openssl_rsa_key(dir.path(), "sa");
     let (other_pem, _) = openssl_rsa_key(dir.path(), "other");
@@ -698,7 +646,7 @@ async fn gcp_base_image_auth_reaches_a_private_registry_through_buildkit() {
 
 #[tokio::test]
 async fn ecr_base_image_auth_reaches_a_private_registry_through_buildkit() {
-    if !have_tools(
+    require_tools(
         "ecr buildkit test",
         &[
             "moto_server",
@@ -707,9 +655,7 @@ async fn ecr_base_image_auth_reaches_a_private_registry_through_buildkit() {
             "skopeo",
             "debugfs",
         ],
-    ) {
-        return;
-    }
+    );
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let mut moto = ProcessGuard::spawn(
