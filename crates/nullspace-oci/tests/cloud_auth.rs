@@ -4,7 +4,7 @@
 //! an image pushed with skopeo, pulled through the providers.
 //!
 //! Needs `docker-registry`, `htpasswd`, `skopeo`, `gzip` and `openssl` (GCP) or `moto_server`
-//! (AWS) on PATH; a test whose tools are missing prints why and passes.
+//! (AWS) on PATH; a test whose tools are missing fails, naming them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::TcpListener;
@@ -42,18 +42,16 @@ fn on_path(tool: &str) -> bool {
     })
 }
 
-/// Prints why the test is skipped when a tool is missing.
-fn have_tools(test: &str, tools: &[&str]) -> bool {
+/// Fails the test, naming the missing tools, when one is not on PATH (`scripts/test` installs
+/// them all; a skipped check would pass without checking anything).
+fn require_tools(test: &str, tools: &[&str]) {
     let missing: Vec<&str> = tools.iter().copied().filter(|t| !on_path(t)).collect();
-    if missing.is_empty() {
-        return true;
-    }
-    println!(
-        "skipped {test}: not on PATH: {} (moto: `pip install 'moto[server]'`; the rest: \
-         `apt-get install docker-registry apache2-utils skopeo gzip openssl`)",
+    assert!(
+        missing.is_empty(),
+        "{test}: not on PATH: {} (moto: `pip install 'moto[server]'`; the rest: \
+         `apt-get install docker-registry apache2-utils skopeo gzip openssl e2fsprogs`)",
         missing.join(", ")
     );
-    false
 }
 
 fn free_port() -> u16 {
@@ -447,12 +445,10 @@ fn pem_fragment(pem: &str) -> String {
 
 #[tokio::test]
 async fn gcp_service_account_pulls_from_a_registry_and_bad_keys_fail_clearly() {
-    if !have_tools(
+    require_tools(
         "gcp test",
         &["docker-registry", "htpasswd", "skopeo", "gzip", "openssl"],
-    ) {
-        return;
-    }
+    );
     let dir = tempfile::tempdir().unwrap();
     let (pem, public_key) = openssl_rsa_key(dir.path(), "sa");
     let (other_pem, _) = openssl_rsa_key(dir.path(), "other");
@@ -735,7 +731,7 @@ fn ecr_creds(key: &str, secret: &str, region: &str, endpoint: &str) -> Credentia
 
 #[tokio::test]
 async fn ecr_access_key_pulls_from_a_registry_through_moto() {
-    if !have_tools(
+    require_tools(
         "ecr test",
         &[
             "moto_server",
@@ -744,9 +740,7 @@ async fn ecr_access_key_pulls_from_a_registry_through_moto() {
             "skopeo",
             "gzip",
         ],
-    ) {
-        return;
-    }
+    );
     let dir = tempfile::tempdir().unwrap();
     let (_moto, moto_host, key, secret) = start_moto(dir.path()).await;
     let moto_url = format!("http://{moto_host}/");

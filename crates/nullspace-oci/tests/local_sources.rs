@@ -203,10 +203,9 @@ fn docker_archive_synthesises_manifest() {
 
 #[test]
 fn devenv_fixture_layouts() {
-    let Ok(base) = std::env::var("NULLSPACE_FIXTURE_BASE_LAYOUT") else {
-        println!("skipped: NULLSPACE_FIXTURE_BASE_LAYOUT is unset (run `scripts/devenv up`)");
-        return;
-    };
+    let base = std::env::var("NULLSPACE_FIXTURE_BASE_LAYOUT").expect(
+        "NULLSPACE_FIXTURE_BASE_LAYOUT is unset: run the tests with scripts/test (or export `scripts/devenv up`)",
+    );
     let sdir = tempfile::tempdir().unwrap();
     let store = BlobStore::new(sdir.path()).unwrap();
     let img = open_oci_layout(Path::new(&base), None, &Platform::host(), &store).unwrap();

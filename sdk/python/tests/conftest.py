@@ -123,7 +123,7 @@ def devenv() -> Dict[str, str]:
     env = dict(os.environ)
     env.update(_devenv())
     if not env.get("NULLSPACE_REGISTRY"):
-        pytest.skip("the local test registries are not configured (run scripts/devenv up)")
+        pytest.fail("the local test registries are not configured (run the tests with scripts/test)")
     return env
 
 
