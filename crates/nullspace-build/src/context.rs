@@ -14,7 +14,6 @@ use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use nullspace_oci::{BlobStore, Digest};
@@ -22,82 +21,11 @@ use nullspace_oci::{BlobStore, Digest};
 use crate::data_dir::DataDir;
 use crate::error::{io_at, BuildError};
 
-/// Most entries one context may have.
-pub const MAX_CONTEXT_ENTRIES: usize = 200_000;
+pub use nullspace_api::context::{
+    ContextEntry, ContextManifest, UploadStatus, MAX_CONTEXT_ENTRIES,
+};
 
-/// How a file's blob reached the server for this build, as the client reports it (it is the
-/// one that asked which blobs were missing). Drives the `file_blob` cache entries.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum UploadStatus {
-    /// The server already had the blob; nothing was sent (a cache hit).
-    #[default]
-    Reused,
-    /// The server lacked the blob and it was uploaded (a miss, then a store).
-    Uploaded,
-    /// Uploaded although the server had it (`force_upload`, `skip_cache`, or after the
-    /// builder's `skip_cache()` boundary): a bypass.
-    Forced,
-}
-
-/// One entry of an uploaded context.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum ContextEntry {
-    /// A regular file whose content is the blob `digest`.
-    File {
-        /// Path inside the context (`a/b.txt`).
-        path: String,
-        /// `sha256:<hex>` of the content.
-        digest: String,
-        /// Size in bytes.
-        size: u64,
-        /// Permission bits (`0o644`); setuid, setgid and sticky bits are refused.
-        mode: u32,
-        /// How the blob reached the server (reported by the client).
-        #[serde(default)]
-        upload: UploadStatus,
-        /// Why a forced upload was forced: `force_upload`, `whole_build_skip_cache` or
-        /// `builder_cache_boundary`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        reason: Option<String>,
-    },
-    /// A directory (needed for empty ones and for their modes).
-    Dir {
-        /// Path inside the context.
-        path: String,
-        /// Permission bits.
-        mode: u32,
-    },
-    /// A symbolic link, kept as a link (BuildKit resolves it inside the context).
-    Symlink {
-        /// Path inside the context.
-        path: String,
-        /// The link's target, verbatim.
-        target: String,
-    },
-}
-
-impl ContextEntry {
-    /// The entry's path inside the context.
-    pub fn path(&self) -> &str {
-        match self {
-            ContextEntry::File { path, .. }
-            | ContextEntry::Dir { path, .. }
-            | ContextEntry::Symlink { path, .. } => path,
-        }
-    }
-}
-
-/// An uploaded build context: what a build request's `build_context` carries.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ContextManifest {
-    /// The entries, in any order.
-    pub entries: Vec<ContextEntry>,
-}
-
-/// What a [`ContextManifest::materialize`] wrote.
+/// What [`materialize`] wrote.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ContextStats {
     /// Regular files.
@@ -106,348 +34,108 @@ pub struct ContextStats {
     pub bytes: u64,
 }
 
-fn invalid(index: usize, message: impl Into<String>) -> BuildError {
-    BuildError::InvalidRequest {
-        field: format!("build_context.entries[{index}]"),
-        message: message.into(),
-    }
-}
-
-/// Checks a context path: relative, `/`-separated, no empty, `.` or `..` component, no NUL or
-/// control characters.
-fn check_path(index: usize, path: &str) -> Result<(), BuildError> {
-    let bad = path.is_empty()
-        || path.starts_with('/')
-        || path.len() > 4096
-        || path.chars().any(char::is_control)
-        || path
-            .split('/')
-            .any(|part| part.is_empty() || part == "." || part == ".." || part.len() > 255);
-    if bad {
-        return Err(invalid(
-            index,
-            format!("path {path:?} must be relative, without empty, '.' or '..' parts"),
-        ));
-    }
-    Ok(())
-}
-
-impl ContextManifest {
-    /// Checks every entry; errors name the entry and what is wrong with it.
-    pub fn validate(&self) -> Result<(), BuildError> {
-        if self.entries.len() > MAX_CONTEXT_ENTRIES {
-            return Err(BuildError::InvalidRequest {
-                field: "build_context.entries".into(),
-                message: format!(
-                    "{} entries; at most {MAX_CONTEXT_ENTRIES} are accepted",
-                    self.entries.len()
-                ),
-            });
+/// Writes the context `manifest` into `dest` (which must not exist), its files copied from
+/// `blobs`. The manifest is validated first. A missing or altered blob is a
+/// [`BuildError::FileUpload`] naming the path.
+pub fn materialize(
+    manifest: &ContextManifest,
+    blobs: &ContextBlobs,
+    dest: &Path,
+) -> Result<ContextStats, BuildError> {
+    manifest.validate()?;
+    DirBuilder::new()
+        .mode(0o755)
+        .create(dest)
+        .map_err(io_at(dest))?;
+    let mut entries: Vec<&ContextEntry> = manifest.entries.iter().collect();
+    // Parents before children; directory modes are set last so a read-only one can be filled.
+    entries.sort_by(|a, b| a.path().cmp(b.path()));
+    let mut stats = ContextStats::default();
+    let mut dir_modes = Vec::new();
+    // A blob named by several entries with the same mode is written once and hard-linked.
+    let mut written: BTreeMap<(&str, u32), PathBuf> = BTreeMap::new();
+    for entry in entries {
+        let target = dest.join(entry.path());
+        if let Some(parent) = target.parent() {
+            DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(parent)
+                .map_err(io_at(parent))?;
         }
-        let mut kinds: BTreeMap<&str, bool> = BTreeMap::new(); // path → is a directory
-        let mut symlinks: BTreeSet<&str> = BTreeSet::new();
-        for (index, entry) in self.entries.iter().enumerate() {
-            let path = entry.path();
-            check_path(index, path)?;
-            match entry {
-                ContextEntry::File {
-                    digest,
-                    mode,
-                    reason,
-                    ..
-                } => {
-                    parse_digest(digest).map_err(|message| invalid(index, message))?;
-                    check_mode(index, *mode)?;
-                    if let Some(reason) = reason {
-                        if ![
-                            "force_upload",
-                            "whole_build_skip_cache",
-                            "builder_cache_boundary",
-                        ]
-                        .contains(&reason.as_str())
-                        {
-                            return Err(invalid(index, format!("unknown reason {reason:?}")));
-                        }
-                    }
+        match entry {
+            ContextEntry::Dir { mode, .. } => {
+                match DirBuilder::new().mode(0o755).create(&target) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(io_at(&target)(e)),
                 }
-                ContextEntry::Dir { mode, .. } => check_mode(index, *mode)?,
-                ContextEntry::Symlink { target, .. } => {
-                    if target.is_empty() || target.contains('\0') || target.len() > 4096 {
-                        return Err(invalid(index, "a symlink target must be 1..4096 bytes"));
-                    }
-                    symlinks.insert(path);
-                }
+                dir_modes.push((target, *mode));
             }
-            if kinds
-                .insert(path, matches!(entry, ContextEntry::Dir { .. }))
-                .is_some()
-            {
-                return Err(invalid(index, format!("{path:?} appears twice")));
+            ContextEntry::Symlink { target: link, .. } => {
+                std::os::unix::fs::symlink(link, &target).map_err(io_at(&target))?;
             }
-        }
-        // No entry beneath a file or a symlink: writing it would follow the link.
-        for (index, entry) in self.entries.iter().enumerate() {
-            let path = entry.path();
-            let mut parent = path;
-            while let Some((head, _)) = parent.rsplit_once('/') {
-                if symlinks.contains(head) {
-                    return Err(invalid(
-                        index,
-                        format!("{path:?} is beneath the symlink {head:?}"),
-                    ));
-                }
-                if kinds.get(head) == Some(&false) {
-                    return Err(invalid(
-                        index,
-                        format!("{path:?} is beneath the file {head:?}"),
-                    ));
-                }
-                parent = head;
-            }
-        }
-        Ok(())
-    }
-
-    /// The digests of every file blob, each once.
-    pub fn file_digests(&self) -> BTreeSet<&str> {
-        self.entries
-            .iter()
-            .filter_map(|entry| match entry {
-                ContextEntry::File { digest, .. } => Some(digest.as_str()),
-                _ => None,
-            })
-            .collect()
-    }
-
-    /// Whether a `COPY` source (`./dir`, `a/b.txt`, a glob) can match something here: an
-    /// entry at that path or beneath it. Globs are left to BuildKit, which names what failed.
-    pub fn covers(&self, source: &str) -> bool {
-        let source = source.trim_start_matches("./").trim_end_matches('/');
-        if source.is_empty() || source == "." || source.contains(['*', '?', '[']) {
-            return !self.entries.is_empty();
-        }
-        self.entries.iter().any(|entry| {
-            let path = entry.path();
-            path == source
-                || path
-                    .strip_prefix(source)
-                    .is_some_and(|rest| rest.starts_with('/'))
-        })
-    }
-
-    /// Records every file's blob as reused (a retry sends no files).
-    pub fn mark_reused(&mut self) {
-        for entry in &mut self.entries {
-            if let ContextEntry::File { upload, reason, .. } = entry {
-                *upload = UploadStatus::Reused;
-                *reason = None;
-            }
-        }
-    }
-
-    /// The `file_blob` cache decisions of this context, one per distinct blob: `(status,
-    /// reason, subject)` with the statuses and reasons of the build log (a miss is followed
-    /// by its store).
-    pub fn cache_decisions(&self) -> Vec<(&'static str, Option<&'static str>, String)> {
-        let mut seen = BTreeSet::new();
-        let mut decisions = Vec::new();
-        for entry in &self.entries {
-            let ContextEntry::File {
+            ContextEntry::File {
                 path,
                 digest,
-                upload,
-                reason,
+                size,
+                mode,
                 ..
-            } = entry
-            else {
-                continue;
-            };
-            if !seen.insert(digest.as_str()) {
-                continue;
-            }
-            let subject = format!("{path} ({digest})");
-            match upload {
-                UploadStatus::Reused => decisions.push(("hit", None, subject)),
-                UploadStatus::Uploaded => {
-                    decisions.push(("miss", Some("missing_or_incompatible"), subject.clone()));
-                    decisions.push(("stored", None, subject));
+            } => {
+                if let Some(first) = written.get(&(digest.as_str(), *mode)) {
+                    std::fs::hard_link(first, &target).map_err(io_at(&target))?;
+                    stats.files += 1;
+                    stats.bytes += size;
+                    continue;
                 }
-                UploadStatus::Forced => {
-                    let reason = match reason.as_deref() {
-                        Some("whole_build_skip_cache") => "whole_build_skip_cache",
-                        Some("builder_cache_boundary") => "builder_cache_boundary",
-                        _ => "force_upload",
-                    };
-                    decisions.push(("bypass", Some(reason), subject.clone()));
-                    decisions.push(("stored", None, subject));
-                }
-            }
-        }
-        decisions
-    }
-
-    /// Bytes of file content the context holds (each entry counted).
-    pub fn total_bytes(&self) -> u64 {
-        self.entries
-            .iter()
-            .map(|e| match e {
-                ContextEntry::File { size, .. } => *size,
-                _ => 0,
-            })
-            .fold(0u64, u64::saturating_add)
-    }
-
-    /// Regular files in the context.
-    pub fn file_count(&self) -> usize {
-        self.entries
-            .iter()
-            .filter(|e| matches!(e, ContextEntry::File { .. }))
-            .count()
-    }
-
-    /// `sha256:` of the canonical manifest (entries sorted by path, upload reports left out):
-    /// equal contexts have equal digests whatever order or cache state they were sent in.
-    pub fn digest(&self) -> String {
-        let mut entries: Vec<ContextEntry> = self
-            .entries
-            .iter()
-            .map(|entry| match entry {
-                ContextEntry::File {
-                    path,
-                    digest,
-                    size,
-                    mode,
-                    ..
-                } => ContextEntry::File {
+                let parsed = parse_digest(digest).map_err(|message| BuildError::FileUpload {
                     path: path.clone(),
-                    digest: digest.clone(),
-                    size: *size,
-                    mode: *mode,
-                    upload: UploadStatus::Reused,
-                    reason: None,
-                },
-                other => other.clone(),
-            })
-            .collect();
-        entries.sort_by(|a, b| a.path().cmp(b.path()));
-        let canonical = serde_json::to_vec(&entries).unwrap_or_default();
-        format!("sha256:{:x}", Sha256::digest(&canonical))
-    }
-
-    /// Writes the context into `dest` (which must not exist), its files copied from `blobs`.
-    /// Call [`ContextManifest::validate`] first. A missing or altered blob is a
-    /// [`BuildError::FileUpload`] naming the path.
-    pub fn materialize(
-        &self,
-        blobs: &ContextBlobs,
-        dest: &Path,
-    ) -> Result<ContextStats, BuildError> {
-        self.validate()?;
-        DirBuilder::new()
-            .mode(0o755)
-            .create(dest)
-            .map_err(io_at(dest))?;
-        let mut entries: Vec<&ContextEntry> = self.entries.iter().collect();
-        // Parents before children; directory modes are set last so a read-only one can be filled.
-        entries.sort_by(|a, b| a.path().cmp(b.path()));
-        let mut stats = ContextStats::default();
-        let mut dir_modes = Vec::new();
-        // A blob named by several entries with the same mode is written once and hard-linked.
-        let mut written: BTreeMap<(&str, u32), PathBuf> = BTreeMap::new();
-        for entry in entries {
-            let target = dest.join(entry.path());
-            if let Some(parent) = target.parent() {
-                DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o755)
-                    .create(parent)
-                    .map_err(io_at(parent))?;
-            }
-            match entry {
-                ContextEntry::Dir { mode, .. } => {
-                    match DirBuilder::new().mode(0o755).create(&target) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                        Err(e) => return Err(io_at(&target)(e)),
-                    }
-                    dir_modes.push((target, *mode));
-                }
-                ContextEntry::Symlink { target: link, .. } => {
-                    std::os::unix::fs::symlink(link, &target).map_err(io_at(&target))?;
-                }
-                ContextEntry::File {
-                    path,
-                    digest,
-                    size,
-                    mode,
-                    ..
-                } => {
-                    if let Some(first) = written.get(&(digest.as_str(), *mode)) {
-                        std::fs::hard_link(first, &target).map_err(io_at(&target))?;
-                        stats.files += 1;
-                        stats.bytes += size;
-                        continue;
-                    }
-                    let parsed =
-                        parse_digest(digest).map_err(|message| BuildError::FileUpload {
+                    message,
+                })?;
+                let mut source =
+                    blobs
+                        .open_blob(&parsed, *size)
+                        .map_err(|message| BuildError::FileUpload {
                             path: path.clone(),
                             message,
                         })?;
-                    let mut source = blobs.open_blob(&parsed, *size).map_err(|message| {
-                        BuildError::FileUpload {
-                            path: path.clone(),
-                            message,
-                        }
-                    })?;
-                    let mut file = OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .mode(0o600)
-                        .open(&target)
-                        .map_err(io_at(&target))?;
-                    let mut hashing = HashingWriter {
-                        inner: &mut file,
-                        hasher: Sha256::new(),
-                    };
-                    let copied =
-                        std::io::copy(&mut source, &mut hashing).map_err(io_at(&target))?;
-                    let actual = format!("sha256:{:x}", hashing.hasher.finalize());
-                    if &actual != digest || copied != *size {
-                        // Damaged on disk: drop it so the client's next question reports it
-                        // missing and uploads it again.
-                        blobs.discard(&parsed);
-                        return Err(BuildError::FileUpload {
+                let mut file = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&target)
+                    .map_err(io_at(&target))?;
+                let mut hashing = HashingWriter {
+                    inner: &mut file,
+                    hasher: Sha256::new(),
+                };
+                let copied = std::io::copy(&mut source, &mut hashing).map_err(io_at(&target))?;
+                let actual = format!("sha256:{:x}", hashing.hasher.finalize());
+                if &actual != digest || copied != *size {
+                    // Damaged on disk: drop it so the client's next question reports it
+                    // missing and uploads it again.
+                    blobs.discard(&parsed);
+                    return Err(BuildError::FileUpload {
                             path: path.clone(),
                             message: format!(
                                 "the stored blob {digest} is damaged ({copied} bytes, {actual}); upload it again"
                             ),
                         });
-                    }
-                    file.flush().map_err(io_at(&target))?;
-                    file.set_permissions(std::fs::Permissions::from_mode(*mode))
-                        .map_err(io_at(&target))?;
-                    stats.files += 1;
-                    stats.bytes += copied;
-                    written.insert((digest.as_str(), *mode), target);
                 }
+                file.flush().map_err(io_at(&target))?;
+                file.set_permissions(std::fs::Permissions::from_mode(*mode))
+                    .map_err(io_at(&target))?;
+                stats.files += 1;
+                stats.bytes += copied;
+                written.insert((digest.as_str(), *mode), target);
             }
         }
-        for (dir, mode) in dir_modes.into_iter().rev() {
-            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))
-                .map_err(io_at(&dir))?;
-        }
-        Ok(stats)
     }
-}
-
-fn check_mode(index: usize, mode: u32) -> Result<(), BuildError> {
-    if mode & !0o777 != 0 {
-        return Err(invalid(
-            index,
-            format!("mode {mode:o}: only permission bits (0..=0777) are accepted"),
-        ));
+    for (dir, mode) in dir_modes.into_iter().rev() {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))
+            .map_err(io_at(&dir))?;
     }
-    Ok(())
+    Ok(stats)
 }
 
 /// Parses a `sha256:<64 hex>` digest (the only algorithm file blobs use).
@@ -624,139 +312,7 @@ impl BlobUpload {
     }
 }
 
-/// `.dockerignore` rules as Docker applies them: patterns in order, the last match wins, `!`
-/// re-includes, `*`, `?` and `[...]` stay within a path segment, `**` spans segments, and a
-/// pattern matching a directory excludes everything beneath it.
-#[derive(Clone, Debug, Default)]
-pub struct DockerIgnore {
-    rules: Vec<(Vec<u8>, bool)>,
-}
-
-impl DockerIgnore {
-    /// Parses the file's text.
-    pub fn parse(text: &str) -> DockerIgnore {
-        let mut rules = Vec::new();
-        for line in text.lines() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let (negated, pattern) = match line.strip_prefix('!') {
-                Some(rest) => (true, rest.trim()),
-                None => (false, line),
-            };
-            let cleaned = clean_pattern(pattern);
-            if !cleaned.is_empty() {
-                rules.push((cleaned.into_bytes(), negated));
-            }
-        }
-        DockerIgnore { rules }
-    }
-
-    /// The rules of `root/.dockerignore` (none when it does not exist).
-    pub fn load(root: &Path) -> Result<DockerIgnore, BuildError> {
-        let path = root.join(".dockerignore");
-        match std::fs::read_to_string(&path) {
-            Ok(text) => Ok(DockerIgnore::parse(&text)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(DockerIgnore::default()),
-            Err(e) => Err(io_at(&path)(e)),
-        }
-    }
-
-    /// Whether some rule re-includes (then excluded directories must still be walked).
-    pub fn has_exceptions(&self) -> bool {
-        self.rules.iter().any(|(_, negated)| *negated)
-    }
-
-    /// Whether the context path `path` (`a/b.txt`) is excluded.
-    pub fn excluded(&self, path: &str) -> bool {
-        let mut prefixes = Vec::new();
-        for (i, c) in path.char_indices() {
-            if c == '/' {
-                prefixes.push(&path[..i]);
-            }
-        }
-        prefixes.push(path);
-        let mut excluded = false;
-        for (pattern, negated) in &self.rules {
-            if prefixes.iter().any(|p| glob_match(pattern, p.as_bytes())) {
-                excluded = !negated;
-            }
-        }
-        excluded
-    }
-}
-
-/// A pattern as Docker cleans it: no leading `/` or `./`, no empty or `.` segments.
-fn clean_pattern(pattern: &str) -> String {
-    let mut parts: Vec<&str> = Vec::new();
-    for part in pattern.split('/') {
-        match part {
-            "" | "." => {}
-            // Kept: no context path has a `..` part, so such a pattern matches nothing.
-            other => parts.push(other),
-        }
-    }
-    parts.join("/")
-}
-
-/// Glob matching of a whole path: `*` and `?` never cross `/`, `**` does, `[...]` classes
-/// (`!`/`^` negate, `a-z` ranges), `\` escapes.
-fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
-    match pattern.first() {
-        None => text.is_empty(),
-        Some(b'*') if pattern.get(1) == Some(&b'*') => {
-            let rest = &pattern[2..];
-            if let Some(after_slash) = rest.strip_prefix(b"/") {
-                // `**/` is zero or more whole segments.
-                glob_match(after_slash, text)
-                    || text
-                        .iter()
-                        .enumerate()
-                        .any(|(i, &c)| c == b'/' && glob_match(after_slash, &text[i + 1..]))
-            } else {
-                (0..=text.len()).any(|i| glob_match(rest, &text[i..]))
-            }
-        }
-        Some(b'*') => {
-            let rest = &pattern[1..];
-            let segment_end = text.iter().position(|&c| c == b'/').unwrap_or(text.len());
-            (0..=segment_end).any(|i| glob_match(rest, &text[i..]))
-        }
-        Some(b'?') => {
-            matches!(text.first(), Some(&c) if c != b'/') && glob_match(&pattern[1..], &text[1..])
-        }
-        Some(b'[') => {
-            let Some(end) = pattern.iter().skip(1).position(|&c| c == b']') else {
-                return text.first() == Some(&b'[') && glob_match(&pattern[1..], &text[1..]);
-            };
-            let class = &pattern[1..=end];
-            let Some(&c) = text.first().filter(|&&c| c != b'/') else {
-                return false;
-            };
-            let (negated, class) = match class.first() {
-                Some(b'!' | b'^') => (true, &class[1..]),
-                _ => (false, class),
-            };
-            let mut found = false;
-            let mut i = 0;
-            while i < class.len() {
-                if i + 2 < class.len() && class[i + 1] == b'-' {
-                    found |= (class[i]..=class[i + 2]).contains(&c);
-                    i += 3;
-                } else {
-                    found |= class[i] == c;
-                    i += 1;
-                }
-            }
-            found != negated && glob_match(&pattern[end + 2..], &text[1..])
-        }
-        Some(b'\\') if pattern.len() > 1 => {
-            text.first() == Some(&pattern[1]) && glob_match(&pattern[2..], &text[1..])
-        }
-        Some(&literal) => text.first() == Some(&literal) && glob_match(&pattern[1..], &text[1..]),
-    }
-}
+pub use crate::dockerignore::DockerIgnore;
 
 /// A context collected from local files: its manifest, where each file is on disk, and what
 /// `.dockerignore` left out.
@@ -961,7 +517,8 @@ mod tests {
     fn dockerignore_follows_docker() {
         let ignore = DockerIgnore::parse(
             "# comment\n/secret.txt\n*.log\n!keep.log\nbuild/\n**/*.pyc\ndocs/[a-c]*.md\n",
-        );
+        )
+        .unwrap();
         for (path, excluded) in [
             ("secret.txt", true),
             ("a.log", true),
@@ -1097,7 +654,7 @@ mod tests {
             },
         ]);
         let dest = dir.path().join("ctx");
-        let stats = m.materialize(&blobs, &dest).unwrap();
+        let stats = materialize(&m, &blobs, &dest).unwrap();
         assert_eq!(stats.files, 1);
         // The same blob under many paths is written once and hard-linked.
         let many = manifest(
@@ -1106,7 +663,7 @@ mod tests {
                 .collect(),
         );
         assert_eq!(many.total_bytes(), 50 * content.len() as u64);
-        many.materialize(&blobs, &dir.path().join("many")).unwrap();
+        materialize(&many, &blobs, &dir.path().join("many")).unwrap();
         let first = std::fs::metadata(dir.path().join("many/copies/0.py")).unwrap();
         assert_eq!(std::os::unix::fs::MetadataExt::nlink(&first), 50);
         assert_eq!(
@@ -1130,15 +687,13 @@ mod tests {
         let mut bytes = std::fs::read(&stored).unwrap();
         bytes[0] ^= 0xff;
         std::fs::write(&stored, &bytes).unwrap();
-        let error = m
-            .materialize(&blobs, &dir.path().join("ctx-damaged"))
+        let error = materialize(&m, &blobs, &dir.path().join("ctx-damaged"))
             .unwrap_err()
             .to_string();
         assert!(error.contains("damaged"), "{error}");
         assert_eq!(blobs.missing([&digest]).len(), 1);
         // Bob's build naming Alice's digest fails, naming the path.
-        let error = m
-            .materialize(&bob, &dir.path().join("ctx-bob"))
+        let error = materialize(&m, &bob, &dir.path().join("ctx-bob"))
             .unwrap_err()
             .to_string();
         assert!(

@@ -15,15 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::BuildError;
 
-/// The build backend a request names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BuildBackend {
-    /// Our own import pipeline (images, declarative steps in a VM later). Rejects Dockerfiles.
-    Native,
-    /// BuildKit evaluates a Dockerfile; its OCI output is then imported.
-    Buildkit,
-}
+/// The build backend a request names (`native` rejects Dockerfiles).
+pub use nullspace_api::BuildBackend;
 
 /// Where the Dockerfile text comes from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,6 +3,7 @@
 //! resolve → fetch (blobs into the store, in parallel) → apply + write (or the rootfs cache) →
 //! configure (runtime defaults) → publish (atomic rename + one database transaction).
 
+use nullspace_api::{CacheKind, CacheStatus};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -317,8 +318,8 @@ impl Engine {
         let subject = format!("rootfs of {} layer(s) of {reference}", layers.len());
         let hit = if request.skip_cache {
             events.event(BuildEvent::Cache {
-                kind: "final_artifact",
-                status: "bypass",
+                kind: CacheKind::FinalArtifact,
+                status: CacheStatus::Bypass,
                 reason: Some("whole_build_skip_cache"),
                 subject: subject.clone(),
             });
@@ -330,8 +331,8 @@ impl Engine {
         let (size_bytes, entries) = match hit {
             Some(found) => {
                 events.event(BuildEvent::Cache {
-                    kind: "final_artifact",
-                    status: "hit",
+                    kind: CacheKind::FinalArtifact,
+                    status: CacheStatus::Hit,
                     reason: None,
                     subject,
                 });
@@ -340,8 +341,8 @@ impl Engine {
             None => {
                 if !request.skip_cache {
                     events.event(BuildEvent::Cache {
-                        kind: "final_artifact",
-                        status: "miss",
+                        kind: CacheKind::FinalArtifact,
+                        status: CacheStatus::Miss,
                         reason: Some("missing_or_incompatible"),
                         subject: subject.clone(),
                     });
@@ -361,8 +362,8 @@ impl Engine {
                         summary.entries,
                     )?;
                     events.event(BuildEvent::Cache {
-                        kind: "final_artifact",
-                        status: "stored",
+                        kind: CacheKind::FinalArtifact,
+                        status: CacheStatus::Stored,
                         reason: None,
                         subject,
                     });
@@ -481,8 +482,12 @@ impl Engine {
                         .await?;
                     events.event(BuildEvent::Downloaded { index, cached });
                     events.event(BuildEvent::Cache {
-                        kind: "layer",
-                        status: if cached { "hit" } else { "stored" },
+                        kind: CacheKind::Layer,
+                        status: if cached {
+                            CacheStatus::Hit
+                        } else {
+                            CacheStatus::Stored
+                        },
                         reason: None,
                         subject: format!("blob {}", descriptor.digest),
                     });

@@ -72,8 +72,8 @@ impl Engine {
             })?;
         }
         events.event(BuildEvent::Cache {
-            kind: "final_artifact",
-            status: "hit",
+            kind: nullspace_api::CacheKind::FinalArtifact,
+            status: nullspace_api::CacheStatus::Hit,
             reason: None,
             subject: format!("rootfs of template {}", parent.requested),
         });

@@ -3,29 +3,7 @@
 use std::path::PathBuf;
 
 /// The phase a build failed in, as reported to users (`error_detail.phase`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    /// Validating and planning the request.
-    Prepare,
-    /// Resolving, fetching and applying the base image.
-    BaseImageImport,
-    /// Running build steps (BuildKit evaluating a Dockerfile).
-    BuildSteps,
-    /// Writing the artifact and recording it.
-    Finalize,
-}
-
-impl std::fmt::Display for Phase {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Phase::Prepare => "prepare",
-            Phase::BaseImageImport => "base_image_import",
-            Phase::BuildSteps => "build_steps",
-            Phase::Finalize => "finalize",
-        })
-    }
-}
+pub use nullspace_api::FailurePhase as Phase;
 
 /// Why a build failed.
 #[derive(Debug, thiserror::Error)]
@@ -141,6 +119,15 @@ impl BuildError {
                 "buildkit_unavailable"
             }
             _ => "build_error",
+        }
+    }
+}
+
+impl From<nullspace_api::FieldError> for BuildError {
+    fn from(error: nullspace_api::FieldError) -> BuildError {
+        BuildError::InvalidRequest {
+            field: error.field,
+            message: error.message,
         }
     }
 }

@@ -51,10 +51,10 @@ pub enum BuildEvent {
     },
     /// A cache decision.
     Cache {
-        /// `file_blob`, `layer` or `final_artifact`.
-        kind: &'static str,
-        /// `hit`, `miss`, `stored` or `bypass`.
-        status: &'static str,
+        /// What the decision was about.
+        kind: nullspace_api::CacheKind,
+        /// The outcome.
+        status: nullspace_api::CacheStatus,
         /// Why, for misses and bypasses.
         reason: Option<&'static str>,
         /// What the decision was about.

@@ -1,7 +1,7 @@
 //! What a user asks for: the base, the name and tags, and the build options.
 
+use nullspace_api::request::{ReadinessKind, ReadinessSpec};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use nullspace_rootfs::runtime::Readiness;
 
@@ -234,116 +234,90 @@ pub const DEFAULT_PROBE_TIMEOUT_MS: u64 = 5_000;
 /// How long readiness may take, unless the request gives `retries`.
 pub const DEFAULT_READY_WITHIN_MS: u64 = 60_000;
 
-/// Parses a readiness object: `{kind: tcp, port}`, `{kind: http|url, url}` (http, a local
-/// host, an explicit port, no query, fragment or credentials), `{kind: file, path}`, `{kind:
-/// process, name}`, `{kind: timeout, timeout_ms}`, `{kind: command, command}`, each with
-/// optional `interval_ms`, `timeout_secs` (per attempt), `startup_grace_secs` and `retries`.
-pub fn parse_readiness(value: &Value, field: &str) -> Result<Readiness, BuildError> {
-    let object = value
-        .as_object()
-        .ok_or_else(|| invalid(field, "must be an object with a kind"))?;
+/// Checks a readiness request (`{kind: tcp, port}`, `{kind: http, url}` with the
+/// [`check_probe_url`] rules, `{kind: file, path}`, `{kind: process, name}`, `{kind: timeout,
+/// timeout_ms}`, `{kind: command, command}`, each with optional `interval_ms`, `timeout_secs`
+/// per attempt, `startup_grace_secs` and `retries`) and fills in the defaults. Errors name
+/// `field.<name>`.
+pub fn parse_readiness(spec: &ReadinessSpec, field: &str) -> Result<Readiness, BuildError> {
     let sub = |name: &str| format!("{field}.{name}");
-    let kind = object
-        .get("kind")
-        .and_then(Value::as_str)
-        .ok_or_else(|| invalid(&sub("kind"), "is required (a string)"))?;
-    let text = |name: &str| -> Result<String, BuildError> {
-        let v = object
-            .get(name)
-            .and_then(Value::as_str)
+    let (kind, own): (&str, &str) = match spec.kind {
+        ReadinessKind::Tcp => ("tcp", "port"),
+        ReadinessKind::Http => ("http", "url"),
+        ReadinessKind::File => ("file", "path"),
+        ReadinessKind::Process => ("process", "name"),
+        ReadinessKind::Timeout => ("timeout", "timeout_ms"),
+        ReadinessKind::Command => ("command", "command"),
+    };
+    let specific = [
+        ("port", spec.port.is_some()),
+        ("url", spec.url.is_some()),
+        ("path", spec.path.is_some()),
+        ("name", spec.name.is_some()),
+        ("timeout_ms", spec.timeout_ms.is_some()),
+        ("command", spec.command.is_some()),
+    ];
+    if let Some((other, _)) = specific.iter().find(|(name, given)| *given && *name != own) {
+        return Err(invalid(
+            &sub(other),
+            format!("unknown field for kind {kind}"),
+        ));
+    }
+    let text = |name: &str, value: &Option<String>| -> Result<String, BuildError> {
+        value
+            .as_deref()
             .filter(|s| !s.trim().is_empty() && !s.contains('\0'))
+            .map(str::to_string)
             .ok_or_else(|| {
                 invalid(
                     &sub(name),
                     format!("is required for kind {kind} (a non-empty string)"),
                 )
-            })?;
-        Ok(v.to_string())
+            })
     };
-    let number = |name: &str| -> Result<Option<u64>, BuildError> {
-        match object.get(name) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .map(Some)
-                .ok_or_else(|| invalid(&sub(name), "must be a non-negative integer")),
-        }
-    };
-    let (kind, specific): (&str, &[&str]) = match kind {
-        "tcp" | "port" => ("tcp", &["port"]),
-        "http" | "url" => ("http", &["url"]),
-        "file" => ("file", &["path"]),
-        "process" => ("process", &["name"]),
-        "timeout" => ("timeout", &["timeout_ms"]),
-        "command" => ("command", &["command"]),
-        other => {
-            return Err(invalid(
-                &sub("kind"),
-                format!("unknown kind {other:?} (tcp, http, file, process, timeout or command)"),
-            ))
-        }
-    };
-    let common = [
-        "kind",
-        "interval_ms",
-        "timeout_secs",
-        "startup_grace_secs",
-        "retries",
-    ];
-    if let Some(unknown) = object
-        .keys()
-        .find(|k| !common.contains(&k.as_str()) && !specific.contains(&k.as_str()))
-    {
-        return Err(invalid(
-            &sub(unknown),
-            format!("unknown field for kind {kind}"),
-        ));
-    }
     let mut readiness = Readiness {
         kind: kind.to_string(),
-        interval_ms: number("interval_ms")?
-            .unwrap_or(DEFAULT_PROBE_INTERVAL_MS)
-            .max(1),
-        timeout_ms: number("timeout_secs")?
+        interval_ms: spec.interval_ms.unwrap_or(DEFAULT_PROBE_INTERVAL_MS).max(1),
+        timeout_ms: spec
+            .timeout_secs
             .map(|s| s.saturating_mul(1000))
             .unwrap_or(DEFAULT_PROBE_TIMEOUT_MS),
-        start_period_ms: number("startup_grace_secs")?
-            .unwrap_or(0)
-            .saturating_mul(1000),
+        start_period_ms: spec.startup_grace_secs.unwrap_or(0).saturating_mul(1000),
         retries: 0,
         ..Readiness::default()
     };
-    readiness.retries = match number("retries")? {
+    readiness.retries = match spec.retries {
         Some(r) => u32::try_from(r).map_err(|_| invalid(&sub("retries"), "is too large"))?,
         None => u32::try_from(DEFAULT_READY_WITHIN_MS / readiness.interval_ms).unwrap_or(u32::MAX),
     };
-    match kind {
-        "tcp" => {
-            let port = number("port")?
+    match spec.kind {
+        ReadinessKind::Tcp => {
+            let port = spec
+                .port
                 .filter(|p| (1..=65535).contains(p))
                 .ok_or_else(|| invalid(&sub("port"), "is required: a TCP port 1-65535"))?;
             readiness.port = u16::try_from(port).ok();
         }
-        "http" => {
-            let url = text("url")?;
+        ReadinessKind::Http => {
+            let url = text("url", &spec.url)?;
             check_probe_url(&url).map_err(|why| invalid(&sub("url"), format!("{url:?}: {why}")))?;
             readiness.url = Some(url);
         }
-        "file" => {
-            let path = text("path")?;
+        ReadinessKind::File => {
+            let path = text("path", &spec.path)?;
             if !path.starts_with('/') {
                 return Err(invalid(&sub("path"), "must be absolute"));
             }
             readiness.path = Some(path);
         }
-        "process" => readiness.name = Some(text("name")?),
-        "timeout" => {
+        ReadinessKind::Process => readiness.name = Some(text("name", &spec.name)?),
+        ReadinessKind::Timeout => {
             readiness.wait_ms = Some(
-                number("timeout_ms")?
+                spec.timeout_ms
                     .ok_or_else(|| invalid(&sub("timeout_ms"), "is required for kind timeout"))?,
             )
         }
-        _ => readiness.command = text("command")?,
+        ReadinessKind::Command => readiness.command = text("command", &spec.command)?,
     }
     Ok(readiness)
 }

@@ -339,7 +339,7 @@ RUN test ! -e /run/secrets/token && echo absent > /secret-absent
         .lock()
         .unwrap()
         .iter()
-        .filter(|e| matches!(e, BuildEvent::Cache { status: "hit", subject, .. } if subject.starts_with("buildkit")))
+        .filter(|e| matches!(e, BuildEvent::Cache { status: nullspace_api::CacheStatus::Hit, subject, .. } if subject.starts_with("buildkit")))
         .count();
     assert!(hits >= 8, "only {hits} BuildKit cache hits");
 }

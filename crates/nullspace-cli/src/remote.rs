@@ -9,9 +9,13 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use futures_util::StreamExt as _;
+use nullspace_api::request::{
+    AuthKind, BaseImageAuth, BaseKind, BaseSpec, BuildSecret, BuildSecrets, RetryBody, TagOrTags,
+};
+use nullspace_api::{BuildRequestBody, SecretString};
 use nullspace_build::context::{ContextEntry, LocalContext, UploadStatus};
 use nullspace_oci::Credentials;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use crate::args::{BuildArgs, Cli, Command, TemplateCommand};
 
@@ -210,13 +214,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 build_secret_env,
                 build_secret_file,
             }) => {
-                let mut body = Map::new();
+                let mut body = RetryBody::default();
                 let secrets = build_secrets(&build_secret_env, &build_secret_file)?;
-                if !secrets.is_empty() {
-                    body.insert("build_secrets".into(), Value::Array(secrets));
+                if !secrets.0.is_empty() {
+                    body.build_secrets = Some(secrets);
                 }
                 if !tags.is_empty() {
-                    body.insert("tags".into(), json!(tags));
+                    body.tags = Some(TagOrTags::Many(tags));
                 }
                 if let (Some(username), Some(variable)) = (username, password_env) {
                     let password = std::env::var(&variable).map_err(|_| {
@@ -225,14 +229,15 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             format!("--password-env: ${variable} is not set"),
                         )
                     })?;
-                    body.insert(
-                        "base_image_auth".into(),
-                        json!({ "kind": "basic", "username": username, "password": password }),
-                    );
+                    body.base_image_auth = base_image_auth(Credentials::basic(username, password))?;
                 }
                 let path = format!("/v1/templates/builds/{}/retry", segment(&build_id));
                 let build = client
-                    .call(reqwest::Method::POST, &path, Some(Value::Object(body)))
+                    .call(
+                        reqwest::Method::POST,
+                        &path,
+                        Some(serde_json::to_value(&body)?),
+                    )
                     .await?;
                 if json_output {
                     println!("{}", serde_json::to_string_pretty(&build)?);
@@ -390,39 +395,34 @@ fn mark_forced(context: &mut LocalContext, steps: &[nullspace_build::declarative
 
 /// `--build-secret-env ID=VAR` and `--build-secret-file ID=PATH` as the API's `[{id, value}]`,
 /// read here.
-fn build_secrets(from_env: &[String], from_file: &[String]) -> anyhow::Result<Vec<Value>> {
-    Ok(crate::dockerfile_cmd::resolve_secrets(from_env, from_file)?
-        .into_iter()
-        .map(|(id, value)| json!({ "id": id, "value": String::from_utf8_lossy(value.expose()) }))
-        .collect())
+fn build_secrets(from_env: &[String], from_file: &[String]) -> anyhow::Result<BuildSecrets> {
+    Ok(BuildSecrets(
+        crate::dockerfile_cmd::resolve_secrets(from_env, from_file)?
+            .into_iter()
+            .map(|(id, value)| BuildSecret {
+                id,
+                value: SecretString::new(String::from_utf8_lossy(value.expose())),
+            })
+            .collect(),
+    ))
 }
 
 /// The request `template build --dry-run` shows: the body as it would be sent (the build
 /// context described, nothing uploaded) with every secret value replaced by `<redacted>`.
 pub fn dry_run_body(args: BuildArgs) -> anyhow::Result<Value> {
-    let mut body = build_body(args)?.into_body()?;
-    let redacted = json!("<redacted>");
-    if let Some(auth) = body
-        .get_mut("base_image_auth")
-        .and_then(Value::as_object_mut)
-    {
-        for key in ["password", "service_account_json", "secret_access_key"] {
-            if auth.contains_key(key) {
-                auth.insert(key.into(), redacted.clone());
-            }
-        }
+    let mut body = build_body(args)?.into_body();
+    if let Some(auth) = &mut body.base_image_auth {
+        auth.redact();
     }
-    if let Some(secrets) = body.get_mut("build_secrets").and_then(Value::as_array_mut) {
-        for secret in secrets {
-            secret["value"] = redacted.clone();
-        }
+    for secret in body.build_secrets.iter_mut().flat_map(|s| s.0.iter_mut()) {
+        secret.value.redact();
     }
-    Ok(Value::Object(body))
+    Ok(serde_json::to_value(&body)?)
 }
 
 /// A request body and the local build context it reads (uploaded before it is sent).
 struct RequestBody {
-    body: Map<String, Value>,
+    body: BuildRequestBody,
     context: Option<LocalContext>,
     named_contexts: Vec<(String, LocalContext)>,
     skip_cache: bool,
@@ -430,28 +430,97 @@ struct RequestBody {
 
 impl RequestBody {
     /// The body with the contexts' manifests in it (`build_context`, `build_contexts`).
-    fn into_body(self) -> anyhow::Result<Map<String, Value>> {
+    fn into_body(self) -> BuildRequestBody {
         let RequestBody {
             mut body,
             context,
             named_contexts,
             ..
         } = self;
-        if let Some(context) = context {
-            body.insert(
-                "build_context".into(),
-                serde_json::to_value(&context.manifest)?,
+        body.build_context = context.map(|c| c.manifest);
+        if !named_contexts.is_empty() {
+            body.build_contexts = Some(
+                named_contexts
+                    .into_iter()
+                    .map(|(name, c)| (name, c.manifest))
+                    .collect(),
             );
         }
-        if !named_contexts.is_empty() {
-            let named: Map<String, Value> = named_contexts
-                .into_iter()
-                .map(|(name, c)| Ok((name, serde_json::to_value(&c.manifest)?)))
-                .collect::<anyhow::Result<_>>()?;
-            body.insert("build_contexts".into(), Value::Object(named));
-        }
-        Ok(body)
+        body
     }
+}
+
+/// The base selector of the build flags, if any.
+fn base_spec(b: crate::args::BaseArgs) -> Option<BaseSpec> {
+    let (kind, value) = if let Some(v) = b.from_ubuntu_image {
+        (BaseKind::UbuntuImage, Some(v))
+    } else if let Some(v) = b.from_debian_image {
+        (BaseKind::DebianImage, (!v.is_empty()).then_some(v))
+    } else if let Some(v) = b.from_python_image {
+        (BaseKind::PythonImage, Some(v))
+    } else if let Some(v) = b.from_node_image {
+        (BaseKind::NodeImage, Some(v))
+    } else if let Some(v) = b.from_bun_image {
+        (BaseKind::BunImage, Some(v))
+    } else if let Some(r) = b.from_image {
+        (BaseKind::Image, Some(r))
+    } else if let Some(r) = b.from_base_image {
+        (BaseKind::BaseImage, Some(r))
+    } else if let Some(r) = b.from_template {
+        (BaseKind::Template, Some(r))
+    } else {
+        return None;
+    };
+    Some(BaseSpec { kind, value })
+}
+
+/// The `base_image_auth` of the credential flags.
+fn base_image_auth(credentials: Credentials) -> anyhow::Result<Option<BaseImageAuth>> {
+    Ok(match credentials {
+        Credentials::Anonymous => None,
+        Credentials::Basic { username, password } => Some(BaseImageAuth {
+            kind: Some(AuthKind::Basic),
+            username: Some(username),
+            password: Some(SecretString::new(password)),
+            ..BaseImageAuth::default()
+        }),
+        Credentials::Gcp {
+            service_account_json,
+        } => Some(BaseImageAuth {
+            kind: Some(AuthKind::Gcp),
+            service_account_json: Some(SecretString::new(service_account_json)),
+            ..BaseImageAuth::default()
+        }),
+        Credentials::Ecr {
+            access_key_id,
+            secret_access_key,
+            session_token,
+            region,
+            endpoint,
+        } => {
+            if session_token.is_some() || endpoint.is_some() {
+                return Err(RemoteError::new(
+                    "invalid_request",
+                    "--aws-session-token and --aws-ecr-endpoint are not supported with --background",
+                )
+                .into());
+            }
+            Some(BaseImageAuth {
+                kind: Some(AuthKind::Ecr),
+                access_key_id: Some(access_key_id),
+                secret_access_key: Some(SecretString::new(secret_access_key)),
+                region: (!region.is_empty()).then_some(region),
+                ..BaseImageAuth::default()
+            })
+        }
+        other => {
+            return Err(RemoteError::new(
+                "invalid_request",
+                format!("{} credentials cannot be sent to the service", other.kind()),
+            )
+            .into())
+        }
+    })
 }
 
 /// The `POST /v1/templates/builds` body for `template build --background` (also `validate`
@@ -459,7 +528,7 @@ impl RequestBody {
 /// folder as the context, secrets and options.
 fn build_body(mut args: BuildArgs) -> anyhow::Result<RequestBody> {
     let credentials = crate::base_image_credentials(&mut args)?;
-    let mut body = Map::new();
+    let mut body = BuildRequestBody::default();
     let mut context = None;
     let mut named_contexts = Vec::new();
     if let Some(path) = args.base.from_dockerfile.take() {
@@ -485,13 +554,13 @@ fn build_body(mut args: BuildArgs) -> anyhow::Result<RequestBody> {
                 .unwrap_or_default(),
         };
         context = Some(LocalContext::scan_tree(&root)?);
-        body.insert("dockerfile".into(), json!(content));
+        body.dockerfile = Some(content);
         let secrets = build_secrets(
             &args.dockerfile.build_secret_env,
             &args.dockerfile.build_secret_file,
         )?;
-        if !secrets.is_empty() {
-            body.insert("build_secrets".into(), Value::Array(secrets));
+        if !secrets.0.is_empty() {
+            body.build_secrets = Some(secrets);
         }
     } else {
         crate::dockerfile_cmd::reject_without_dockerfile(&args.dockerfile)?;
@@ -509,99 +578,25 @@ fn build_body(mut args: BuildArgs) -> anyhow::Result<RequestBody> {
             mark_forced(&mut scanned, &steps);
             context = Some(scanned);
         }
-        body.insert("steps".into(), serde_json::to_value(&steps)?);
+        body.steps = Some(steps);
     }
-    if let Some(cmd) = args.steps.start_cmd.take() {
-        body.insert("start_cmd".into(), json!(cmd));
-    }
-    if let Some(readiness) = crate::steps_cmd::readiness_request(&args.steps) {
-        body.insert("readiness".into(), readiness);
-    }
-    let b = args.base;
-    let (kind, value) = if let Some(v) = b.from_ubuntu_image {
-        ("ubuntu_image", Some(v))
-    } else if let Some(v) = b.from_debian_image {
-        ("debian_image", (!v.is_empty()).then_some(v))
-    } else if let Some(v) = b.from_python_image {
-        ("python_image", Some(v))
-    } else if let Some(v) = b.from_node_image {
-        ("node_image", Some(v))
-    } else if let Some(v) = b.from_bun_image {
-        ("bun_image", Some(v))
-    } else if let Some(r) = b.from_image {
-        ("image", Some(r))
-    } else if let Some(r) = b.from_base_image {
-        ("base_image", Some(r))
-    } else if let Some(r) = b.from_template {
-        ("template", Some(r))
-    } else {
-        ("", None)
-    };
-    body.insert("name".into(), json!(args.name));
-    if !kind.is_empty() {
-        body.insert("base".into(), json!({ "kind": kind, "value": value }));
-    }
-    if !args.tags.is_empty() {
-        body.insert("tags".into(), json!(args.tags));
-    }
-    if let Some(v) = args.disk_mb {
-        body.insert("disk_mb".into(), json!(v));
-    }
-    if let Some(v) = args.cpu_count {
-        body.insert("cpu_count".into(), json!(v));
-    }
-    if let Some(v) = args.memory_mb {
-        body.insert("memory_mb".into(), json!(v));
-    }
-    if args.no_internet_access {
-        body.insert("internet_access".into(), json!(false));
-    }
-    if args.skip_cache {
-        body.insert("skip_cache".into(), json!(true));
-    }
-    if let Some(backend) = args.backend {
-        body.insert("build_backend".into(), json!(backend));
-    }
-    let auth = match credentials {
-        Credentials::Anonymous => None,
-        Credentials::Basic { username, password } => {
-            Some(json!({ "kind": "basic", "username": username, "password": password }))
-        }
-        Credentials::Gcp {
-            service_account_json,
-        } => Some(json!({ "kind": "gcp", "service_account_json": service_account_json })),
-        Credentials::Ecr {
-            access_key_id,
-            secret_access_key,
-            session_token,
-            region,
-            endpoint,
-        } => {
-            if session_token.is_some() || endpoint.is_some() {
-                return Err(RemoteError::new(
-                    "invalid_request",
-                    "--aws-session-token and --aws-ecr-endpoint are not supported with --background",
-                )
-                .into());
-            }
-            let mut auth = json!({ "kind": "ecr", "access_key_id": access_key_id,
-                                   "secret_access_key": secret_access_key });
-            if !region.is_empty() {
-                auth["region"] = json!(region);
-            }
-            Some(auth)
-        }
-        other => {
-            return Err(RemoteError::new(
-                "invalid_request",
-                format!("{} credentials cannot be sent to the service", other.kind()),
-            )
-            .into())
-        }
-    };
-    if let Some(auth) = auth {
-        body.insert("base_image_auth".into(), auth);
-    }
+    body.start_cmd = args.steps.start_cmd.take();
+    body.readiness = crate::steps_cmd::readiness_request(&args.steps);
+    body.name = Some(args.name);
+    body.base = base_spec(args.base);
+    body.tags = (!args.tags.is_empty()).then_some(args.tags);
+    body.disk_mb = args.disk_mb;
+    body.cpu_count = args.cpu_count;
+    body.memory_mb = args.memory_mb;
+    body.internet_access = args.no_internet_access.then_some(false);
+    body.skip_cache = args.skip_cache.then_some(true);
+    body.build_backend = args
+        .backend
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(|e: String| RemoteError::new("invalid_request", format!("--backend: {e}")))?;
+    body.base_image_auth = base_image_auth(credentials)?;
     Ok(RequestBody {
         body,
         context,
@@ -695,7 +690,7 @@ impl Client {
                 self.upload_context(context, skip_cache).await?;
             }
         }
-        Ok(Value::Object(request.into_body()?))
+        Ok(serde_json::to_value(request.into_body())?)
     }
 
     /// Asks which blobs the server lacks and uploads them (every one with `skip_cache`),

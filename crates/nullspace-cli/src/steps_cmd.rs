@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use clap::{ArgAction, ArgMatches, Args};
 
+use nullspace_api::request::{ReadinessKind, ReadinessSpec};
 use nullspace_build::declarative::{CopyItem, Step};
 use nullspace_build::BuildError;
 use nullspace_rootfs::runtime::Readiness;
@@ -304,13 +305,17 @@ pub fn ordered_steps(args: &mut StepArgs, matches: &ArgMatches) -> anyhow::Resul
 }
 
 /// The readiness the flags ask for, as the API's readiness object (`None` if none).
-pub fn readiness_request(args: &StepArgs) -> Option<serde_json::Value> {
+pub fn readiness_request(args: &StepArgs) -> Option<ReadinessSpec> {
     if let Some(port) = args.ready_port {
-        return Some(serde_json::json!({ "kind": "tcp", "port": port }));
+        let mut spec = ReadinessSpec::new(ReadinessKind::Tcp);
+        spec.port = Some(u64::from(port));
+        return Some(spec);
     }
-    args.ready_cmd
-        .as_ref()
-        .map(|command| serde_json::json!({ "kind": "command", "command": command }))
+    args.ready_cmd.as_ref().map(|command| {
+        let mut spec = ReadinessSpec::new(ReadinessKind::Command);
+        spec.command = Some(command.clone());
+        spec
+    })
 }
 
 /// The readiness the flags ask for, with the same defaults the service applies.

@@ -55,7 +55,7 @@ pub(crate) fn has_super(group: u64) -> bool {
     }
     [3u64, 5, 7].iter().any(|&base| {
         let mut g = group;
-        while g % base == 0 {
+        while g.is_multiple_of(base) {
             g /= base;
         }
         g == 1

@@ -90,7 +90,7 @@ fn split_name(full: &[u8]) -> Result<(u8, &[u8]), Problem> {
 
 /// Converts a POSIX ACL from the xattr format (version 2) to ext4's on-disk format (version 1).
 fn acl_to_disk(full: &[u8], value: &[u8]) -> Result<Vec<u8>, Problem> {
-    if value.len() < 4 || (value.len() - 4) % 8 != 0 {
+    if value.len() < 4 || !(value.len() - 4).is_multiple_of(8) {
         return Err(invalid(full, "malformed posix acl (size)"));
     }
     if get32(value, 0) != 2 {

@@ -81,7 +81,7 @@ struct ConfigDocument {
 
 /// A readiness check of a template: mapped from a healthcheck (`command`), or requested with
 /// the start command (`tcp`, `http`, `file`, `process`, `timeout`, `command`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Readiness {
     /// `command`, `tcp`, `http`, `file`, `process` or `timeout`.
     pub kind: String,
@@ -114,7 +114,7 @@ pub struct Readiness {
 }
 
 /// The healthcheck as kept in template metadata, with its readiness mapping (if safe).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HealthcheckMetadata {
     /// The healthcheck's test, as in the image.
     pub test: Vec<String>,
@@ -134,7 +134,7 @@ pub struct HealthcheckMetadata {
 }
 
 /// OCI metadata retained on the template: hints only, nothing here acts by itself.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OciMetadata {
     /// Image labels.
     pub labels: BTreeMap<String, String>,

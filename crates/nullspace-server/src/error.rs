@@ -6,16 +6,9 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+use nullspace_api::{ErrorEnvelope, RequestError};
 
-/// `error_detail` of an error or a failed build: the phase and a readable message.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct ErrorDetail {
-    /// The phase that failed (`prepare`, `base_image_import`, `finalize`, ...).
-    pub phase: String,
-    /// What went wrong.
-    pub message: String,
-}
+pub use nullspace_api::ErrorDetail;
 
 /// An API error: HTTP status, stable machine code, readable message.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -115,20 +108,29 @@ impl ApiError {
         )
     }
 
-    /// The JSON body, with the request id.
-    pub fn body(&self, request_id: &str) -> serde_json::Value {
-        let mut body = serde_json::json!({
-            "error": self.message,
-            "code": self.code,
-            "request_id": request_id,
-        });
-        if let Some(detail) = &self.error_detail {
-            body["error_detail"] = serde_json::json!(detail);
+    /// The envelope, with the request id.
+    pub fn envelope(&self, request_id: &str) -> ErrorEnvelope {
+        ErrorEnvelope {
+            error: self.message.clone(),
+            code: self.code.to_string(),
+            request_id: request_id.to_string(),
+            error_detail: self.error_detail.clone(),
+            build_id: self.build_id.clone(),
         }
-        if let Some(build_id) = &self.build_id {
-            body["build_id"] = serde_json::json!(build_id);
+    }
+}
+
+impl From<RequestError> for ApiError {
+    fn from(error: RequestError) -> ApiError {
+        match error {
+            RequestError::Body(message) => ApiError::invalid_body(message),
+            RequestError::Invalid(e) => ApiError::invalid(&e.field, e.message),
+            RequestError::TooLarge(e) => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "file_upload_limit_exceeded",
+                e.to_string(),
+            ),
         }
-        body
     }
 }
 

@@ -12,10 +12,10 @@
 
 pub mod api;
 pub mod auth;
+pub mod config;
 pub mod entry;
 pub mod error;
 pub mod refs;
-pub mod request;
 pub mod runner;
 pub mod store;
 pub mod view;
@@ -42,6 +42,10 @@ pub struct ServerConfig {
     pub keys: ApiKeys,
     /// With auth disabled, the owner every caller acts as.
     pub open_owner: Option<String>,
+    /// Limits and policies.
+    pub settings: config::ServerSettings,
+    /// Registry mirrors, insecure hosts and the Docker config the engine uses.
+    pub registry: RegistryConfig,
 }
 
 /// Why the server could not start or stopped.
@@ -79,7 +83,7 @@ pub fn open(config: &ServerConfig) -> Result<api::AppState, ServerError> {
     if config.keys.is_empty() && config.open_owner.is_none() {
         return Err(ServerError::NoKeys);
     }
-    let engine = Engine::open(config.data.clone(), RegistryConfig::from_env())
+    let engine = Engine::open(config.data.clone(), config.registry.clone())
         .map_err(|e| ServerError::Engine(Box::new(e)))?;
     let engine = Arc::new(engine);
     let store: Arc<dyn BuildStore> = Arc::new(SqliteStore::open(&config.data.database())?);
@@ -89,7 +93,7 @@ pub fn open(config: &ServerConfig) -> Result<api::AppState, ServerError> {
         runner,
         keys: Arc::new(config.keys.clone()),
         open_owner: config.open_owner.clone(),
-        upload_limit_bytes: api::upload_limit_from_env(),
+        config: Arc::new(config.settings.clone()),
     })
 }
 

@@ -2,7 +2,9 @@
 //! `name:tb_...`, and the same with a `namespace/` prefix.
 
 use crate::error::ApiError;
-use crate::store::{status, BuildRecord, BuildStore, TemplateRow};
+use nullspace_api::BuildStatus;
+
+use crate::store::{BuildRecord, BuildStore, TemplateRow};
 
 /// What a ref resolved to.
 #[derive(Clone, Debug)]
@@ -65,7 +67,7 @@ pub fn resolve_ref(
     };
     let build = store
         .build(Some(owner), &build_id)?
-        .filter(|b| b.template_id == template.id && b.status == status::READY)
+        .filter(|b| b.template_id == template.id && b.status == BuildStatus::Ready)
         .ok_or_else(not_found)?;
     Ok(Resolved {
         template,

@@ -18,15 +18,17 @@ use nullspace_build::engine_template::ParentTemplate;
 use nullspace_build::{ids, BuildError, BuildEvent, BuildOutcome, Engine, EventSink};
 use nullspace_oci::Credentials;
 
-use crate::entry::{CacheSummary, EventMapper, LogEntry, IMPORT_STEPS};
+use nullspace_api::{BuildStatus, CacheKind, FailurePhase, LogKind, LogLevel, LogPhase};
+use nullspace_build::definition::{buildkit_spec, Base, BuildDefinition, RequestSecrets};
+
+use crate::entry::{entry, CacheSummary, EventMapper, LogEntry, IMPORT_STEPS};
 use crate::error::{ApiError, ErrorDetail};
 use crate::refs::resolve_ref;
-use crate::request::{buildkit_spec, Base, BuildDefinition, RequestSecrets};
 use nullspace_build::context::{
     staging_context_dir, staging_named_context_dir, ContextBlobs, ContextManifest,
 };
 
-use crate::store::{status, BuildRecord, BuildResult, BuildStore, Finish, StoreError};
+use crate::store::{BuildRecord, BuildResult, BuildStore, Finish, StoreError};
 
 /// Runs builds; one per server.
 pub struct Runner {
@@ -97,7 +99,7 @@ impl Runner {
             template_id,
             name: definition.name.clone(),
             tags: definition.tags.clone(),
-            status: status::WAITING.into(),
+            status: BuildStatus::Waiting,
             definition,
             created_at: now.clone(),
             updated_at: now.clone(),
@@ -112,9 +114,9 @@ impl Runner {
             retry_of,
         };
         self.store.insert_build(&record)?;
-        let mut queued = LogEntry::new(
-            "message",
-            "info",
+        let mut queued = entry(
+            LogKind::Message,
+            LogLevel::Info,
             format!(
                 "queued: build {} of {} from {}",
                 record.id,
@@ -122,10 +124,10 @@ impl Runner {
                 record.definition.base_description()
             ),
         )
-        .phase("preparing");
+        .phase(LogPhase::Preparing);
         if let Some(previous) = &record.retry_of {
-            queued.kind = "retry".into();
-            queued.phase = Some("retry".into());
+            queued.kind = LogKind::Retry;
+            queued.phase = Some(LogPhase::Retry);
             queued.message = format!("{} (retry of {previous})", queued.message);
         }
         self.store.append_entry(&record.id, &queued)?;
@@ -165,7 +167,7 @@ impl Runner {
             .store
             .build(Some(owner), id)?
             .ok_or_else(|| ApiError::build_not_found(id))?;
-        if status::is_terminal(&record.status) {
+        if record.status.is_terminal() {
             return Ok(record);
         }
         let now = ids::now_rfc3339();
@@ -174,14 +176,18 @@ impl Runner {
         } else {
             reason.trim().to_string()
         };
-        let mut cancelled =
-            LogEntry::new("cancelled", "warn", format!("build cancelled: {reason}"))
-                .phase("cleanup");
-        cancelled.result = Some(status::CANCELLED.into());
-        let mut end = LogEntry::new("end", "info", "build ended: cancelled").phase("cleanup");
-        end.result = Some(status::CANCELLED.into());
+        let mut cancelled = entry(
+            LogKind::Cancelled,
+            LogLevel::Warn,
+            format!("build cancelled: {reason}"),
+        )
+        .phase(LogPhase::Cleanup);
+        cancelled.result = Some(BuildStatus::Cancelled);
+        let mut end =
+            entry(LogKind::End, LogLevel::Info, "build ended: cancelled").phase(LogPhase::Cleanup);
+        end.result = Some(BuildStatus::Cancelled);
         let finish = Finish {
-            status: status::CANCELLED,
+            status: BuildStatus::Cancelled,
             finished_at: now.clone(),
             duration_ms: duration_since(record.started_at.as_deref()),
             failure_phase: None,
@@ -198,7 +204,7 @@ impl Runner {
             if let Some(handle) = lock(&self.running).remove(id) {
                 handle.abort();
             }
-            if record.status == status::BUILDING {
+            if record.status == BuildStatus::Building {
                 let _ = self
                     .engine
                     .store()
@@ -213,10 +219,10 @@ impl Runner {
     /// again, unless they needed credentials, which did not survive.
     pub fn recover(self: &Arc<Self>) -> Result<(), StoreError> {
         let now = ids::now_rfc3339();
-        for id in self.store.builds_in(status::BUILDING)? {
+        for id in self.store.builds_in(BuildStatus::Building)? {
             let message = "the server stopped while this build was running (crash or restart); nothing was published; retry the build";
             let record = self.store.build(None, &id)?;
-            self.fail(&id, record.as_ref(), "build", message, &now)?;
+            self.fail(&id, record.as_ref(), FailurePhase::Build, message, &now)?;
             let _ = self.engine.store().fail_build(&id, message, &now);
             let staging = self.engine.data_dir().staging();
             let _ = nullspace_build::artifact::remove_tree(&staging.join(&id));
@@ -224,14 +230,14 @@ impl Runner {
                 &nullspace_build::artifact::scratch_dir(&staging, &id),
             );
         }
-        for id in self.store.builds_in(status::WAITING)? {
+        for id in self.store.builds_in(BuildStatus::Waiting)? {
             let record = self.store.build(None, &id)?;
             if record
                 .as_ref()
                 .is_some_and(|r| r.definition.needs_request_secrets())
             {
                 let message = "base-image credentials, registry credentials and build secrets are held in memory only and were lost when the server restarted; retry with fresh base_image_auth, registry_auth and build_secrets";
-                self.fail(&id, record.as_ref(), "prepare", message, &now)?;
+                self.fail(&id, record.as_ref(), FailurePhase::Prepare, message, &now)?;
             } else {
                 self.spawn(id);
             }
@@ -243,23 +249,24 @@ impl Runner {
         &self,
         id: &str,
         record: Option<&BuildRecord>,
-        phase: &str,
+        phase: FailurePhase,
         message: &str,
         now: &str,
     ) -> Result<bool, StoreError> {
         let detail = ErrorDetail {
-            phase: phase.into(),
+            phase,
             message: message.into(),
         };
-        let mut error = LogEntry::new("error", "error", message).phase("finalize");
+        let mut error = entry(LogKind::Error, LogLevel::Error, message).phase(LogPhase::Finalize);
         error.error_detail = Some(detail);
-        let mut end = LogEntry::new("end", "error", "build ended: error").phase("finalize");
-        end.result = Some(status::ERROR.into());
+        let mut end =
+            entry(LogKind::End, LogLevel::Error, "build ended: error").phase(LogPhase::Finalize);
+        end.result = Some(BuildStatus::Error);
         let finish = Finish {
-            status: status::ERROR,
+            status: BuildStatus::Error,
             finished_at: now.into(),
             duration_ms: record.and_then(|r| duration_since(r.started_at.as_deref())),
-            failure_phase: Some(phase.into()),
+            failure_phase: Some(phase),
             error_message: Some(message.into()),
             result: None,
             cache_summary: None,
@@ -271,8 +278,8 @@ impl Runner {
 
     async fn run(self: &Arc<Self>, id: &str) -> Result<(), StoreError> {
         let now = ids::now_rfc3339();
-        let start = LogEntry::new("start", "info", "build started")
-            .phase("preparing")
+        let start = entry(LogKind::Start, LogLevel::Info, "build started")
+            .phase(LogPhase::Preparing)
             .step(1, IMPORT_STEPS);
         if !self.store.mark_building(id, &now, &start)? {
             return Ok(());
@@ -289,7 +296,7 @@ impl Runner {
                 self.fail(
                     id,
                     Some(&record),
-                    "prepare",
+                    FailurePhase::Prepare,
                     "base-image credentials, registry credentials or build secrets are no longer available; retry with fresh ones",
                     &now,
                 )?;
@@ -305,7 +312,7 @@ impl Runner {
             let mapper = EventMapper::default();
             Arc::new(move |event: BuildEvent| {
                 if let BuildEvent::Cache { kind, status, .. } = &event {
-                    lock(&summary).count(kind, status);
+                    lock(&summary).count(*kind, *status);
                 }
                 if let Some(mut entry) = mapper.map(&event) {
                     entry.build_id = id.clone();
@@ -361,31 +368,36 @@ impl Runner {
                     artifact_dir: outcome.artifact_dir.to_string_lossy().into_owned(),
                     rootfs_size_bytes: document.rootfs.size_bytes,
                 };
-                let published = LogEntry::new(
-                    "message",
-                    "info",
+                let published = entry(
+                    LogKind::Message,
+                    LogLevel::Info,
                     format!(
                         "published {canonical_ref} (tags {})",
                         record.tags.join(", ")
                     ),
                 )
-                .phase("finalize")
+                .phase(LogPhase::Finalize)
                 .step(IMPORT_STEPS, IMPORT_STEPS);
                 if record.definition.start_cmd.is_some() || record.definition.readiness.is_some() {
-                    let warning = LogEntry::new("warning", "warn", crate::api::START_CMD_WARNING)
-                        .phase("finalize");
+                    let warning = entry(
+                        LogKind::Warning,
+                        LogLevel::Warn,
+                        crate::entry::START_CMD_WARNING,
+                    )
+                    .phase(LogPhase::Finalize);
                     if let Err(error) = self.store.append_entry(id, &with_ids(warning, &record)) {
                         tracing::warn!("build {id}: log entry lost: {error}");
                     }
                 }
-                let mut end = LogEntry::new("end", "info", "build ended: ready").phase("finalize");
-                end.result = Some(status::READY.into());
+                let mut end = entry(LogKind::End, LogLevel::Info, "build ended: ready")
+                    .phase(LogPhase::Finalize);
+                end.result = Some(BuildStatus::Ready);
                 end.result_metadata = Some(serde_json::json!({
                     "canonical_ref": canonical_ref,
                     "duration_ms": duration_since(record.started_at.as_deref()),
                 }));
                 let finish = Finish {
-                    status: status::READY,
+                    status: BuildStatus::Ready,
                     finished_at: now,
                     duration_ms: duration_since(record.started_at.as_deref()),
                     failure_phase: None,
@@ -401,17 +413,19 @@ impl Runner {
                 self.changed();
             }
             Err(error) => {
-                let phase = error.phase().to_string();
+                let phase = error.phase();
                 let message = error.to_string();
-                let mut entry = LogEntry::new("error", "error", message.clone()).phase("finalize");
-                entry.error_detail = Some(ErrorDetail {
-                    phase: phase.clone(),
+                let mut failed = entry(LogKind::Error, LogLevel::Error, message.clone())
+                    .phase(LogPhase::Finalize);
+                failed.error_detail = Some(ErrorDetail {
+                    phase,
                     message: message.clone(),
                 });
-                let mut end = LogEntry::new("end", "error", "build ended: error").phase("finalize");
-                end.result = Some(status::ERROR.into());
+                let mut end = entry(LogKind::End, LogLevel::Error, "build ended: error")
+                    .phase(LogPhase::Finalize);
+                end.result = Some(BuildStatus::Error);
                 let finish = Finish {
-                    status: status::ERROR,
+                    status: BuildStatus::Error,
                     finished_at: now,
                     duration_ms: duration_since(record.started_at.as_deref()),
                     failure_phase: Some(phase),
@@ -422,7 +436,7 @@ impl Runner {
                 self.store.finish(
                     id,
                     &finish,
-                    &[with_ids(entry, &record), with_ids(end, &record)],
+                    &[with_ids(failed, &record), with_ids(end, &record)],
                 )?;
                 self.changed();
             }
@@ -521,7 +535,7 @@ impl Runner {
     ) -> Result<std::path::PathBuf, BuildError> {
         for (status, reason, subject) in manifest.cache_decisions() {
             events.event(BuildEvent::Cache {
-                kind: "file_blob",
+                kind: CacheKind::FileBlob,
                 status,
                 reason,
                 subject,
@@ -537,7 +551,7 @@ impl Runner {
                 source,
             })?
         };
-        let stats = manifest.materialize(&blobs, &dir)?;
+        let stats = nullspace_build::context::materialize(manifest, &blobs, &dir)?;
         events.event(BuildEvent::Message {
             message: format!(
                 "build context {}{}: {} files, {} bytes",

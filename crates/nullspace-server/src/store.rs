@@ -19,7 +19,8 @@ use serde::{Deserialize, Serialize};
 use nullspace_rootfs::runtime::{OciMetadata, RuntimeDefaults};
 
 use crate::entry::{CacheSummary, LogEntry};
-use crate::request::BuildDefinition;
+use nullspace_api::{BuildBackend, BuildStatus, FailurePhase};
+use nullspace_build::definition::BuildDefinition;
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
@@ -50,24 +51,6 @@ pub enum StoreError {
     NameTaken(String),
 }
 
-/// Build statuses.
-pub mod status {
-    /// Queued, not started.
-    pub const WAITING: &str = "waiting";
-    /// Running.
-    pub const BUILDING: &str = "building";
-    /// Published.
-    pub const READY: &str = "ready";
-    /// Failed.
-    pub const ERROR: &str = "error";
-    /// Cancelled.
-    pub const CANCELLED: &str = "cancelled";
-    /// Whether `status` is terminal.
-    pub fn is_terminal(status: &str) -> bool {
-        matches!(status, READY | ERROR | CANCELLED)
-    }
-}
-
 /// What a ready build produced.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BuildResult {
@@ -96,8 +79,8 @@ pub struct BuildRecord {
     pub name: String,
     /// Tags requested (and promoted to it).
     pub tags: Vec<String>,
-    /// `waiting`, `building`, `ready`, `error` or `cancelled`.
-    pub status: String,
+    /// Where the build is.
+    pub status: BuildStatus,
     /// The sanitized definition (no secrets).
     pub definition: BuildDefinition,
     /// RFC 3339 times.
@@ -113,7 +96,7 @@ pub struct BuildRecord {
     /// Running time.
     pub duration_ms: Option<u64>,
     /// Failure phase.
-    pub failure_phase: Option<String>,
+    pub failure_phase: Option<FailurePhase>,
     /// Failure message.
     pub error_message: Option<String>,
     /// What a ready build produced.
@@ -128,13 +111,13 @@ pub struct BuildRecord {
 #[derive(Clone, Debug)]
 pub struct Finish {
     /// `ready`, `error` or `cancelled`.
-    pub status: &'static str,
+    pub status: BuildStatus,
     /// When.
     pub finished_at: String,
     /// Running time.
     pub duration_ms: Option<u64>,
     /// Failure phase.
-    pub failure_phase: Option<String>,
+    pub failure_phase: Option<FailurePhase>,
     /// Failure message.
     pub error_message: Option<String>,
     /// Result of a ready build.
@@ -162,9 +145,9 @@ pub struct TemplateRow {
 #[derive(Clone, Debug, Default)]
 pub struct HistoryFilter {
     /// Only this status.
-    pub status: Option<String>,
+    pub status: Option<BuildStatus>,
     /// Only this backend.
-    pub backend: Option<String>,
+    pub backend: Option<BuildBackend>,
     /// At most this many rows.
     pub limit: usize,
     /// Rows older than this sequence number (the cursor).
@@ -210,7 +193,7 @@ pub trait BuildStore: Send + Sync + 'static {
     /// Points `tag` of a template at a build, and records the tag on the build.
     fn set_tag(&self, template_id: &str, tag: &str, build_id: &str) -> Result<(), StoreError>;
     /// Ids of builds in `status`, oldest first.
-    fn builds_in(&self, status: &str) -> Result<Vec<String>, StoreError>;
+    fn builds_in(&self, status: BuildStatus) -> Result<Vec<String>, StoreError>;
     /// Removes `tag` of a template (and from its build's record); false when it had none.
     fn remove_tag(&self, template_id: &str, tag: &str) -> Result<bool, StoreError>;
     /// Renames a template; its id, builds, tags and aliases stay.
@@ -358,8 +341,8 @@ impl BuildStore for SqliteStore {
                     record.id,
                     record.owner,
                     record.template_id,
-                    record.status,
-                    record.definition.build_backend,
+                    record.status.as_str(),
+                    record.definition.build_backend.as_str(),
                     json
                 ],
             )
@@ -388,10 +371,10 @@ impl BuildStore for SqliteStore {
         let Some(mut record) = self.build(None, id)? else {
             return Ok(false);
         };
-        if record.status != status::WAITING {
+        if record.status != BuildStatus::Waiting {
             return Ok(false);
         }
-        record.status = status::BUILDING.into();
+        record.status = BuildStatus::Building;
         record.started_at = Some(now.into());
         record.updated_at = now.into();
         let json = self.encode("build record", &record)?;
@@ -413,15 +396,15 @@ impl BuildStore for SqliteStore {
         let Some(mut record) = self.build(None, id)? else {
             return Ok(false);
         };
-        if status::is_terminal(&record.status) {
+        if record.status.is_terminal() {
             return Ok(false);
         }
-        let previous = record.status.clone();
-        record.status = finish.status.into();
+        let previous = record.status;
+        record.status = finish.status;
         record.finished_at = Some(finish.finished_at.clone());
         record.updated_at = finish.finished_at.clone();
         record.duration_ms = finish.duration_ms;
-        record.failure_phase = finish.failure_phase.clone();
+        record.failure_phase = finish.failure_phase;
         record.error_message = finish.error_message.clone();
         record.result = finish.result.clone();
         if let Some(summary) = &finish.cache_summary {
@@ -432,7 +415,7 @@ impl BuildStore for SqliteStore {
             let tx = c.transaction()?;
             let changed = tx.execute(
                 "UPDATE api_builds SET status = ?2, record = ?3 WHERE id = ?1 AND status = ?4",
-                params![id, finish.status, json, previous],
+                params![id, finish.status.as_str(), json, previous.as_str()],
             )?;
             if changed == 1 {
                 for entry in entries {
@@ -454,7 +437,11 @@ impl BuildStore for SqliteStore {
                     |r| r.get(0),
                 )
                 .optional()?;
-            if active.is_none_or(|s| status::is_terminal(&s)) {
+            let ended = |s: &String| {
+                s.parse::<BuildStatus>()
+                    .map_or(true, BuildStatus::is_terminal)
+            };
+            if active.as_ref().is_none_or(ended) {
                 return Ok(None);
             }
             let offset = insert_entry(&tx, id, entry)?;
@@ -511,8 +498,8 @@ impl BuildStore for SqliteStore {
                     params![
                         owner,
                         template_id,
-                        filter.status,
-                        filter.backend,
+                        filter.status.map(BuildStatus::as_str),
+                        filter.backend.map(BuildBackend::as_str),
                         filter.before,
                         limit
                     ],
@@ -671,12 +658,12 @@ impl BuildStore for SqliteStore {
         self.with(|c| nullspace_build::store::remove_alias_row(c, owner, template_id, alias))
     }
 
-    fn builds_in(&self, wanted: &str) -> Result<Vec<String>, StoreError> {
+    fn builds_in(&self, wanted: BuildStatus) -> Result<Vec<String>, StoreError> {
         self.with(|c| {
             let mut statement =
                 c.prepare("SELECT id FROM api_builds WHERE status = ?1 ORDER BY seq")?;
             let rows = statement
-                .query_map(params![wanted], |r| r.get(0))?
+                .query_map(params![wanted.as_str()], |r| r.get(0))?
                 .collect::<rusqlite::Result<Vec<String>>>()?;
             Ok(rows)
         })

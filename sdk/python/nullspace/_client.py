@@ -1,17 +1,123 @@
-"""The HTTP client: base URL and API key from the environment, the error envelope, SSE."""
+"""The HTTP client: base URL and API key from the environment, the error envelope, SSE, and
+the retries of what may go away by itself (:class:`Backoff`)."""
 
 from __future__ import annotations
 
 import json
 import os
+import random
+import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, BinaryIO, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, BinaryIO, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, TypeVar
 
 import httpx
 
 from .errors import ApiError, NullspaceError, error_from_response
 
 DEFAULT_API_URL = "http://127.0.0.1:8080"
+DEFAULT_RETRY_BUDGET = 30.0
+"""Seconds for which a run of transient failures is retried before giving up."""
+
+T = TypeVar("T")
+
+# Answers of a proxy or load balancer while the server behind it is down or restarting.
+_TRANSIENT_STATUSES = frozenset({502, 503, 504})
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether ``error`` may go away by itself: the server unreachable or restarting
+    (connection refused or reset, a response cut off, a timeout), or a proxy in front of it
+    answering 502, 503 or 504."""
+    if isinstance(error, (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)):
+        return True
+    return isinstance(error, ApiError) and error.status_code in _TRANSIENT_STATUSES
+
+
+def unreachable(target: str, error: Exception) -> ApiError:
+    """The SDK's error for a failed HTTP exchange with ``target``."""
+    return ApiError(f"cannot reach {target}: {error}", code="connection_error")
+
+
+class Backoff:
+    """The one retry policy of the SDK, for idempotent requests and stream reconnects.
+
+    After a transient failure (:func:`is_transient`), :meth:`retry` sleeps before the next
+    attempt: exponential delays from ``initial`` up to ``maximum`` seconds, each with random
+    jitter (between half and all of it, so that clients cut off together do not come back in
+    lockstep). A run of failures is retried for at most ``budget`` seconds from its first
+    failure, then the last error is raised; :meth:`reset`, called after progress, starts a new
+    run. Other errors are raised at once (``httpx`` errors as :class:`ApiError`
+    ``connection_error``).
+    """
+
+    def __init__(
+        self,
+        target: str,
+        budget: float = DEFAULT_RETRY_BUDGET,
+        initial: float = 0.25,
+        maximum: float = 4.0,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self.target = target
+        self.budget = budget
+        self.initial = initial
+        self.maximum = maximum
+        self._sleep = sleep
+        self._clock = clock
+        self._jitter = jitter
+        self._attempts = 0
+        self._since: Optional[float] = None
+
+    def reset(self) -> None:
+        """Forgets the failures so far (after a success or other progress)."""
+        self._attempts = 0
+        self._since = None
+
+    def retry(self, error: Exception) -> None:
+        """Sleeps before retrying after ``error``, or raises it when it is not transient or
+        the run of failures has lasted ``budget`` seconds."""
+        if not is_transient(error):
+            if isinstance(error, httpx.HTTPError):
+                raise unreachable(self.target, error) from None
+            raise error
+        now = self._clock()
+        if self._since is None:
+            self._since = now
+        left = self._since + self.budget - now
+        if left <= 0:
+            if isinstance(error, NullspaceError):
+                error.message = f"{error.message} (still failing after {self.budget:g}s of retries)"
+                raise error
+            raise ApiError(
+                f"cannot reach {self.target}: {error} (still failing after {self.budget:g}s of retries)",
+                code="connection_error",
+            ) from None
+        self._sleep(min(self.delay(), left))
+
+    def pause(self) -> None:
+        """Sleeps the next delay without counting a failure (to pace reconnects to a stream
+        that closed early without an error)."""
+        self._sleep(self.delay())
+
+    def delay(self) -> float:
+        """The next delay, with its jitter; each call doubles the next one's ceiling."""
+        ceiling = min(self.maximum, self.initial * 2.0 ** min(self._attempts, 30))
+        self._attempts += 1
+        return ceiling * (0.5 + 0.5 * self._jitter())
+
+    def call(self, attempt: Callable[[], T]) -> T:
+        """``attempt()`` until it succeeds, retrying transient failures (then resets)."""
+        while True:
+            try:
+                result = attempt()
+            except (httpx.HTTPError, ApiError) as error:
+                self.retry(error)
+                continue
+            self.reset()
+            return result
 
 
 class Client:
@@ -27,10 +133,12 @@ class Client:
         api_key: Optional[str] = None,
         *,
         timeout: float = 30.0,
+        retry_budget: float = DEFAULT_RETRY_BUDGET,
     ) -> None:
         self.api_url = (api_url or os.environ.get("NULLSPACE_API_URL") or DEFAULT_API_URL).rstrip("/")
         self._api_key = api_key if api_key is not None else os.environ.get("NULLSPACE_API_KEY")
         self._timeout = timeout
+        self.retry_budget = retry_budget
 
     def __repr__(self) -> str:
         return f"Client(api_url={self.api_url!r})"
@@ -41,6 +149,10 @@ class Client:
             headers["authorization"] = f"Bearer {self._api_key}"
         return headers
 
+    def backoff(self) -> Backoff:
+        """A fresh retry policy for this server (``retry_budget`` seconds per run of failures)."""
+        return Backoff(self.api_url, self.retry_budget)
+
     def request(
         self,
         method: str,
@@ -48,9 +160,12 @@ class Client:
         *,
         json_body: Optional[Mapping[str, Any]] = None,
         params: Optional[Mapping[str, Any]] = None,
+        backoff: Optional[Backoff] = None,
     ) -> Any:
-        """Sends a request and returns the decoded JSON, raising the matching error."""
-        try:
+        """Sends a request and returns the decoded JSON, raising the matching error. With
+        ``backoff`` (for idempotent requests only), transient failures are retried under it."""
+
+        def attempt() -> Any:
             response = httpx.request(
                 method,
                 self.api_url + path,
@@ -59,9 +174,14 @@ class Client:
                 headers=self._headers(),
                 timeout=self._timeout,
             )
+            return _decode(response)
+
+        if backoff is not None:
+            return backoff.call(attempt)
+        try:
+            return attempt()
         except httpx.HTTPError as error:
-            raise ApiError(f"cannot reach {self.api_url}: {error}", code="connection_error") from None
-        return _decode(response)
+            raise unreachable(self.api_url, error) from None
 
     def upload_files(
         self, uploads: "List[Tuple[str, str]]", workers: int = 8
@@ -82,7 +202,7 @@ class Client:
                 try:
                     response = session.put(self.api_url + path, content=_chunks(body), headers=headers)
                 except httpx.HTTPError as error:
-                    raise ApiError(f"cannot reach {self.api_url}: {error}", code="connection_error") from None
+                    raise unreachable(self.api_url, error) from None
             try:
                 _decode(response)
             except NullspaceError as error:
@@ -99,10 +219,16 @@ class Client:
                 # On the first failure, the uploads not started yet are dropped.
                 pool.shutdown(wait=True, cancel_futures=True)
 
-    def sse(self, path: str, params: Mapping[str, Any]) -> Iterator[Tuple[Optional[str], str, str]]:
-        """Yields ``(id, event, data)`` of a server-sent event stream until it closes."""
+    def sse(
+        self, path: str, params: Mapping[str, Any], last_event_id: Optional[str] = None
+    ) -> Iterator[Tuple[Optional[str], str, str]]:
+        """Yields ``(id, event, data)`` of a server-sent event stream until it closes. A
+        reconnect passes the id of the last event it got as ``last_event_id`` (sent as the
+        standard ``Last-Event-ID`` header). Network errors are raised as ``httpx`` errors."""
         timeout = httpx.Timeout(self._timeout, read=None)
         headers = dict(self._headers(), accept="text/event-stream")
+        if last_event_id is not None:
+            headers["last-event-id"] = last_event_id
         with httpx.stream(
             "GET", self.api_url + path, params=_params(params), headers=headers, timeout=timeout
         ) as response:

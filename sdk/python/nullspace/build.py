@@ -7,7 +7,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 
 import httpx
 
-from ._client import Client
+from ._client import Backoff, Client
 from .errors import ApiError, BuildError, ErrorDetail
 from .models import Build, BuildSnapshot, LogEntry
 
@@ -92,9 +92,15 @@ class TemplateBuild:
 
     def get_status(self, offset: int = 0) -> BuildSnapshot:
         """The build and its log entries from ``offset`` on."""
+        return self._get_status(offset)
+
+    def _get_status(self, offset: int, backoff: Optional[Backoff] = None) -> BuildSnapshot:
         snapshot = BuildSnapshot.from_dict(
             self._client.request(
-                "GET", f"/v1/templates/builds/{self.build_id}", params={"offset": offset}
+                "GET",
+                f"/v1/templates/builds/{self.build_id}",
+                params={"offset": offset},
+                backoff=backoff,
             )
         )
         self.build = snapshot.build
@@ -102,32 +108,44 @@ class TemplateBuild:
 
     def logs(self, offset: int = 0, follow: bool = False) -> Iterator[LogEntry]:
         """Replays the durable log from ``offset``; with ``follow``, continues with live
-        entries until the build ends, reconnecting from the last offset if the stream drops."""
+        entries until the build ends.
+
+        When the stream drops, it reconnects from the next offset (the ``offset`` parameter,
+        and the standard ``Last-Event-ID`` header with the last event's id), retrying while the
+        server is unreachable, e.g. restarting, for up to the client's ``retry_budget`` seconds
+        (30 by default) with backoff and jitter. Each entry is yielded once, in offset order.
+        """
+        path = f"/v1/templates/builds/{self.build_id}/logs"
+        backoff = self._client.backoff()
         next_offset = offset
-        failures = 0
+        last_event_id: Optional[str] = None
         while True:
+            progressed = False
             try:
-                for _, event, data in self._client.sse(
-                    f"/v1/templates/builds/{self.build_id}/logs",
-                    {"offset": next_offset, "follow": follow},
+                for event_id, event, data in self._client.sse(
+                    path, {"offset": next_offset, "follow": follow}, last_event_id=last_event_id
                 ):
                     if event != "log":
                         continue
                     entry = LogEntry.from_dict(_json(data))
+                    if entry.offset < next_offset:
+                        continue  # already yielded before a reconnect
                     next_offset = entry.offset + 1
-                    failures = 0
+                    last_event_id = event_id if event_id is not None else str(entry.offset)
+                    progressed = True
+                    backoff.reset()
                     yield entry
-            except (httpx.TransportError, httpx.StreamError) as error:
-                failures += 1
-                if failures > 5:
-                    raise ApiError(f"log stream lost: {error}", code="connection_error") from None
-                time.sleep(min(0.2 * 2**failures, 5.0))
+            except (httpx.HTTPError, ApiError) as error:
+                backoff.retry(error)  # raises once it is not worth retrying
                 continue
             if not follow:
                 return
-            snapshot = self.get_status(next_offset)
+            # The stream closed cleanly: over if the build has ended and nothing is left.
+            snapshot = self._get_status(next_offset, backoff)
             if snapshot.build.is_terminal and not snapshot.entries:
                 return
+            if not progressed:
+                backoff.pause()  # a server that keeps closing the stream at once
 
     def cancel(self, reason: str = "") -> Build:
         """Cancels the build (idempotent once it has ended)."""
@@ -186,21 +204,22 @@ class TemplateBuild:
         (its ``entries`` are the ones seen while waiting)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         seen: List[LogEntry] = []
+        backoff = self._client.backoff()  # polls survive a server restart like the stream
         if on_log_entry is not None:
             for entry in self.logs(offset=offset, follow=True):
                 seen.append(entry)
                 on_log_entry(entry)
                 if deadline is not None and time.monotonic() > deadline:
                     raise TimeoutError(f"build {self.build_id} did not end within {timeout}s")
-            snapshot = self.get_status(offset + len(seen))
+            snapshot = self._get_status(offset + len(seen), backoff)
             return BuildSnapshot(snapshot.build, seen + snapshot.entries, snapshot.next_offset)
         next_offset = offset
         while True:
-            snapshot = self.get_status(next_offset)
+            snapshot = self._get_status(next_offset, backoff)
             seen.extend(snapshot.entries)
             next_offset = snapshot.next_offset
             if snapshot.build.is_terminal:
-                rest = self.get_status(next_offset)
+                rest = self._get_status(next_offset, backoff)
                 seen.extend(rest.entries)
                 return BuildSnapshot(rest.build, seen, rest.next_offset)
             if deadline is not None and time.monotonic() > deadline:

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import stat
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Pattern, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from ._client import Client
 from .errors import FileUploadError
@@ -21,29 +20,47 @@ from .errors import FileUploadError
 _CHUNK = 1 << 20
 
 
+# What Go's ``strings.TrimSpace`` strips (Unicode White_Space; Python's ``str.isspace`` also
+# counts the separators U+001C..U+001F, which Docker keeps).
+_SPACE = (
+    "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+    "\u2028\u2029\u202f\u205f\u3000"
+)
+_BOM = "\ufeff"
+
+
 class DockerIgnore:
-    """``.dockerignore`` rules as Docker applies them: patterns in order, the last matching
-    one wins, ``!`` re-includes, ``*``/``?``/``[...]`` stay within one path segment, ``**``
-    spans segments, and a pattern that matches a directory excludes everything beneath it."""
+    """``.dockerignore`` rules as Docker applies them (moby's ``ignorefile.ReadAll`` and
+    ``patternmatcher``).
+
+    Reading: a UTF-8 BOM before the first line is dropped; a line whose very first character is
+    ``#`` is a comment (``  # x`` is the pattern ``# x``); lines are trimmed and blank ones
+    skipped; ``!`` makes an exception; each pattern is cleaned like Go's ``filepath.Clean``
+    (``./a``, ``a//b/``, ``a/../b`` become ``a``, ``a/b``, ``b``) and loses a leading ``/``.
+
+    Matching (see :class:`Glob`): patterns are anchored at the context root, ``*``, ``?`` and
+    ``[...]`` stay within a path segment, ``**`` spans segments, a pattern that matches a
+    directory matches everything beneath it, and the last rule that matches a path decides.
+    """
 
     def __init__(self, lines: Iterable[str]) -> None:
-        self.rules: List[Tuple[Pattern[str], bool, str]] = []
-        for raw in lines:
-            line = raw.strip()
-            if not line or line.startswith("#"):
+        self.rules: List[Tuple[Glob, bool, str]] = []
+        for number, raw in enumerate(lines):
+            if number == 0 and raw.startswith(_BOM):
+                raw = raw[len(_BOM) :]
+            if raw.startswith("#"):
                 continue
-            negated = line.startswith("!")
-            if negated:
-                line = line[1:].strip()
-            line = os.path.normpath(line).lstrip("/") if line else line
-            if line in ("", "."):
+            line = raw.strip(_SPACE)
+            if not line:
                 continue
             try:
-                self.rules.append((_compile(line), negated, raw.strip()))
-            except re.error as error:
+                parsed = _parse_line(line)
+                if parsed is not None:
+                    pattern, negated = parsed
+                    self.rules.append((Glob(pattern), negated, line))
+            except ValueError as error:
                 raise FileUploadError(
-                    f".dockerignore: pattern {raw.strip()!r} is invalid: {error}",
-                    code="file_upload_error",
+                    f".dockerignore: pattern {line!r} is invalid: {error}", code="file_upload_error"
                 ) from None
 
     @classmethod
@@ -51,8 +68,9 @@ class DockerIgnore:
         """The rules of ``root/.dockerignore`` (none if it does not exist)."""
         path = os.path.join(root, ".dockerignore")
         try:
-            with open(path, encoding="utf-8") as f:
-                return cls(f.read().splitlines())
+            # Bytes that are not UTF-8 stay as surrogates, as in the names os.listdir returns.
+            with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
+                return cls(f.read().split("\n"))
         except FileNotFoundError:
             return cls([])
         except OSError as error:
@@ -65,53 +83,266 @@ class DockerIgnore:
 
     def excluded(self, path: str) -> bool:
         """Whether the context-relative ``path`` (``a/b.txt``) is excluded."""
-        parents = _parents(path)
         result = False
-        for pattern, negated, _ in self.rules:
-            if any(pattern.match(p) for p in parents):
+        for glob, negated, _ in self.rules:
+            # A rule can only change the answer when it goes the other way (as Docker skips it).
+            if negated == result and glob.matches_or_parent_matches(path):
                 result = not negated
         return result
 
 
-def _parents(path: str) -> List[str]:
-    parts = path.split("/")
-    return ["/".join(parts[: i + 1]) for i in range(len(parts))]
+def _parse_line(line: str) -> Optional[Tuple[str, bool]]:
+    """The pattern of a trimmed, non-comment line and whether it is an exception (``None``
+    when it matches nothing), in Docker's two passes: ``ignorefile.ReadAll`` keeps a leading
+    ``!``, cleans the rest and drops one leading ``/``; ``patternmatcher.New`` trims and cleans
+    the result again and only then reads a leading ``!`` (so ``/!x`` is the exception ``x`` and
+    ``/ x`` is ``x``, as in Docker)."""
+    negated = line.startswith("!")
+    pattern = line[1:].strip(_SPACE) if negated else line
+    if pattern:
+        pattern = _clean(pattern)
+        if len(pattern) > 1 and pattern.startswith("/"):
+            pattern = pattern[1:]
+    pattern = (("!" if negated else "") + pattern).strip(_SPACE)
+    if not pattern:
+        return None
+    pattern = _clean(pattern)
+    negated = pattern.startswith("!")
+    if negated:
+        pattern = pattern[1:]
+        if not pattern:
+            raise ValueError('an exception needs a pattern after "!"')
+    if pattern == ".":
+        return None  # only the context root, which Docker never excludes
+    return pattern, negated
 
 
-def _compile(pattern: str) -> Pattern[str]:
-    out = ""
+def _clean(path: str) -> str:
+    """Go's ``filepath.Clean`` on Unix: no empty or ``.`` segments, ``..`` resolved lexically
+    (kept at the start of a relative path, dropped at the root), ``.`` for nothing."""
+    rooted = path.startswith("/")
+    parts: List[str] = []
+    for part in path.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if parts and parts[-1] != "..":
+                parts.pop()
+            elif not rooted:
+                parts.append("..")
+            continue
+        parts.append(part)
+    cleaned = "/".join(parts)
+    if rooted:
+        return "/" + cleaned
+    return cleaned or "."
+
+
+# Pattern tokens. The first three consume exactly one character; the last three may consume
+# none (so the matcher can step over them without reading).
+_LITERAL = 0  # the character itself
+_ONE = 1  # ``?``: any character but ``/``
+_CLASS = 2  # ``[...]``
+_STAR = 3  # ``*``: ``[^/]*``
+_ANY = 4  # a trailing ``**``: ``.*``
+_DIRS = 5  # any other ``**`` and the ``/`` after it: ``(.*/)?``
+
+_Token = Tuple[int, Any]  # (kind, the character for _LITERAL or the _CharClass for _CLASS)
+
+
+@dataclass(frozen=True)
+class _CharClass:
+    """``[...]``: ranges of characters, negated by a leading ``^``. Docker hands classes to
+    Go's regexp, so ``!`` is an ordinary member and a negated class also matches ``/``."""
+
+    ranges: Tuple[Tuple[str, str], ...]
+    negated: bool
+
+    def matches(self, char: str) -> bool:
+        return any(lo <= char <= hi for lo, hi in self.ranges) != self.negated
+
+
+class Glob:
+    """One cleaned ``.dockerignore`` pattern, matched without backtracking.
+
+    The meaning is moby's ``patternmatcher``, which turns a pattern into a Go regular
+    expression: ``*`` is ``[^/]*``, ``?`` is ``[^/]``, ``[...]`` is a class (see
+    :class:`_CharClass`), ``\\x`` is the character ``x``, ``**`` at the end is ``.*``, and any
+    other ``**`` (with the ``/`` right after it) is ``(.*/)?``, i.e. zero or more whole
+    directories; except that a leading ``**`` followed by plain characters only (``**.txt``)
+    matches every path that ends with them, as Docker's suffix shortcut does. The rest is
+    literal. Syntax errors are the ones Go's ``filepath.Match`` reports (an unterminated or
+    empty class, a range without an end, a trailing ``\\``) plus reversed ranges, which Go's
+    regexp rejects; they raise ``ValueError``.
+
+    Docker passes a few more constructs straight to the regexp engine (``\\d``, ``^`` outside a
+    class, ``*`` or ``?`` inside one, ``[[:alpha:]]``); here they are literal characters.
+
+    Matching runs the pattern's NFA over a set of states (token positions, plus "inside a
+    ``(.*/)?`` that still owes its ``/``"), reading each path character once, so it costs at
+    most ``4 * (len(tokens) + 1) * (len(path) + 1)`` state visits (see :meth:`steps`) whatever
+    the pattern.
+    """
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        self.tokens: List[_Token] = _tokenize(pattern)
+
+    def __repr__(self) -> str:
+        return f"Glob({self.pattern!r})"
+
+    def matches(self, path: str) -> bool:
+        """Whether the whole ``path`` matches."""
+        return self._run(path, parents=False)[0]
+
+    def matches_or_parent_matches(self, path: str) -> bool:
+        """Whether ``path`` or one of its parent directories (``a``, ``a/b`` of ``a/b/c``)
+        matches: one pass over ``path``, accepting at each ``/`` too."""
+        return self._run(path, parents=True)[0]
+
+    def steps(self, path: str) -> int:
+        """How many NFA states :meth:`matches_or_parent_matches` visits for ``path``: a
+        measure of the work, for checking that it grows linearly with the path."""
+        return self._run(path, parents=True)[1]
+
+    def _run(self, path: str, parents: bool) -> Tuple[bool, int]:
+        tokens = self.tokens
+        accept = 2 * len(tokens)
+        # State 2*i: about to match token i; 2*i+1: inside the _DIRS token i, owing a "/".
+        # mark[state] == stamp: the state is already in the set of the current step.
+        mark = [-1] * (accept + 2)
+        steps = 0
+
+        def enter(position: int, stamp: int, into: List[int]) -> int:
+            """Adds state 2*position and the states reachable from it without reading."""
+            added = 0
+            while mark[2 * position] != stamp:
+                mark[2 * position] = stamp
+                into.append(2 * position)
+                added += 1
+                if position == len(tokens) or tokens[position][0] < _STAR:
+                    break
+                position += 1
+            return added
+
+        stamp = 0
+        current: List[int] = []
+        steps += enter(0, stamp, current)
+        for index, char in enumerate(path):
+            if not current:
+                return False, steps
+            if parents and char == "/" and index > 0 and mark[accept] == stamp:
+                return True, steps  # path[:index] is a matching parent directory
+            stamp += 1
+            following: List[int] = []
+            for state in current:
+                steps += 1
+                position = state >> 1
+                if state & 1:
+                    if mark[state] != stamp:
+                        mark[state] = stamp
+                        following.append(state)
+                        steps += 1
+                    if char == "/":
+                        steps += enter(position + 1, stamp, following)
+                    continue
+                if position == len(tokens):
+                    continue
+                kind, value = tokens[position]
+                if kind == _LITERAL:
+                    if char == value:
+                        steps += enter(position + 1, stamp, following)
+                elif kind == _ONE:
+                    if char != "/":
+                        steps += enter(position + 1, stamp, following)
+                elif kind == _CLASS:
+                    if value.matches(char):
+                        steps += enter(position + 1, stamp, following)
+                elif kind == _STAR:
+                    if char != "/":
+                        steps += enter(position, stamp, following)
+                elif kind == _ANY:
+                    steps += enter(position, stamp, following)
+                else:  # _DIRS: start or continue the ".*", which a "/" may end
+                    inside = state + 1
+                    if mark[inside] != stamp:
+                        mark[inside] = stamp
+                        following.append(inside)
+                        steps += 1
+                    if char == "/":
+                        steps += enter(position + 1, stamp, following)
+            current = following
+        return mark[accept] == stamp, steps
+
+
+def _tokenize(pattern: str) -> List[_Token]:
+    tokens: List[_Token] = []
     i = 0
     while i < len(pattern):
-        c = pattern[i]
-        if c == "*":
-            if pattern.startswith("**", i):
-                i += 2
-                if pattern.startswith("/", i):
-                    i += 1
-                    out += "(?:.*/)?"
-                else:
-                    out += ".*"
-                continue
-            out += "[^/]*"
-        elif c == "?":
-            out += "[^/]"
-        elif c == "[":
-            end = pattern.find("]", i + 1)
-            if end == -1:
-                out += re.escape(c)
+        char = pattern[i]
+        if pattern.startswith("**", i):
+            start, i = i, i + 2
+            slash = pattern.startswith("/", i)
+            if slash:
+                i += 1
+            if i == len(pattern):
+                tokens.append((_ANY, None))
+            elif start == 0 and not slash and not any(c in "*?[]\\" for c in pattern[i:]):
+                # Docker's suffix shortcut: "**x" (plain characters after it) is ".*x".
+                tokens.append((_ANY, None))
             else:
-                body = pattern[i + 1 : end]
-                if body.startswith(("!", "^")):
-                    body = "^" + body[1:]
-                out += "[" + body.replace("\\", "\\\\") + "]"
-                i = end
-        elif c == "\\" and i + 1 < len(pattern):
+                tokens.append((_DIRS, None))
+            continue
+        if char == "*":
+            tokens.append((_STAR, None))
+        elif char == "?":
+            tokens.append((_ONE, None))
+        elif char == "[":
+            char_class, i = _parse_class(pattern, i + 1)
+            tokens.append((_CLASS, char_class))
+            continue
+        elif char == "\\":
+            if i + 1 == len(pattern):
+                raise ValueError("a trailing \\ escapes nothing")
             i += 1
-            out += re.escape(pattern[i])
+            tokens.append((_LITERAL, pattern[i]))
         else:
-            out += re.escape(c)
+            tokens.append((_LITERAL, char))
         i += 1
-    return re.compile("^" + out + "$")
+    return tokens
+
+
+def _parse_class(pattern: str, i: int) -> Tuple[_CharClass, int]:
+    """The class whose body starts at ``pattern[i]`` (after ``[``) and the index after its
+    ``]``, read as Go's ``filepath.Match`` does."""
+    negated = pattern.startswith("^", i)
+    if negated:
+        i += 1
+    ranges: List[Tuple[str, str]] = []
+    while True:
+        if pattern.startswith("]", i) and ranges:
+            return _CharClass(tuple(ranges), negated), i + 1
+        lo, i = _class_char(pattern, i)
+        hi = lo
+        if pattern[i] == "-":
+            hi, i = _class_char(pattern, i + 1)
+        if hi < lo:
+            raise ValueError(f"the range {lo}-{hi} of a [...] class is reversed")
+        ranges.append((lo, hi))
+
+
+def _class_char(pattern: str, i: int) -> Tuple[str, int]:
+    """One character of a class (``\\`` escapes) and the index after it; something must follow
+    it (at least the closing ``]``)."""
+    if i >= len(pattern) or pattern[i] in "-]":
+        raise ValueError("a [...] class is empty, unterminated or has a range without an end")
+    if pattern[i] == "\\":
+        i += 1
+        if i == len(pattern):
+            raise ValueError("a [...] class is unterminated")
+    if i + 1 >= len(pattern):
+        raise ValueError("a [...] class is unterminated")
+    return pattern[i], i + 1
 
 
 @dataclass

@@ -286,8 +286,8 @@ impl ProgressParser {
         if v.cached && !entry.cache_reported && label.is_some() {
             entry.cache_reported = true;
             out.push(BuildEvent::Cache {
-                kind: "layer",
-                status: "hit",
+                kind: nullspace_api::CacheKind::Layer,
+                status: nullspace_api::CacheStatus::Hit,
                 reason: None,
                 subject: format!("buildkit {name}"),
             });
@@ -439,9 +439,13 @@ ERROR: failed to solve: boom
                 ..
             }
         ));
-        assert!(events
-            .iter()
-            .any(|e| matches!(e, BuildEvent::Cache { status: "hit", .. })));
+        assert!(events.iter().any(|e| matches!(
+            e,
+            BuildEvent::Cache {
+                status: nullspace_api::CacheStatus::Hit,
+                ..
+            }
+        )));
         assert!(events
             .iter()
             .any(|e| matches!(e, BuildEvent::Log { message, .. } if message == "out ***")));
@@ -463,9 +467,13 @@ ERROR: failed to solve: boom
         assert!(events
             .iter()
             .any(|e| matches!(e, BuildEvent::Log { message, .. } if message == "hi")));
-        assert!(events
-            .iter()
-            .any(|e| matches!(e, BuildEvent::Cache { status: "hit", .. })));
+        assert!(events.iter().any(|e| matches!(
+            e,
+            BuildEvent::Cache {
+                status: nullspace_api::CacheStatus::Hit,
+                ..
+            }
+        )));
         assert!(err.to_string().contains("failed to solve: x"));
     }
 

@@ -1,0 +1,143 @@
+//! Build-context uploads: which blobs the caller lacks, and the blobs themselves, kept per
+//! owner by digest.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::{Extension, Json};
+
+use nullspace_api::request::MissingBlobsBody;
+use nullspace_api::response::{MissingBlobs, UploadedBlob};
+use nullspace_api::ErrorEnvelope;
+use nullspace_build::context::{parse_digest, ContextBlobs, UploadError};
+
+use crate::error::ApiError;
+
+use super::extract::{JsonBody, Owner};
+use super::{ApiResult, AppState};
+
+/// Most digests one `missing` question may ask about.
+const MAX_MISSING_QUERY: usize = 200_000;
+
+/// The caller's blob store.
+pub(super) fn context_blobs(state: &AppState, owner: &str) -> ApiResult<ContextBlobs> {
+    ContextBlobs::open(state.runner.engine().data_dir(), owner).map_err(ApiError::internal)
+}
+
+/// Which of `digests` the caller has not uploaded.
+#[utoipa::path(
+    post,
+    path = "/v1/templates/build-context/blobs/missing",
+    tag = "build-context",
+    request_body = MissingBlobsBody,
+    responses(
+        (status = 200, body = MissingBlobs),
+        (status = 400, body = ErrorEnvelope),
+    ),
+)]
+pub async fn missing_blobs(
+    State(state): State<AppState>,
+    Extension(Owner(owner)): Extension<Owner>,
+    JsonBody(body): JsonBody<MissingBlobsBody>,
+) -> ApiResult<Json<MissingBlobs>> {
+    if body.digests.len() > MAX_MISSING_QUERY {
+        return Err(ApiError::invalid(
+            "digests",
+            format!(
+                "{} digests; at most {MAX_MISSING_QUERY} per call",
+                body.digests.len()
+            ),
+        ));
+    }
+    let digests = body
+        .digests
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            parse_digest(text).map_err(|e| ApiError::invalid(&format!("digests[{i}]"), e))
+        })
+        .collect::<ApiResult<Vec<_>>>()?;
+    let blobs = context_blobs(&state, &owner)?;
+    // Up to 200k stat calls: off the async workers.
+    let missing = tokio::task::spawn_blocking(move || blobs.missing(&digests))
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(MissingBlobs { missing }))
+}
+
+/// 200 when the caller has uploaded the blob, else 404.
+#[utoipa::path(
+    head,
+    path = "/v1/templates/build-context/blobs/{digest}",
+    tag = "build-context",
+    params(("digest" = String, Path, description = "sha256:<hex>")),
+    responses((status = 200), (status = 404)),
+)]
+pub async fn has_blob(
+    State(state): State<AppState>,
+    Extension(Owner(owner)): Extension<Owner>,
+    Path(digest): Path<String>,
+) -> ApiResult<StatusCode> {
+    let parsed = parse_digest(&digest).map_err(|e| ApiError::invalid("digest", e))?;
+    let blobs = context_blobs(&state, &owner)?;
+    let present = tokio::task::spawn_blocking(move || blobs.contains(&parsed))
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(if present {
+        StatusCode::OK
+    } else {
+        StatusCode::NOT_FOUND
+    })
+}
+
+/// The file's bytes, streamed to disk and hashed on the way; stored only if they hash to
+/// `digest`. Uploading a present blob again replaces it (a forced upload).
+#[utoipa::path(
+    put,
+    path = "/v1/templates/build-context/blobs/{digest}",
+    tag = "build-context",
+    params(("digest" = String, Path, description = "sha256:<hex>")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses(
+        (status = 201, body = UploadedBlob),
+        (status = 409, body = ErrorEnvelope, description = "upload_conflict: the bytes hash to another digest"),
+        (status = 413, body = ErrorEnvelope, description = "file_upload_limit_exceeded"),
+    ),
+)]
+pub async fn upload_blob(
+    State(state): State<AppState>,
+    Extension(Owner(owner)): Extension<Owner>,
+    Path(digest): Path<String>,
+    body: axum::body::Body,
+) -> ApiResult<(StatusCode, Json<UploadedBlob>)> {
+    use futures_util::StreamExt as _;
+    let parsed = parse_digest(&digest).map_err(|e| ApiError::invalid("digest", e))?;
+    let blobs = context_blobs(&state, &owner)?;
+    let mut upload = blobs
+        .upload(parsed, state.config.max_upload_bytes)
+        .map_err(ApiError::internal)?;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::file_upload(format!("blob {digest}: the upload was interrupted: {e}"))
+        })?;
+        upload.write(&chunk).map_err(|e| upload_error(&digest, e))?;
+    }
+    let size = upload.commit().map_err(|e| upload_error(&digest, e))?;
+    Ok((StatusCode::CREATED, Json(UploadedBlob { digest, size })))
+}
+
+fn upload_error(digest: &str, error: UploadError) -> ApiError {
+    match error {
+        UploadError::TooLarge { .. } => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "file_upload_limit_exceeded",
+            format!("blob {digest}: {error}"),
+        ),
+        UploadError::DigestMismatch { .. } => ApiError::new(
+            StatusCode::CONFLICT,
+            "upload_conflict",
+            format!("blob {digest}: {error}"),
+        ),
+        UploadError::Io(error) => ApiError::internal(format!("blob {digest}: {error}")),
+    }
+}
