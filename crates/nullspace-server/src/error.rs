@@ -1,7 +1,7 @@
 //! The error envelope every non-2xx response carries (`ErrorResponse`, spec §3.10).
 //!
 //! Handlers return [`ApiError`]; its `IntoResponse` parks the error in the response's extensions
-//! and the request-id middleware ([`crate::api`]) renders the JSON body, so every error carries
+//! and the API middleware (`api::middleware`) renders the JSON body, so every error carries
 //! the `request_id` of the request that caused it.
 
 use axum::http::StatusCode;
