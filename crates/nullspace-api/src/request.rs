@@ -210,6 +210,9 @@ pub struct BuildSecret {
     pub id: String,
     /// The value.
     pub value: SecretString,
+    /// Where the client read it (`env`, `file`); informational, the value is what counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// `build_secrets`: a list of `{id, value}` (sent by the clients), or an object
@@ -245,7 +248,11 @@ impl<'de> Visitor<'de> for BuildSecretsVisitor {
         let mut secrets = Vec::new();
         while let Some(id) = map.next_key::<String>()? {
             let value = map.next_value::<SecretValue>()?;
-            secrets.push(BuildSecret { id, value: value.0 });
+            secrets.push(BuildSecret {
+                id,
+                value: value.0,
+                source: None,
+            });
         }
         Ok(BuildSecrets(secrets))
     }

@@ -179,6 +179,13 @@ fn secrets_parse_in_both_shapes_and_never_print() {
     let map: BuildRequestBody =
         from_json(br#"{"build_secrets": {"tok": {"value": "hunter2", "source": "env"}}}"#).unwrap();
     assert_eq!(list.build_secrets, map.build_secrets);
+    let with_source: BuildRequestBody =
+        from_json(br#"{"build_secrets": [{"id": "tok", "value": "hunter2", "source": "env"}]}"#)
+            .unwrap();
+    assert_eq!(
+        with_source.build_secrets.unwrap().0[0].value.expose(),
+        "hunter2"
+    );
     assert!(!format!("{list:?}").contains("hunter2"));
     let sent = serde_json::to_value(&list).unwrap();
     assert_eq!(sent["build_secrets"][0]["value"], "hunter2");

@@ -402,6 +402,7 @@ fn build_secrets(from_env: &[String], from_file: &[String]) -> anyhow::Result<Bu
             .map(|(id, value)| BuildSecret {
                 id,
                 value: SecretString::new(String::from_utf8_lossy(value.expose())),
+                source: None,
             })
             .collect(),
     ))
