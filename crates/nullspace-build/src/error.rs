@@ -50,6 +50,14 @@ pub enum BuildError {
         /// The SQLite error.
         source: rusqlite::Error,
     },
+    /// The database's schema could not be brought up to date.
+    #[error("database {path}: {message}")]
+    Migration {
+        /// The database file.
+        path: PathBuf,
+        /// Which step failed and why.
+        message: String,
+    },
     /// A name or ref was not found.
     #[error("template {reference:?} not found")]
     NotFound {

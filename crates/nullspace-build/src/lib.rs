@@ -14,7 +14,6 @@ pub mod data_dir;
 pub mod declarative;
 pub mod definition;
 pub mod dockerfile;
-pub mod dockerignore;
 pub mod engine;
 pub mod engine_dockerfile;
 pub mod engine_template;

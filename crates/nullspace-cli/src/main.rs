@@ -72,6 +72,9 @@ fn report(error: &anyhow::Error, json_output: bool) -> ExitCode {
     if let Some(remote) = error.downcast_ref::<remote::RemoteError>() {
         return remote.report(json_output);
     }
+    if let Some(client) = error.downcast_ref::<nullspace_client::ClientError>() {
+        return remote::RemoteError::from(client).report(json_output);
+    }
     let build_error = error.downcast_ref::<BuildError>();
     let code = build_error.map(|e| e.code()).unwrap_or("error");
     let auth = build_error.is_some_and(BuildError::is_authentication);

@@ -276,17 +276,30 @@ impl Runner {
         Ok(done)
     }
 
-    async fn run(self: &Arc<Self>, id: &str) -> Result<(), StoreError> {
+    /// Runs `f`, which uses the store (SQLite calls block), on the blocking pool.
+    async fn off_runtime<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Runner) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let runner = self.clone();
+        tokio::task::spawn_blocking(move || f(&runner))
+            .await
+            .unwrap_or_else(|error| Err(StoreError::Task(error.to_string())))
+    }
+
+    /// `waiting` → `building`; the record and the request-time secrets it needs, or `None`
+    /// when the build is no longer waiting or its secrets are gone (then it has failed).
+    fn start(&self, id: &str) -> Result<Option<(BuildRecord, RequestSecrets)>, StoreError> {
         let now = ids::now_rfc3339();
         let start = entry(LogKind::Start, LogLevel::Info, "build started")
             .phase(LogPhase::Preparing)
             .step(1, IMPORT_STEPS);
         if !self.store.mark_building(id, &now, &start)? {
-            return Ok(());
+            return Ok(None);
         }
         self.changed();
         let Some(record) = self.store.build(None, id)? else {
-            return Ok(());
+            return Ok(None);
         };
         let held = lock(&self.credentials).remove(id);
         let credentials = match held {
@@ -300,8 +313,19 @@ impl Runner {
                     "base-image credentials, registry credentials or build secrets are no longer available; retry with fresh ones",
                     &now,
                 )?;
-                return Ok(());
+                return Ok(None);
             }
+        };
+        Ok(Some((record, credentials)))
+    }
+
+    async fn run(self: &Arc<Self>, id: &str) -> Result<(), StoreError> {
+        let started = {
+            let id = id.to_string();
+            self.off_runtime(move |runner| runner.start(&id)).await?
+        };
+        let Some((record, credentials)) = started else {
+            return Ok(());
         };
         let summary = Arc::new(Mutex::new(CacheSummary::default()));
         let sink: Arc<dyn EventSink> = {
@@ -350,8 +374,21 @@ impl Runner {
             Ok(None) => return Ok(()),
             Err(error) => Err(BuildError::Internal(format!("build task stopped: {error}"))),
         };
-        let now = ids::now_rfc3339();
         let cache_summary = lock(&summary).clone();
+        let id = id.to_string();
+        self.off_runtime(move |runner| runner.record_outcome(&id, record, outcome, cache_summary))
+            .await
+    }
+
+    /// Records how the build ended: published (with its result) or failed.
+    fn record_outcome(
+        &self,
+        id: &str,
+        record: BuildRecord,
+        outcome: Result<BuildOutcome, BuildError>,
+        cache_summary: CacheSummary,
+    ) -> Result<(), StoreError> {
+        let now = ids::now_rfc3339();
         match outcome {
             Ok(outcome) => {
                 let document = &outcome.template;

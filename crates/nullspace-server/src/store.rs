@@ -2,10 +2,12 @@
 //! tags they publish into.
 //!
 //! [`BuildStore`] is what the server needs; [`SqliteStore`] implements it on the data dir's
-//! `nullspace.db`, beside the engine's tables (`templates`, `builds`, `tags`, owned by
-//! `nullspace_build::store`): API builds live in `api_builds`, their logs in `api_log_entries`,
-//! and templates are the engine's rows with `namespace` = the owner's namespace. A PostgreSQL
-//! implementation would keep the same tables.
+//! `nullspace.db`, whose one schema is `nullspace_build::store::schema` (versioned
+//! migrations). This store writes `api_builds` (the queue) and `api_log_entries`; templates,
+//! tags and aliases are the engine's rows (`namespace` = the owner's namespace), reached only
+//! through `nullspace_build::store::rows`. A PostgreSQL implementation would keep the same
+//! tables. Its calls block: async code reaches it through [`crate::api::AppState::blocking`]
+//! or `spawn_blocking`, never on a runtime worker thread.
 //!
 //! Every terminal transition writes the new status and its final log entries in one
 //! transaction, so a log follower that sees a terminal status can read the complete log.
@@ -43,9 +45,20 @@ pub enum StoreError {
         /// The parse error.
         source: serde_json::Error,
     },
+    /// The schema could not be brought up to date.
+    #[error("database {path}: {message}")]
+    Migration {
+        /// The database file.
+        path: PathBuf,
+        /// Which step failed and why.
+        message: String,
+    },
     /// The lock is poisoned (a thread panicked while holding it).
     #[error("database lock poisoned")]
     Poisoned,
+    /// A blocking store task stopped (panicked or was cancelled).
+    #[error("store task stopped: {0}")]
+    Task(String),
     /// A name or alias is already taken.
     #[error("{0}")]
     NameTaken(String),
@@ -210,33 +223,6 @@ pub trait BuildStore: Send + Sync + 'static {
         -> Result<bool, StoreError>;
 }
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS templates (
-    id TEXT PRIMARY KEY,
-    namespace TEXT NOT NULL,
-    name TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    UNIQUE (namespace, name)
-);
-CREATE TABLE IF NOT EXISTS api_builds (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    owner TEXT NOT NULL,
-    template_id TEXT NOT NULL,
-    status TEXT NOT NULL,
-    backend TEXT NOT NULL,
-    record TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS api_builds_template ON api_builds (template_id, seq);
-CREATE INDEX IF NOT EXISTS api_builds_status ON api_builds (status, seq);
-CREATE TABLE IF NOT EXISTS api_log_entries (
-    build_id TEXT NOT NULL,
-    offset INTEGER NOT NULL,
-    entry TEXT NOT NULL,
-    PRIMARY KEY (build_id, offset)
-);
-";
-
 /// [`BuildStore`] on SQLite.
 pub struct SqliteStore {
     path: PathBuf,
@@ -244,18 +230,20 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens the database at `path` (the engine's `nullspace.db`; open the engine first so its
-    /// tables exist).
+    /// Opens the database at `path` (the data dir's `nullspace.db`), bringing its schema up to
+    /// date.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         let err = |source| StoreError::Database {
             path: path.to_path_buf(),
             source,
         };
-        let connection = nullspace_build::store::open_connection(path).map_err(err)?;
-        connection.execute_batch(SCHEMA).map_err(err)?;
-        connection
-            .execute_batch(nullspace_build::store::ALIASES_SCHEMA)
-            .map_err(err)?;
+        let mut connection = nullspace_build::store::open_connection(path).map_err(err)?;
+        nullspace_build::store::schema::migrate(&mut connection).map_err(|message| {
+            StoreError::Migration {
+                path: path.to_path_buf(),
+                message,
+            }
+        })?;
         Ok(SqliteStore {
             path: path.to_path_buf(),
             connection: Mutex::new(connection),
@@ -535,19 +523,7 @@ impl BuildStore for SqliteStore {
     }
 
     fn templates(&self, owner: &str) -> Result<Vec<TemplateRow>, StoreError> {
-        let rows: Vec<(String, String, Option<String>, Option<String>)> = self.with(|c| {
-            let mut statement = c.prepare(
-                "SELECT t.id, t.name, g.tag, g.build_id FROM templates t
-                 LEFT JOIN tags g ON g.template_id = t.id
-                 WHERE t.namespace = ?1 ORDER BY t.name, g.tag",
-            )?;
-            let rows = statement
-                .query_map(params![owner], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(rows)
-        })?;
+        let rows = self.with(|c| nullspace_build::store::template_tag_rows(c, owner))?;
         let mut out: Vec<TemplateRow> = Vec::new();
         for (id, name, tag, build) in rows {
             if out.last().is_none_or(|last| last.id != id) {
@@ -583,11 +559,7 @@ impl BuildStore for SqliteStore {
         let json = self.encode("build record", &record)?;
         self.with(|c| {
             let tx = c.transaction()?;
-            tx.execute(
-                "INSERT INTO tags (template_id, tag, build_id) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (template_id, tag) DO UPDATE SET build_id = excluded.build_id",
-                params![template_id, tag, build_id],
-            )?;
+            nullspace_build::store::set_tag_row(&tx, template_id, tag, build_id)?;
             tx.execute(
                 "UPDATE api_builds SET record = ?2 WHERE id = ?1",
                 params![build_id, json],
@@ -597,14 +569,7 @@ impl BuildStore for SqliteStore {
     }
 
     fn remove_tag(&self, template_id: &str, tag: &str) -> Result<bool, StoreError> {
-        let build_id: Option<String> = self.with(|c| {
-            c.query_row(
-                "SELECT build_id FROM tags WHERE template_id = ?1 AND tag = ?2",
-                params![template_id, tag],
-                |r| r.get(0),
-            )
-            .optional()
-        })?;
+        let build_id = self.with(|c| nullspace_build::store::tag_target(c, template_id, tag))?;
         let Some(build_id) = build_id else {
             return Ok(false);
         };
@@ -619,10 +584,7 @@ impl BuildStore for SqliteStore {
         };
         self.with(|c| {
             let tx = c.transaction()?;
-            tx.execute(
-                "DELETE FROM tags WHERE template_id = ?1 AND tag = ?2",
-                params![template_id, tag],
-            )?;
+            nullspace_build::store::remove_tag_row(&tx, template_id, tag)?;
             if let Some(json) = &json {
                 tx.execute(
                     "UPDATE api_builds SET record = ?2 WHERE id = ?1",

@@ -568,3 +568,137 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// `nullspace serve` for BuildKit builds on `listen` with `data`, in its own process group
+/// (so that killing it takes its `docker buildx` children along).
+fn serve_in_group(data: &std::path::Path, listen: &str) -> (Child, String) {
+    use std::os::unix::process::CommandExt as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nullspace"))
+        .args(["serve", "--listen", listen])
+        .envs(harness::devenv())
+        .env("NULLSPACE_DATA_DIR", data)
+        .env("NULLSPACE_API_KEYS", format!("{KEY}:alice"))
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = loop {
+        let line = lines.next().expect("server exited").unwrap();
+        if let Some((_, url)) = line.split_once("listening on ") {
+            break url.trim().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (child, url)
+}
+
+/// SIGKILL to the whole process group of `child`.
+fn kill_group(child: &mut Child) {
+    // procps' kill reads `-PID` after a signal as a process group only after `--`.
+    let status = Command::new("kill")
+        .args(["-s", "KILL", "--", &format!("-{}", child.id())])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let _ = child.wait();
+}
+
+/// `logs --follow` survives the server being killed and restarted mid-stream: it resumes
+/// from the next offset, prints every entry exactly once, and ends with the build.
+#[test]
+fn logs_follow_resumes_after_the_server_restarts() {
+    let cli = Cli::new();
+    let data = tempfile::Builder::new()
+        .prefix("nullspace-cli-restart")
+        .tempdir()
+        .unwrap();
+    let (mut server, url) = serve_in_group(data.path(), "127.0.0.1:0");
+    let listen = url.trim_start_matches("http://").to_string();
+    let work = tempfile::tempdir().unwrap();
+    // A new RUN each time, so that BuildKit's cache never answers for it.
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    std::fs::write(
+        work.path().join("Dockerfile"),
+        format!(
+            "FROM debian:bookworm\nRUN echo {nonce}; for i in $(seq 1 60); do echo line $i; sleep 0.25; done\n"
+        ),
+    )
+    .unwrap();
+    let started = cli
+        .command()
+        .current_dir(work.path())
+        .env("NULLSPACE_API_URL", &url)
+        .env("NULLSPACE_API_KEY", KEY)
+        .args([
+            "template",
+            "build",
+            "--from-dockerfile",
+            "Dockerfile",
+            "--name",
+            "slow-logs",
+            "--background",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let build_id = json(&started)["build_id"].as_str().unwrap().to_string();
+    let mut follower = cli
+        .command()
+        .env("NULLSPACE_API_URL", &url)
+        .env("NULLSPACE_API_KEY", KEY)
+        .args(["template", "logs", &build_id, "--follow", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(follower.stdout.take().unwrap()).lines();
+    let mut entries: Vec<Value> = Vec::new();
+    // Wait until the build's own output streams, then kill the server under the follower.
+    while !entries
+        .iter()
+        .any(|e| e["message"].as_str().is_some_and(|m| m.contains("line 3")))
+    {
+        let Some(line) = lines.next() else {
+            let mut stderr = String::new();
+            let _ =
+                std::io::Read::read_to_string(&mut follower.stderr.take().unwrap(), &mut stderr);
+            panic!("the follower stopped early: {entries:?}\n{stderr}");
+        };
+        entries.push(serde_json::from_str(&line.unwrap()).unwrap());
+    }
+    kill_group(&mut server);
+    // Down for longer than a few quick retries would cover.
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    let (mut restarted, _) = serve_in_group(data.path(), &listen);
+    for line in lines {
+        entries.push(serde_json::from_str(&line.unwrap()).unwrap());
+    }
+    let status = follower.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut follower.stderr.take().unwrap(), &mut stderr).unwrap();
+    kill_group(&mut restarted);
+    assert!(status.success(), "{status:?}: {stderr}");
+    let offsets: Vec<u64> = entries
+        .iter()
+        .map(|e| e["offset"].as_u64().unwrap())
+        .collect();
+    let dense: Vec<u64> = (0..offsets.len() as u64).collect();
+    assert_eq!(offsets, dense, "{stderr}");
+    let last = entries.last().unwrap();
+    assert_eq!(last["kind"], "end", "{last}");
+    // The restart failed the interrupted build, and the follower saw that too.
+    assert_eq!(last["result"], "error", "{last}");
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["kind"] == "error" && e["error_detail"]["phase"] == "build"),
+        "{entries:?}"
+    );
+    assert!(stderr.contains("resuming from offset"), "{stderr}");
+}

@@ -22,21 +22,6 @@ use super::{ApiResult, AppState};
 /// Entries returned by one status poll.
 const PAGE: usize = 1000;
 
-/// [`check_base`] on a blocking thread (a context can mean many file checks).
-pub(super) async fn check_base_blocking(
-    state: &AppState,
-    owner: &str,
-    definition: &BuildDefinition,
-) -> ApiResult<()> {
-    if definition.build_context.is_none() && definition.named_contexts.is_empty() {
-        return check_base(state, owner, definition);
-    }
-    let (state, owner, definition) = (state.clone(), owner.to_string(), definition.clone());
-    tokio::task::spawn_blocking(move || check_base(&state, &owner, &definition))
-        .await
-        .map_err(ApiError::internal)?
-}
-
 /// Checks what the request refers to in the caller's own state: a template base exists, and
 /// every file blob of the build context was uploaded.
 pub(super) fn check_base(
@@ -87,8 +72,12 @@ pub async fn create_build(
     JsonBody(body): JsonBody<BuildRequestBody>,
 ) -> ApiResult<(StatusCode, Json<Build>)> {
     let (definition, secrets) = state.parse(body)?;
-    check_base_blocking(&state, &owner, &definition).await?;
-    let record = state.runner.submit(&owner, definition, secrets, None)?;
+    let record = state
+        .blocking(move |state| {
+            check_base(state, &owner, &definition)?;
+            state.runner.submit(&owner, definition, secrets, None)
+        })
+        .await?;
     Ok((StatusCode::ACCEPTED, Json(view::build(&record))))
 }
 
@@ -110,17 +99,21 @@ pub async fn get_build(
     query: QueryParams,
 ) -> ApiResult<Json<BuildStatusPage>> {
     let offset = query.u64("offset")?.unwrap_or(0);
-    let store = state.runner.store();
-    let record = store
-        .build(Some(&owner), &build_id)?
-        .ok_or_else(|| ApiError::build_not_found(&build_id))?;
-    let entries = store.entries(&build_id, offset, PAGE)?;
-    let next_offset = entries.last().map(|e| e.offset + 1).unwrap_or(offset);
-    Ok(Json(BuildStatusPage {
-        build: view::build(&record),
-        entries,
-        next_offset,
-    }))
+    state
+        .blocking(move |state| {
+            let store = state.runner.store();
+            let record = store
+                .build(Some(&owner), &build_id)?
+                .ok_or_else(|| ApiError::build_not_found(&build_id))?;
+            let entries = store.entries(&build_id, offset, PAGE)?;
+            let next_offset = entries.last().map(|e| e.offset + 1).unwrap_or(offset);
+            Ok(Json(BuildStatusPage {
+                build: view::build(&record),
+                entries,
+                next_offset,
+            }))
+        })
+        .await
 }
 
 /// Cancels a queued or running build (a build that ended is returned as it is).
@@ -139,7 +132,9 @@ pub async fn cancel_build(
     JsonBody(body): JsonBody<CancelBody>,
 ) -> ApiResult<Json<BuildEnvelope>> {
     let reason = body.reason.unwrap_or_default();
-    let record = state.runner.cancel(&owner, &build_id, &reason)?;
+    let record = state
+        .blocking(move |state| state.runner.cancel(&owner, &build_id, &reason))
+        .await?;
     Ok(Json(BuildEnvelope {
         build: view::build(&record),
     }))
@@ -164,17 +159,21 @@ pub async fn retry_build(
     Path(build_id): Path<String>,
     JsonBody(body): JsonBody<RetryBody>,
 ) -> ApiResult<(StatusCode, Json<Build>)> {
-    let original = state
-        .runner
-        .store()
-        .build(Some(&owner), &build_id)?
-        .ok_or_else(|| ApiError::build_not_found(&build_id))?;
-    let (definition, secrets) =
-        retry_definition(&build_id, &original.definition, body, &state.config.policy)?;
-    check_base_blocking(&state, &owner, &definition).await?;
     let record = state
-        .runner
-        .submit(&owner, definition, secrets, Some(original.id.clone()))?;
+        .blocking(move |state| {
+            let original = state
+                .runner
+                .store()
+                .build(Some(&owner), &build_id)?
+                .ok_or_else(|| ApiError::build_not_found(&build_id))?;
+            let (definition, secrets) =
+                retry_definition(&build_id, &original.definition, body, &state.config.policy)?;
+            check_base(state, &owner, &definition)?;
+            state
+                .runner
+                .submit(&owner, definition, secrets, Some(original.id))
+        })
+        .await?;
     Ok((StatusCode::ACCEPTED, Json(view::build(&record))))
 }
 
@@ -197,7 +196,9 @@ pub async fn promote_build(
     Path(build_id): Path<String>,
     JsonBody(body): JsonBody<PromoteBody>,
 ) -> ApiResult<Json<Promoted>> {
-    Ok(Json(promote(&state, &owner, &build_id, &body.tag)?))
+    state
+        .blocking(move |state| promote(state, &owner, &build_id, &body.tag).map(Json))
+        .await
 }
 
 /// Points `tag` of the build's template at `build_id` (a ready build with its artifact).

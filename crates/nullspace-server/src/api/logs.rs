@@ -40,14 +40,30 @@ impl LogStream {
             if self.done {
                 return None;
             }
-            let store = self.state.runner.store();
-            // Read the status before the entries: a terminal status is written together with
-            // the final entries, so entries read after seeing it are complete.
-            let terminal = match store.build(None, &self.build_id) {
-                Ok(Some(record)) => record.status.is_terminal(),
-                _ => true,
+            let (build_id, offset) = (self.build_id.clone(), self.offset);
+            let read = self
+                .state
+                .blocking(move |state| {
+                    let store = state.runner.store();
+                    // Read the status before the entries: a terminal status is written
+                    // together with the final entries, so entries read after seeing it are
+                    // complete.
+                    let terminal = match store.build(None, &build_id) {
+                        Ok(Some(record)) => record.status.is_terminal(),
+                        _ => true,
+                    };
+                    Ok((terminal, store.entries(&build_id, offset, PAGE)))
+                })
+                .await;
+            let (terminal, entries) = match read {
+                Ok(read) => read,
+                Err(error) => {
+                    tracing::warn!("log stream {}: {}", self.build_id, error.message);
+                    self.done = true;
+                    continue;
+                }
             };
-            match store.entries(&self.build_id, self.offset, PAGE) {
+            match entries {
                 Ok(entries) if !entries.is_empty() => {
                     self.buffer.extend(entries);
                     continue;
@@ -104,11 +120,16 @@ pub async fn stream_logs(
         .map(|last| last.saturating_add(1));
     let offset = requested.max(resumed.unwrap_or(0));
     let follow = query.bool("follow")?;
+    let (id, who) = (build_id.clone(), owner);
     state
-        .runner
-        .store()
-        .build(Some(&owner), &build_id)?
-        .ok_or_else(|| ApiError::build_not_found(&build_id))?;
+        .blocking(move |state| {
+            state
+                .runner
+                .store()
+                .build(Some(&who), &id)?
+                .ok_or_else(|| ApiError::build_not_found(&id))
+        })
+        .await?;
     let changes = state.runner.subscribe();
     let stream = LogStream {
         state,

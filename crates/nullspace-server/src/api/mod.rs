@@ -56,6 +56,20 @@ impl AppState {
     }
 }
 
+impl AppState {
+    /// Runs `f`, which reads or writes the store (SQLite, whose calls block), on the blocking
+    /// pool, so that no runtime worker thread ever waits on the database.
+    pub async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&AppState) -> ApiResult<T> + Send + 'static,
+    ) -> ApiResult<T> {
+        let state = self.clone();
+        tokio::task::spawn_blocking(move || f(&state))
+            .await
+            .map_err(ApiError::internal)?
+    }
+}
+
 type ApiResult<T> = Result<T, ApiError>;
 
 /// The document's header; paths and schemas come from the handlers.

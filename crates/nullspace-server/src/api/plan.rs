@@ -73,16 +73,23 @@ pub async fn validate(
     Extension(Owner(owner)): Extension<Owner>,
     JsonBody(body): JsonBody<BuildRequestBody>,
 ) -> ApiResult<Json<Validation>> {
-    let checked = state.parse(body).map_err(ApiError::from);
-    // Blobs are uploaded when the build starts, so validation reports absent ones as a
-    // warning rather than an error; the rest of check_base (the template base) applies.
-    let checked = checked.and_then(|(definition, _)| {
-        let mut without_contexts = definition.clone();
-        without_contexts.build_context = None;
-        without_contexts.named_contexts.clear();
-        check_base(&state, &owner, &without_contexts)?;
-        Ok(definition)
-    });
+    let checked = match state.parse(body) {
+        // Blobs are uploaded when the build starts, so validation reports absent ones as a
+        // warning rather than an error; the rest of check_base (the template base) applies.
+        Ok((definition, _)) => {
+            let owner = owner.clone();
+            state
+                .blocking(move |state| {
+                    let mut without_contexts = definition.clone();
+                    without_contexts.build_context = None;
+                    without_contexts.named_contexts.clear();
+                    check_base(state, &owner, &without_contexts)?;
+                    Ok(definition)
+                })
+                .await
+        }
+        Err(error) => Err(ApiError::from(error)),
+    };
     let definition = match checked {
         Ok(definition) => definition,
         Err(error) => {
@@ -99,11 +106,10 @@ pub async fn validate(
     };
     let mut warnings = validation_warnings(&definition);
     if definition.build_context.is_some() || !definition.named_contexts.is_empty() {
-        let (state, owner, definition) = (state.clone(), owner.clone(), definition.clone());
-        let (missing, total) =
-            tokio::task::spawn_blocking(move || missing_blob_count(&state, &owner, &definition))
-                .await
-                .map_err(ApiError::internal)??;
+        let definition = definition.clone();
+        let (missing, total) = state
+            .blocking(move |state| missing_blob_count(state, &owner, &definition))
+            .await?;
         if missing > 0 {
             warnings.push(format!(
                 "{missing} of {total} file blobs of the build context are not uploaded yet; a build uploads them first"
@@ -182,7 +188,10 @@ pub async fn plan(
             (Some(canonical), None, defaults)
         }
         Base::Template { reference } => {
-            let parent = resolve_ref(state.runner.store().as_ref(), &owner, reference)?;
+            let (who, reference) = (owner.clone(), reference.clone());
+            let parent = state
+                .blocking(move |state| resolve_ref(state.runner.store().as_ref(), &who, &reference))
+                .await?;
             let mut defaults = parent.build.result.map(|r| r.runtime_defaults);
             if rendered.is_some() {
                 let declared = declared_defaults(&definition.steps);

@@ -67,12 +67,16 @@ pub async fn list_templates(
     Extension(Owner(owner)): Extension<Owner>,
     query: QueryParams,
 ) -> ApiResult<Json<TemplateList>> {
-    let mut templates = Vec::new();
-    for row in state.runner.store().templates(&owner)? {
-        let build = default_build(&state, &owner, &row)?;
-        templates.push(masked(&view::template(&row, None, build.as_ref()), &query)?);
-    }
-    Ok(Json(TemplateList { templates }))
+    state
+        .blocking(move |state| {
+            let mut templates = Vec::new();
+            for row in state.runner.store().templates(&owner)? {
+                let build = default_build(state, &owner, &row)?;
+                templates.push(masked(&view::template(&row, None, build.as_ref()), &query)?);
+            }
+            Ok(Json(TemplateList { templates }))
+        })
+        .await
 }
 
 /// Template details by ref (`tmpl_...`, `name`, `name:tag`, `name:tb_...`, `owner/name:tag`).
@@ -92,17 +96,21 @@ pub async fn get_ref(
     Path(reference): Path<String>,
     query: QueryParams,
 ) -> ApiResult<Json<Value>> {
-    let details = if reference.starts_with("tmpl_") {
-        template_details(&state, &owner, &reference)?
-    } else {
-        let resolved = resolve_ref(state.runner.store().as_ref(), &owner, &reference)?;
-        view::template(
-            &resolved.template,
-            resolved.tag.as_deref(),
-            Some(&resolved.build),
-        )
-    };
-    Ok(Json(masked(&details, &query)?))
+    state
+        .blocking(move |state| {
+            let details = if reference.starts_with("tmpl_") {
+                template_details(state, &owner, &reference)?
+            } else {
+                let resolved = resolve_ref(state.runner.store().as_ref(), &owner, &reference)?;
+                view::template(
+                    &resolved.template,
+                    resolved.tag.as_deref(),
+                    Some(&resolved.build),
+                )
+            };
+            Ok(Json(masked(&details, &query)?))
+        })
+        .await
 }
 
 /// A template's builds, newest first.
@@ -133,17 +141,21 @@ pub async fn history(
         .u64("cursor")?
         .map(|c| i64::try_from(c).map_err(|_| ApiError::invalid("cursor", "is out of range")))
         .transpose()?;
-    let row = template_row(&state, &owner, &template)?;
-    let rows = state.runner.store().history(
-        &owner,
-        &row.id,
-        &HistoryFilter {
-            status,
-            backend,
-            limit: limit + 1,
-            before,
-        },
-    )?;
+    let rows = state
+        .blocking(move |state| {
+            let row = template_row(state, &owner, &template)?;
+            Ok(state.runner.store().history(
+                &owner,
+                &row.id,
+                &HistoryFilter {
+                    status,
+                    backend,
+                    limit: limit + 1,
+                    before,
+                },
+            )?)
+        })
+        .await?;
     let more = rows.len() > limit;
     let rows = &rows[..rows.len().min(limit)];
     Ok(Json(HistoryPage {
@@ -169,7 +181,9 @@ pub async fn list_tags(
     Extension(Owner(owner)): Extension<Owner>,
     Path(template): Path<String>,
 ) -> ApiResult<Json<TagList>> {
-    let row = template_row(&state, &owner, &template)?;
+    let row = state
+        .blocking(move |state| template_row(state, &owner, &template))
+        .await?;
     Ok(Json(TagList {
         tags: row
             .tags
@@ -202,16 +216,20 @@ pub async fn assign_tag(
     Path(template): Path<String>,
     JsonBody(body): JsonBody<AssignTagBody>,
 ) -> ApiResult<Json<Promoted>> {
-    let id = template_row(&state, &owner, &template)?.id;
-    let belongs = state
-        .runner
-        .store()
-        .build(Some(&owner), &body.build_id)?
-        .is_some_and(|b| b.template_id == id);
-    if !belongs {
-        return Err(ApiError::build_not_found(&body.build_id));
-    }
-    Ok(Json(promote(&state, &owner, &body.build_id, &body.tag)?))
+    state
+        .blocking(move |state| {
+            let id = template_row(state, &owner, &template)?.id;
+            let belongs = state
+                .runner
+                .store()
+                .build(Some(&owner), &body.build_id)?
+                .is_some_and(|b| b.template_id == id);
+            if !belongs {
+                return Err(ApiError::build_not_found(&body.build_id));
+            }
+            Ok(Json(promote(state, &owner, &body.build_id, &body.tag)?))
+        })
+        .await
 }
 
 /// Removes a tag: refs by it stop resolving; the build and its artifact stay.
@@ -227,15 +245,19 @@ pub async fn remove_tag(
     Extension(Owner(owner)): Extension<Owner>,
     Path((template, tag)): Path<(String, String)>,
 ) -> ApiResult<Json<TemplateDetails>> {
-    let id = template_row(&state, &owner, &template)?.id;
-    if !state.runner.store().remove_tag(&id, &tag)? {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "template_resource_not_found",
-            format!("template {template:?} has no tag {tag:?}"),
-        ));
-    }
-    Ok(Json(template_details(&state, &owner, &id)?))
+    state
+        .blocking(move |state| {
+            let id = template_row(state, &owner, &template)?.id;
+            if !state.runner.store().remove_tag(&id, &tag)? {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "template_resource_not_found",
+                    format!("template {template:?} has no tag {tag:?}"),
+                ));
+            }
+            Ok(Json(template_details(state, &owner, &id)?))
+        })
+        .await
 }
 
 fn checked_name(field: &str, name: &str) -> ApiResult<()> {
@@ -264,12 +286,16 @@ pub async fn rename_template(
     JsonBody(body): JsonBody<RenameBody>,
 ) -> ApiResult<Json<TemplateDetails>> {
     checked_name("name", &body.name)?;
-    let id = template_row(&state, &owner, &template)?.id;
     state
-        .runner
-        .store()
-        .rename_template(&owner, &id, &body.name)?;
-    Ok(Json(template_details(&state, &owner, &id)?))
+        .blocking(move |state| {
+            let id = template_row(state, &owner, &template)?.id;
+            state
+                .runner
+                .store()
+                .rename_template(&owner, &id, &body.name)?;
+            Ok(Json(template_details(state, &owner, &id)?))
+        })
+        .await
 }
 
 /// Adds an alias: refs may use it wherever they use the name.
@@ -292,12 +318,14 @@ pub async fn add_alias(
     JsonBody(body): JsonBody<AliasBody>,
 ) -> ApiResult<(StatusCode, Json<TemplateDetails>)> {
     checked_name("alias", &body.alias)?;
-    let id = template_row(&state, &owner, &template)?.id;
-    state.runner.store().add_alias(&owner, &id, &body.alias)?;
-    Ok((
-        StatusCode::CREATED,
-        Json(template_details(&state, &owner, &id)?),
-    ))
+    let details = state
+        .blocking(move |state| {
+            let id = template_row(state, &owner, &template)?.id;
+            state.runner.store().add_alias(&owner, &id, &body.alias)?;
+            template_details(state, &owner, &id)
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(details)))
 }
 
 /// Removes an alias.
@@ -313,13 +341,17 @@ pub async fn remove_alias(
     Extension(Owner(owner)): Extension<Owner>,
     Path((template, alias)): Path<(String, String)>,
 ) -> ApiResult<Json<TemplateDetails>> {
-    let id = template_row(&state, &owner, &template)?.id;
-    if !state.runner.store().remove_alias(&owner, &id, &alias)? {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "template_resource_not_found",
-            format!("template {template:?} has no alias {alias:?}"),
-        ));
-    }
-    Ok(Json(template_details(&state, &owner, &id)?))
+    state
+        .blocking(move |state| {
+            let id = template_row(state, &owner, &template)?.id;
+            if !state.runner.store().remove_alias(&owner, &id, &alias)? {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "template_resource_not_found",
+                    format!("template {template:?} has no alias {alias:?}"),
+                ));
+            }
+            Ok(Json(template_details(state, &owner, &id)?))
+        })
+        .await
 }

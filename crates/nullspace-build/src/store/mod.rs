@@ -6,38 +6,20 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+pub mod rows;
+pub mod schema;
+
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::error::BuildError;
 
+pub use rows::{
+    add_alias_row, alias_rows, ensure_template_row, open_connection, remove_alias_row,
+    remove_tag_row, rename_template_row, set_tag_row, tag_target, template_tag_rows,
+};
+
 /// The namespace of templates built on this machine.
 pub const LOCAL_NAMESPACE: &str = "local";
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS templates (
-    id TEXT PRIMARY KEY,
-    namespace TEXT NOT NULL,
-    name TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    UNIQUE (namespace, name)
-);
-CREATE TABLE IF NOT EXISTS builds (
-    id TEXT PRIMARY KEY,
-    template_id TEXT NOT NULL REFERENCES templates(id),
-    status TEXT NOT NULL,
-    backend TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    finished_at TEXT,
-    artifact_dir TEXT,
-    error TEXT
-);
-CREATE TABLE IF NOT EXISTS tags (
-    template_id TEXT NOT NULL REFERENCES templates(id),
-    tag TEXT NOT NULL,
-    build_id TEXT NOT NULL REFERENCES builds(id),
-    PRIMARY KEY (template_id, tag)
-);
-";
 
 /// A published build a ref points at.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,140 +47,6 @@ pub struct TemplateSummary {
     pub tags: Vec<(String, String)>,
 }
 
-/// Opens the data dir's SQLite database the way every user of it must: WAL (readers don't block
-/// the writer), foreign keys on, and a busy timeout for concurrent writers.
-pub fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
-    let connection = Connection::open(path)?;
-    connection.pragma_update(None, "journal_mode", "WAL")?;
-    connection.pragma_update(None, "foreign_keys", "ON")?;
-    connection.busy_timeout(std::time::Duration::from_secs(10))?;
-    Ok(connection)
-}
-
-/// Returns the id of template `namespace/name`, creating its row (with `new_id`) if needed.
-/// Shared with the build service, whose namespaces are API key owners.
-pub fn ensure_template_row(
-    connection: &Connection,
-    namespace: &str,
-    name: &str,
-    new_id: &str,
-    now: &str,
-) -> rusqlite::Result<String> {
-    connection.execute(
-        "INSERT OR IGNORE INTO templates (id, namespace, name, created_at) VALUES (?1, ?2, ?3, ?4)",
-        params![new_id, namespace, name, now],
-    )?;
-    connection.query_row(
-        "SELECT id FROM templates WHERE namespace = ?1 AND name = ?2",
-        params![namespace, name],
-        |row| row.get(0),
-    )
-}
-
-/// Aliases: other names a template answers to in its namespace. Shared with the service.
-pub const ALIASES_SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS template_aliases (
-    namespace TEXT NOT NULL,
-    alias TEXT NOT NULL,
-    template_id TEXT NOT NULL REFERENCES templates(id),
-    PRIMARY KEY (namespace, alias)
-);
-";
-
-/// What claims `name` in `namespace`: a template's name or an alias (as a message), if any.
-fn name_claim(
-    connection: &Connection,
-    namespace: &str,
-    name: &str,
-) -> rusqlite::Result<Option<String>> {
-    if let Some(id) = connection
-        .query_row(
-            "SELECT id FROM templates WHERE namespace = ?1 AND name = ?2",
-            params![namespace, name],
-            |r| r.get::<_, String>(0),
-        )
-        .optional()?
-    {
-        return Ok(Some(format!("{name:?} is the name of template {id}")));
-    }
-    Ok(connection
-        .query_row(
-            "SELECT template_id FROM template_aliases WHERE namespace = ?1 AND alias = ?2",
-            params![namespace, name],
-            |r| r.get::<_, String>(0),
-        )
-        .optional()?
-        .map(|id| format!("{name:?} is an alias of template {id}")))
-}
-
-/// Renames template `template_id` of `namespace` to `new_name`, keeping its id, builds, tags
-/// and aliases. `Ok(Err(why))` when the name is taken.
-pub fn rename_template_row(
-    connection: &mut Connection,
-    namespace: &str,
-    template_id: &str,
-    new_name: &str,
-) -> rusqlite::Result<Result<(), String>> {
-    let tx = connection.transaction()?;
-    if let Some(why) = name_claim(&tx, namespace, new_name)? {
-        return Ok(Err(why));
-    }
-    tx.execute(
-        "UPDATE templates SET name = ?3 WHERE namespace = ?1 AND id = ?2",
-        params![namespace, template_id, new_name],
-    )?;
-    tx.commit()?;
-    Ok(Ok(()))
-}
-
-/// Adds `alias` to template `template_id`. `Ok(Err(why))` when the alias is taken.
-pub fn add_alias_row(
-    connection: &mut Connection,
-    namespace: &str,
-    template_id: &str,
-    alias: &str,
-) -> rusqlite::Result<Result<(), String>> {
-    let tx = connection.transaction()?;
-    if let Some(why) = name_claim(&tx, namespace, alias)? {
-        return Ok(Err(why));
-    }
-    tx.execute(
-        "INSERT INTO template_aliases (namespace, alias, template_id) VALUES (?1, ?2, ?3)",
-        params![namespace, alias, template_id],
-    )?;
-    tx.commit()?;
-    Ok(Ok(()))
-}
-
-/// Removes `alias` of template `template_id`; false when it had no such alias.
-pub fn remove_alias_row(
-    connection: &Connection,
-    namespace: &str,
-    template_id: &str,
-    alias: &str,
-) -> rusqlite::Result<bool> {
-    connection
-        .execute(
-            "DELETE FROM template_aliases WHERE namespace = ?1 AND template_id = ?2 AND alias = ?3",
-            params![namespace, template_id, alias],
-        )
-        .map(|n| n > 0)
-}
-
-/// The aliases of every template of `namespace`, by template id.
-pub fn alias_rows(
-    connection: &Connection,
-    namespace: &str,
-) -> rusqlite::Result<Vec<(String, String)>> {
-    let mut statement = connection.prepare(
-        "SELECT template_id, alias FROM template_aliases WHERE namespace = ?1 ORDER BY alias",
-    )?;
-    let rows = statement
-        .query_map(params![namespace], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect();
-    rows
-}
-
 /// The SQLite store.
 pub struct Store {
     path: PathBuf,
@@ -212,9 +60,11 @@ impl Store {
             path: path.to_path_buf(),
             source,
         };
-        let connection = open_connection(path).map_err(err)?;
-        connection.execute_batch(SCHEMA).map_err(err)?;
-        connection.execute_batch(ALIASES_SCHEMA).map_err(err)?;
+        let mut connection = open_connection(path).map_err(err)?;
+        schema::migrate(&mut connection).map_err(|message| BuildError::Migration {
+            path: path.to_path_buf(),
+            message,
+        })?;
         Ok(Store {
             path: path.to_path_buf(),
             connection: Mutex::new(connection),
@@ -289,11 +139,7 @@ impl Store {
                 params![build_id, artifact, now],
             )?;
             for tag in tags {
-                tx.execute(
-                    "INSERT INTO tags (template_id, tag, build_id) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (template_id, tag) DO UPDATE SET build_id = excluded.build_id",
-                    params![template_id, tag, build_id],
-                )?;
+                set_tag_row(&tx, template_id, tag, build_id)?;
             }
             tx.commit()
         })

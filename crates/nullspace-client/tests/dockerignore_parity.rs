@@ -3,7 +3,7 @@
 //! same cases through the Python matcher, so the two cannot drift apart.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use nullspace_build::context::DockerIgnore;
+use nullspace_client::DockerIgnore;
 
 #[derive(serde::Deserialize)]
 struct Cases {

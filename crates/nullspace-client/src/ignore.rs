@@ -15,7 +15,7 @@ use std::path::Path;
 
 use regex::Regex;
 
-use crate::error::{io_at, BuildError};
+use crate::error::{io_at, ClientError};
 
 /// A parsed `.dockerignore`.
 #[derive(Clone, Debug, Default)]
@@ -32,7 +32,7 @@ struct Rule {
 impl DockerIgnore {
     /// Parses the file's text; a pattern Docker would refuse (an unclosed `[`, a lone `!`)
     /// is an error naming it.
-    pub fn parse(text: &str) -> Result<DockerIgnore, BuildError> {
+    pub fn parse(text: &str) -> Result<DockerIgnore, ClientError> {
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let mut rules = Vec::new();
         for (index, line) in text.lines().enumerate() {
@@ -43,8 +43,8 @@ impl DockerIgnore {
             if line.is_empty() {
                 continue;
             }
-            let bad = |message: String| BuildError::InvalidRequest {
-                field: format!(".dockerignore line {}", index + 1),
+            let bad = |message: String| ClientError::Ignore {
+                file: format!(".dockerignore line {}", index + 1),
                 message,
             };
             let (negated, pattern) = match line.strip_prefix('!') {
@@ -66,12 +66,12 @@ impl DockerIgnore {
     }
 
     /// The rules of `root/.dockerignore` (none when it does not exist).
-    pub fn load(root: &Path) -> Result<DockerIgnore, BuildError> {
+    pub fn load(root: &Path) -> Result<DockerIgnore, ClientError> {
         let path = root.join(".dockerignore");
         match std::fs::read_to_string(&path) {
             Ok(text) => DockerIgnore::parse(&text).map_err(|e| match e {
-                BuildError::InvalidRequest { field, message } => BuildError::InvalidRequest {
-                    field: field.replacen(".dockerignore", &path.display().to_string(), 1),
+                ClientError::Ignore { file, message } => ClientError::Ignore {
+                    file: file.replacen(".dockerignore", &path.display().to_string(), 1),
                     message,
                 },
                 other => other,
