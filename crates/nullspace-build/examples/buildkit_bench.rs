@@ -8,12 +8,12 @@
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Instant;
 
-use nullspace_build::buildkit::{default_driver, BuildkitDriver, Compression};
+use nullspace_build::buildkit::{BuildkitDriver, Compression, DockerBuildx, DockerBuildxConfig};
 use nullspace_build::dockerfile::{DockerfileSource, DockerfileSpec};
 use nullspace_build::engine_dockerfile::BuildkitOptions;
 use nullspace_build::{BaseSelector, BuildRequest, DataDir, Engine};
@@ -65,7 +65,7 @@ async fn ours(engine: &Engine, options: &BuildkitOptions, ctx: &Path, text: &str
     let started = Instant::now();
     let outcome = engine
         .build_dockerfile_with(
-            default_driver(),
+            engine.buildkit_driver(),
             options,
             &request,
             &spec,
@@ -92,9 +92,10 @@ async fn main() {
     };
     let options = BuildkitOptions {
         compression,
+        client_config_dir: std::env::var_os("DOCKER_CONFIG").map(PathBuf::from),
         ..BuildkitOptions::default()
     };
-    let info = default_driver()
+    let info = DockerBuildx::new(buildx_config())
         .detect()
         .await
         .expect("BuildKit not reachable");
@@ -122,8 +123,9 @@ async fn main() {
         bare_cached.push(bare(&ctx, &file, &out, compression));
         // Ours: a fresh data dir and nonce (cold everywhere), then the same again (cached).
         let data = work.path().join(format!("data-{round}"));
-        let engine =
-            Engine::open(DataDir::open(&data).unwrap(), RegistryConfig::from_env()).unwrap();
+        let engine = Engine::open(DataDir::open(&data).unwrap(), RegistryConfig::from_env())
+            .unwrap()
+            .with_buildkit(buildx_config(), options.clone());
         let text = dockerfile(&format!("ours-{seed}-{round}"));
         let (cold, cold_hit) = ours(&engine, &options, &ctx, &text).await;
         let (cached, cached_hit) = ours(&engine, &options, &ctx, &text).await;
@@ -155,4 +157,15 @@ async fn main() {
         oh / bh,
         oh - bh
     );
+}
+
+/// `docker buildx` as the CLI configures it (`NULLSPACE_DOCKER`, `DOCKER_HOST`, `DOCKER_CONFIG`).
+fn buildx_config() -> DockerBuildxConfig {
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    DockerBuildxConfig {
+        docker: var("NULLSPACE_DOCKER").map_or_else(|| "docker".into(), PathBuf::from),
+        docker_host: var("DOCKER_HOST"),
+        docker_config: var("DOCKER_CONFIG").map(PathBuf::from),
+        ..DockerBuildxConfig::default()
+    }
 }

@@ -4,6 +4,9 @@
 //! configure (runtime defaults) → publish (atomic rename + one database transaction).
 
 use nullspace_api::{CacheKind, CacheStatus};
+
+use crate::buildkit::{DockerBuildx, DockerBuildxConfig};
+use crate::engine_dockerfile::BuildkitOptions;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -117,6 +120,8 @@ pub struct Engine {
     pub(crate) blobs: BlobStore,
     /// Also used by Dockerfile builds to exchange cloud `base_image_auth` for BuildKit.
     pub(crate) registry: RegistryClient,
+    buildkit_driver: DockerBuildx,
+    buildkit_options: BuildkitOptions,
 }
 
 impl Engine {
@@ -130,7 +135,28 @@ impl Engine {
             store,
             blobs,
             registry,
+            buildkit_driver: DockerBuildx::new(DockerBuildxConfig::default()),
+            buildkit_options: BuildkitOptions::default(),
         })
+    }
+
+    /// The BuildKit that Dockerfile and declarative builds use: `docker buildx` with `driver`'s
+    /// configuration, and `options` (policy, compression). Without this, `docker` on `PATH`
+    /// with the default options.
+    pub fn with_buildkit(mut self, driver: DockerBuildxConfig, options: BuildkitOptions) -> Engine {
+        self.buildkit_driver = DockerBuildx::new(driver);
+        self.buildkit_options = options;
+        self
+    }
+
+    /// The BuildKit driver (its detection is cached for the engine's life).
+    pub fn buildkit_driver(&self) -> &DockerBuildx {
+        &self.buildkit_driver
+    }
+
+    /// The BuildKit options.
+    pub fn buildkit_options(&self) -> &BuildkitOptions {
+        &self.buildkit_options
     }
 
     /// The data dir.

@@ -24,9 +24,7 @@ use sha2::{Digest as _, Sha256};
 
 use nullspace_oci::{BlobStore, Credentials, Platform};
 
-use crate::buildkit::{
-    default_driver, BuildkitDriver, BuildkitJob, Compression, Network, Redactor,
-};
+use crate::buildkit::{BuildkitDriver, BuildkitJob, Compression, Network, Redactor};
 use crate::declarative::{render, RenderedDockerfile, Step};
 use crate::dockerfile::{BuildkitPolicy, DockerfileKind, DockerfileSource, DockerfileSpec};
 use crate::engine::{BuildContext, BuildOutcome, Engine, ImageInput};
@@ -34,31 +32,16 @@ use crate::error::{io_at, BuildError};
 use crate::events::{BuildEvent, EventSink};
 use crate::request::{BaseSelector, BuildRequest};
 
-/// How this server runs BuildKit builds.
+/// How this server runs BuildKit builds (set by the binary; see [`Engine::with_buildkit`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BuildkitOptions {
     /// What Dockerfiles may do.
     pub policy: BuildkitPolicy,
     /// Layer compression of BuildKit's export.
     pub compression: Compression,
-}
-
-impl BuildkitOptions {
-    /// From `NULLSPACE_BUILDKIT_ALLOW_SSH=1` and `NULLSPACE_BUILDKIT_COMPRESSION=zstd|gzip`.
-    pub fn from_env() -> BuildkitOptions {
-        let var = |k: &str| std::env::var(k).ok().unwrap_or_default();
-        BuildkitOptions {
-            policy: BuildkitPolicy {
-                allow_ssh: matches!(var("NULLSPACE_BUILDKIT_ALLOW_SSH").as_str(), "1" | "true"),
-                ..BuildkitPolicy::default()
-            },
-            compression: if var("NULLSPACE_BUILDKIT_COMPRESSION") == "zstd" {
-                Compression::Zstd
-            } else {
-                Compression::Gzip
-            },
-        }
-    }
+    /// The Docker client config dir whose `cli-plugins/` and `buildx/` a build's private
+    /// Docker config links (so buildx and its builders still work); `None` links nothing.
+    pub client_config_dir: Option<PathBuf>,
 }
 
 /// Builds the [`DockerfileSpec`] for declarative `steps` on `base` (the plan: its
@@ -77,8 +60,8 @@ pub fn declarative_spec(
 }
 
 impl Engine {
-    /// Builds a Dockerfile with the environment's BuildKit ([`default_driver`],
-    /// [`BuildkitOptions::from_env`]) and publishes the imported result. `credentials` are the
+    /// Builds a Dockerfile with the engine's BuildKit ([`Engine::with_buildkit`]) and
+    /// publishes the imported result. `credentials` are the
     /// request's `base_image_auth` (for the final stage's base registry).
     pub async fn build_dockerfile(
         &self,
@@ -88,8 +71,8 @@ impl Engine {
         events: Arc<dyn EventSink>,
     ) -> Result<BuildOutcome, BuildError> {
         self.build_dockerfile_with(
-            default_driver(),
-            &BuildkitOptions::from_env(),
+            self.buildkit_driver(),
+            self.buildkit_options(),
             request,
             spec,
             credentials,
@@ -424,7 +407,7 @@ impl Scratch {
         let docker_config = if auths.is_empty() {
             None
         } else {
-            Some(self.docker_config(auths)?)
+            Some(self.docker_config(auths, options.client_config_dir.as_deref())?)
         };
         Ok(BuildkitJob {
             dockerfile,
@@ -452,7 +435,11 @@ impl Scratch {
 
     /// A Docker config dir holding only `auths` for this build, with the ambient config's
     /// `cli-plugins/` and `buildx/` linked in so buildx and its builders still work.
-    fn docker_config(&self, auths: &[(String, String, String)]) -> Result<PathBuf, BuildError> {
+    fn docker_config(
+        &self,
+        auths: &[(String, String, String)],
+        client_config_dir: Option<&Path>,
+    ) -> Result<PathBuf, BuildError> {
         let dir = self.config_dir();
         private_dir(&dir)?;
         let mut entries = serde_json::Map::new();
@@ -469,10 +456,7 @@ impl Scratch {
         let json = serde_json::json!({ "auths": entries }).to_string();
         let path = dir.join("config.json");
         write_private(&path, json.as_bytes())?;
-        let ambient = std::env::var_os("DOCKER_CONFIG")
-            .map(PathBuf::from)
-            .or_else(|| dirs::home_dir().map(|h| h.join(".docker")));
-        if let Some(ambient) = ambient {
+        if let Some(ambient) = client_config_dir {
             for sub in ["cli-plugins", "buildx"] {
                 let source = ambient.join(sub);
                 if source.is_dir() {

@@ -183,8 +183,8 @@ impl Engine {
         let mut build = self.begin(request)?;
         let result = self
             .build_steps_on_template(
-                crate::buildkit::default_driver(),
-                &BuildkitOptions::from_env(),
+                self.buildkit_driver(),
+                self.buildkit_options(),
                 request,
                 &parent,
                 &spec,

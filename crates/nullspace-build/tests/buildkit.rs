@@ -57,10 +57,28 @@ fn devenv() -> &'static HashMap<String, String> {
     })
 }
 
+/// The devenv's `docker buildx`, as the CLI configures it from the same variables.
 fn driver() -> &'static DockerBuildx {
     static DRIVER: OnceLock<DockerBuildx> = OnceLock::new();
     devenv();
-    DRIVER.get_or_init(|| DockerBuildx::new(DockerBuildxConfig::from_env()))
+    DRIVER.get_or_init(|| {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        DockerBuildx::new(DockerBuildxConfig {
+            docker: var("NULLSPACE_DOCKER").map_or_else(|| "docker".into(), PathBuf::from),
+            docker_host: var("DOCKER_HOST"),
+            docker_config: var("DOCKER_CONFIG").map(PathBuf::from),
+            ..DockerBuildxConfig::default()
+        })
+    })
+}
+
+/// Default options, with per-build Docker configs linking the devenv's buildx plugin.
+fn options() -> BuildkitOptions {
+    devenv();
+    BuildkitOptions {
+        client_config_dir: std::env::var_os("DOCKER_CONFIG").map(PathBuf::from),
+        ..BuildkitOptions::default()
+    }
 }
 
 struct Env {
@@ -80,7 +98,8 @@ impl Env {
             DataDir::open(data.path()).unwrap(),
             RegistryConfig::from_env(),
         )
-        .unwrap();
+        .unwrap()
+        .with_buildkit(driver().config().clone(), options());
         Env {
             data,
             engine,
@@ -104,13 +123,8 @@ impl Env {
 
     async fn build(&self, name: &str, spec: &DockerfileSpec) -> Result<BuildOutcome, BuildError> {
         let request = BuildRequest::new(name, BaseSelector::DebianImage(None));
-        self.build_with(
-            &BuildkitOptions::default(),
-            &request,
-            spec,
-            &Credentials::Anonymous,
-        )
-        .await
+        self.build_with(&options(), &request, spec, &Credentials::Anonymous)
+            .await
     }
 
     fn events_json(&self) -> String {
@@ -434,12 +448,7 @@ async fn declarative_steps_render_and_build() {
         .unwrap()
         .contains("build-time-value"));
     let outcome = env
-        .build_with(
-            &BuildkitOptions::default(),
-            &request,
-            &spec,
-            &Credentials::Anonymous,
-        )
+        .build_with(&options(), &request, &spec, &Credentials::Anonymous)
         .await
         .unwrap();
     let rootfs = &outcome.rootfs_path;
@@ -533,12 +542,7 @@ async fn declarative_apt_install_runs_offline_from_a_local_repository() {
         rendered.dockerfile
     );
     let outcome = env
-        .build_with(
-            &BuildkitOptions::default(),
-            &request,
-            &spec,
-            &Credentials::Anonymous,
-        )
+        .build_with(&options(), &request, &spec, &Credentials::Anonymous)
         .await
         .unwrap_or_else(|e| panic!("{e}\nevents: {}", env.events_json()));
     let rootfs = &outcome.rootfs_path;
@@ -595,12 +599,7 @@ async fn declarative_apt_install_of_a_missing_package_fails_the_build() {
     request.internet_access = false;
     let (spec, _) = declarative_spec(&request.base, &steps, None).unwrap();
     let e = env
-        .build_with(
-            &BuildkitOptions::default(),
-            &request,
-            &spec,
-            &Credentials::Anonymous,
-        )
+        .build_with(&options(), &request, &spec, &Credentials::Anonymous)
         .await
         .unwrap_err();
     let msg = e.to_string();
@@ -633,12 +632,7 @@ async fn network_none_blocks_the_network() {
     let mut request = BuildRequest::new("offline", BaseSelector::DebianImage(None));
     request.internet_access = false;
     let outcome = env
-        .build_with(
-            &BuildkitOptions::default(),
-            &request,
-            &spec,
-            &Credentials::Anonymous,
-        )
+        .build_with(&options(), &request, &spec, &Credentials::Anonymous)
         .await
         .unwrap();
     assert_eq!(cat(&outcome.rootfs_path, "/ifaces").unwrap(), "lo\n");
@@ -726,7 +720,7 @@ async fn registry_auth_reaches_a_private_registry() {
         password,
     };
     let outcome = env2
-        .build_with(&BuildkitOptions::default(), &request, &spec2, &credentials)
+        .build_with(&options(), &request, &spec2, &credentials)
         .await
         .unwrap();
     assert_eq!(cat(&outcome.rootfs_path, "/b.txt").unwrap(), "base-auth\n");

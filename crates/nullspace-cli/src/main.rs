@@ -7,6 +7,7 @@
 //! 7 conflict.
 
 mod args;
+mod config;
 mod dockerfile_cmd;
 mod progress;
 mod remote;
@@ -22,8 +23,8 @@ use clap::{CommandFactory, FromArgMatches};
 use serde_json::json;
 
 use args::{BaseArgs, BuildArgs, Cli, Command, TemplateCommand};
-use nullspace_build::{BaseSelector, BuildError, BuildRequest, DataDir, Engine};
-use nullspace_oci::{Credentials, RegistryConfig};
+use nullspace_build::{BaseSelector, BuildError, BuildRequest, DataDir};
+use nullspace_oci::Credentials;
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -107,7 +108,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve::serve(data, args),
         Command::Template(TemplateCommand::Build(args)) => build(data, *args, cli.json),
         Command::Template(TemplateCommand::List) => {
-            let engine = Engine::open(data, RegistryConfig::from_env())?;
+            let engine = config::engine(data)?;
             let templates = engine.store().list()?;
             if cli.json {
                 println!(
@@ -128,14 +129,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Template(TemplateCommand::Get { reference }) => {
-            let engine = Engine::open(data, RegistryConfig::from_env())?;
+            let engine = config::engine(data)?;
             let found = engine.store().resolve(&reference)?;
             let document = nullspace_build::artifact::read_document(&found.artifact_dir)?;
             println!("{}", serde_json::to_string_pretty(&document)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Template(TemplateCommand::Exists { reference }) => {
-            let engine = Engine::open(data, RegistryConfig::from_env())?;
+            let engine = config::engine(data)?;
             let exists = match engine.store().resolve(&reference) {
                 Ok(_) => true,
                 Err(BuildError::NotFound { .. }) => false,
@@ -164,7 +165,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             reference,
             new_name,
         }) => {
-            let engine = Engine::open(data, RegistryConfig::from_env())?;
+            let engine = config::engine(data)?;
             engine.store().rename(&reference, &new_name)?;
             if cli.json {
                 println!("{}", json!({ "name": new_name, "renamed_from": reference }));
@@ -316,7 +317,7 @@ fn build(data: DataDir, mut args: BuildArgs, json_output: bool) -> anyhow::Resul
     request.memory_mb = args.memory_mb;
     request.internet_access = !args.no_internet_access;
     request.skip_cache = args.skip_cache;
-    let engine = Engine::open(data, RegistryConfig::from_env())?;
+    let engine = config::engine(data)?;
     let display = Arc::new(progress::Display::for_stderr());
     let sink = {
         let display = display.clone();

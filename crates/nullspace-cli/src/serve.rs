@@ -6,7 +6,6 @@ use anyhow::Context;
 
 use crate::args::ServeArgs;
 use nullspace_build::DataDir;
-use nullspace_server::config::ServerSettings;
 use nullspace_server::{ApiKeys, ServerConfig};
 
 /// Runs the server until SIGINT or SIGTERM.
@@ -25,8 +24,10 @@ pub fn serve(data: DataDir, args: ServeArgs) -> anyhow::Result<ExitCode> {
         workers: args.workers,
         keys,
         open_owner: args.no_auth_as,
-        settings: server_settings()?,
+        settings: crate::config::server_settings()?,
         registry: nullspace_oci::RegistryConfig::from_env(),
+        buildx: crate::config::buildx(),
+        buildkit: crate::config::buildkit(),
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(nullspace_server::serve(
@@ -38,32 +39,6 @@ pub fn serve(data: DataDir, args: ServeArgs) -> anyhow::Result<ExitCode> {
         shutdown_signal(),
     ))?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// The server's limits and policy, from `NULLSPACE_MAX_CONTEXT_BYTES` (default 16 GiB),
-/// `NULLSPACE_MAX_UPLOAD_BYTES` (default 4 GiB) and `NULLSPACE_BUILDKIT_ALLOW_SSH`, read once.
-fn server_settings() -> anyhow::Result<ServerSettings> {
-    let mut settings = ServerSettings::default();
-    let bytes = |name: &str| -> anyhow::Result<Option<u64>> {
-        match std::env::var(name) {
-            Ok(v) if !v.is_empty() => {
-                let parsed: u64 = v
-                    .parse()
-                    .with_context(|| format!("{name}={v:?}: expected a number of bytes"))?;
-                anyhow::ensure!(parsed > 0, "{name}: must be more than 0");
-                Ok(Some(parsed))
-            }
-            _ => Ok(None),
-        }
-    };
-    if let Some(limit) = bytes("NULLSPACE_MAX_CONTEXT_BYTES")? {
-        settings.limits.max_context_bytes = limit;
-    }
-    if let Some(limit) = bytes("NULLSPACE_MAX_UPLOAD_BYTES")? {
-        settings.max_upload_bytes = limit;
-    }
-    settings.policy = nullspace_build::engine_dockerfile::BuildkitOptions::from_env().policy;
-    Ok(settings)
 }
 
 async fn shutdown_signal() {

@@ -21,7 +21,9 @@ pub mod manifest;
 pub mod media_types;
 pub mod platform;
 pub mod reference;
+pub mod registry_config;
 pub mod resolved;
+pub mod retry;
 pub mod store;
 
 pub use auth::Credentials;

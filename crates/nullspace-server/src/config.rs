@@ -2,17 +2,17 @@
 //! no environment variables at request time.
 
 use nullspace_build::definition::RequestLimits;
-use nullspace_build::dockerfile::BuildkitPolicy;
 
-/// The server's limits and policies.
+/// The server's limits (what Dockerfiles may do is the engine's [`BuildkitOptions`]
+/// policy, set with [`crate::ServerConfig::buildkit`]).
+///
+/// [`BuildkitOptions`]: nullspace_build::engine_dockerfile::BuildkitOptions
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerSettings {
     /// Limits on what one request may carry.
     pub limits: RequestLimits,
     /// Largest build-context file blob accepted.
     pub max_upload_bytes: u64,
-    /// What Dockerfiles may do.
-    pub policy: BuildkitPolicy,
 }
 
 impl Default for ServerSettings {
@@ -20,7 +20,6 @@ impl Default for ServerSettings {
         ServerSettings {
             limits: RequestLimits::default(),
             max_upload_bytes: 4 << 30,
-            policy: BuildkitPolicy::default(),
         }
     }
 }

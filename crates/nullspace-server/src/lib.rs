@@ -23,6 +23,8 @@ pub mod view;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use nullspace_build::buildkit::DockerBuildxConfig;
+use nullspace_build::engine_dockerfile::BuildkitOptions;
 use nullspace_build::{DataDir, Engine};
 use nullspace_oci::RegistryConfig;
 
@@ -46,6 +48,10 @@ pub struct ServerConfig {
     pub settings: config::ServerSettings,
     /// Registry mirrors, insecure hosts and the Docker config the engine uses.
     pub registry: RegistryConfig,
+    /// The `docker buildx` that Dockerfile and declarative builds run on.
+    pub buildx: DockerBuildxConfig,
+    /// BuildKit policy (what Dockerfiles may do) and export options.
+    pub buildkit: BuildkitOptions,
 }
 
 /// Why the server could not start or stopped.
@@ -84,7 +90,8 @@ pub fn open(config: &ServerConfig) -> Result<api::AppState, ServerError> {
         return Err(ServerError::NoKeys);
     }
     let engine = Engine::open(config.data.clone(), config.registry.clone())
-        .map_err(|e| ServerError::Engine(Box::new(e)))?;
+        .map_err(|e| ServerError::Engine(Box::new(e)))?
+        .with_buildkit(config.buildx.clone(), config.buildkit.clone());
     let engine = Arc::new(engine);
     let store: Arc<dyn BuildStore> = Arc::new(SqliteStore::open(&config.data.database())?);
     let runner = runner::Runner::new(store, engine, config.workers);

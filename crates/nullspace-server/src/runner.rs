@@ -11,9 +11,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::AbortHandle;
 
-use nullspace_build::buildkit::{default_driver, BuildkitDriver};
 use nullspace_build::engine::BuildContext;
-use nullspace_build::engine_dockerfile::BuildkitOptions;
 use nullspace_build::engine_template::ParentTemplate;
 use nullspace_build::{ids, BuildError, BuildEvent, BuildOutcome, Engine, EventSink};
 use nullspace_oci::Credentials;
@@ -517,8 +515,8 @@ impl Runner {
                     Ok(parent) => {
                         self.engine
                             .build_steps_on_template(
-                                default_driver(),
-                                &BuildkitOptions::from_env(),
+                                self.engine.buildkit_driver(),
+                                self.engine.buildkit_options(),
                                 &request,
                                 &parent,
                                 spec,
@@ -531,11 +529,11 @@ impl Runner {
                 }
             }
             (Some((spec, _)), _) => {
-                let driver: &dyn BuildkitDriver = default_driver();
+                let driver = self.engine.buildkit_driver();
                 self.engine
                     .run_dockerfile(
                         driver,
-                        &BuildkitOptions::from_env(),
+                        self.engine.buildkit_options(),
                         &request,
                         spec,
                         credentials,

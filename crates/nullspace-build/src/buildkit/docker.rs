@@ -30,22 +30,15 @@ pub struct DockerBuildxConfig {
     pub progress: ProgressFormat,
 }
 
-impl DockerBuildxConfig {
-    /// Reads `NULLSPACE_DOCKER`, `DOCKER_HOST`, `DOCKER_CONFIG`, `NULLSPACE_BUILDX_BUILDER` and
-    /// `NULLSPACE_BUILDKIT_PROGRESS` (`rawjson` | `plain`).
-    pub fn from_env() -> DockerBuildxConfig {
-        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+impl Default for DockerBuildxConfig {
+    /// `docker` on `PATH` with its own defaults (host, config, current builder).
+    fn default() -> DockerBuildxConfig {
         DockerBuildxConfig {
-            docker: var("NULLSPACE_DOCKER").map_or_else(|| PathBuf::from("docker"), PathBuf::from),
-            docker_host: var("DOCKER_HOST"),
-            docker_config: var("DOCKER_CONFIG")
-                .map(PathBuf::from)
-                .or_else(|| dirs::home_dir().map(|h| h.join(".docker"))),
-            builder: var("NULLSPACE_BUILDX_BUILDER"),
-            progress: match var("NULLSPACE_BUILDKIT_PROGRESS").as_deref() {
-                Some("plain") => ProgressFormat::Plain,
-                _ => ProgressFormat::RawJson,
-            },
+            docker: PathBuf::from("docker"),
+            docker_host: None,
+            docker_config: None,
+            builder: None,
+            progress: ProgressFormat::RawJson,
         }
     }
 }

@@ -170,11 +170,3 @@ pub trait BuildkitDriver: Send + Sync {
         events: Arc<dyn EventSink>,
     ) -> BoxFuture<'a, Result<(), BuildkitError>>;
 }
-
-/// The driver configured by the environment (`NULLSPACE_DOCKER`, `DOCKER_HOST`,
-/// `DOCKER_CONFIG`, `NULLSPACE_BUILDX_BUILDER`), shared by the whole process so its detection
-/// runs once.
-pub fn default_driver() -> &'static DockerBuildx {
-    static DRIVER: std::sync::OnceLock<DockerBuildx> = std::sync::OnceLock::new();
-    DRIVER.get_or_init(|| DockerBuildx::new(DockerBuildxConfig::from_env()))
-}

@@ -22,7 +22,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use nullspace_build::buildkit::{BuildkitDriver, BuildkitError, BuildkitInfo, BuildkitJob};
 use nullspace_build::dockerfile::{DockerfileSource, DockerfileSpec};
-use nullspace_build::engine_dockerfile::BuildkitOptions;
 use nullspace_build::events::EventSink;
 use nullspace_build::{
     BaseSelector, BuildError, BuildEvent, BuildOutcome, BuildRequest, DataDir, Engine,
@@ -88,7 +87,8 @@ impl Env {
             DataDir::open(data.path()).unwrap(),
             RegistryConfig::from_env(),
         )
-        .unwrap();
+        .unwrap()
+        .with_buildkit(super::driver().config().clone(), super::options());
         Env {
             data,
             engine,
@@ -110,7 +110,7 @@ impl Env {
         self.engine
             .build_dockerfile_with(
                 &self.driver,
-                &BuildkitOptions::default(),
+                &super::options(),
                 &request,
                 &spec,
                 credentials,

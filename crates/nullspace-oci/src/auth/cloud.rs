@@ -6,10 +6,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use reqwest::{RequestBuilder, Response};
-
 use crate::auth::Credentials;
-use crate::client::retry::{retryable_status, RetryPolicy};
+pub(crate) use crate::retry::send_retrying;
 
 /// Exchanged credentials are dropped this long before they expire.
 pub const REFRESH_MARGIN: Duration = Duration::from_secs(60);
@@ -130,35 +128,6 @@ pub(crate) fn transport_reason(e: reqwest::Error) -> String {
         src = cause.source();
     }
     s
-}
-
-/// Sends `build()` until the answer is not a transient failure (connection error, 429, 5xx)
-/// or `policy` is exhausted.
-pub(crate) async fn send_retrying(
-    policy: RetryPolicy,
-    what: &str,
-    build: impl Fn() -> RequestBuilder,
-) -> Result<Response, reqwest::Error> {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match build().send().await {
-            Ok(resp) if retryable_status(resp.status().as_u16()) && policy.may_retry(attempt) => {
-                tracing::warn!(
-                    what,
-                    status = resp.status().as_u16(),
-                    attempt,
-                    "retrying token exchange after server error"
-                );
-            }
-            Ok(resp) => return Ok(resp),
-            Err(e) if !e.is_builder() && !e.is_redirect() && policy.may_retry(attempt) => {
-                tracing::warn!(what, error = %transport_reason(e), attempt, "retrying token exchange after transport error");
-            }
-            Err(e) => return Err(e),
-        }
-        policy.backoff(attempt).await;
-    }
 }
 
 /// One cached exchange: the registry credentials and when to stop using them.

@@ -28,9 +28,9 @@ use sha2::{Digest as _, Sha256};
 
 use super::cloud::{self, CloudAuthError, ExchangeCache};
 use crate::auth::Credentials;
-use crate::client::config::{check_scheme, url_host_port, RegistryConfig};
-use crate::client::retry::RetryPolicy;
 use crate::error::Error;
+use crate::registry_config::{check_scheme, url_host_port, RegistryConfig};
+use crate::retry::RetryPolicy;
 
 /// The `X-Amz-Target` of the call.
 pub const TARGET: &str = "AmazonEC2ContainerRegistry_V20150921.GetAuthorizationToken";

@@ -25,9 +25,9 @@ use sha2::{Digest as _, Sha256};
 
 use super::cloud::{self, CloudAuthError, ExchangeCache};
 use crate::auth::Credentials;
-use crate::client::config::{check_scheme, RegistryConfig};
-use crate::client::retry::RetryPolicy;
 use crate::error::Error;
+use crate::registry_config::{check_scheme, RegistryConfig};
+use crate::retry::RetryPolicy;
 
 /// The registry user name that goes with an OAuth2 access token.
 pub const USERNAME: &str = "oauth2accesstoken";

@@ -8,8 +8,8 @@ use reqwest::Url;
 use serde::Deserialize;
 
 use crate::auth::{basic, Credentials};
-use crate::client::config::{check_scheme, RegistryConfig};
 use crate::error::Error;
+use crate::registry_config::{check_scheme, RegistryConfig};
 
 /// Tokens issued without `expires_in` live this long (the spec's default).
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(60);

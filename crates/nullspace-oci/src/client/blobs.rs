@@ -123,7 +123,7 @@ impl RegistryClient {
     ) -> Result<PathBuf, Error> {
         let registry = match &origin {
             Origin::Registry(ep, _) => ep.host.clone(),
-            Origin::Url(u) => super::config::url_host_port(u),
+            Origin::Url(u) => crate::registry_config::url_host_port(u),
         };
         let what = format!("blob {}", d.digest);
         let tmp = store.temp_file()?;
@@ -132,8 +132,7 @@ impl RegistryClient {
         let io_err = |e| Error::io(tmp.path(), e);
         let mut hasher = Hasher::new(d.digest.algorithm());
         let mut written: u64 = 0;
-        let policy = self.inner.retry;
-        let mut broken = 0;
+        let mut delays = self.inner.retry.delays();
         loop {
             let mut resp = self.open(&origin, d, credentials, written).await?;
             let resumed =
@@ -174,16 +173,15 @@ impl RegistryClient {
                 }
             };
             let Some(reason) = failure else { break };
-            broken += 1;
-            if !policy.may_retry(broken) {
+            let Some(delay) = delays.next() else {
                 return Err(Error::Transport {
                     registry,
                     what,
                     reason,
                 });
-            }
+            };
             tracing::warn!(%registry, digest = %d.digest, bytes = written, %reason, "transfer broke; resuming");
-            policy.backoff(broken).await;
+            tokio::time::sleep(delay).await;
         }
         let actual = hasher.finish();
         if actual != d.digest {

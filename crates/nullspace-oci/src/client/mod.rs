@@ -1,10 +1,8 @@
 //! The registry client (OCI distribution spec): manifests, indexes, blobs, auth, mirrors.
 
 mod blobs;
-pub mod config;
 mod request;
 mod resolve;
-pub mod retry;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -19,8 +17,8 @@ use crate::auth::{CloudAuthError, Credentials};
 use crate::error::Error;
 use crate::reference::Reference;
 
-pub use config::RegistryConfig;
-pub use retry::RetryPolicy;
+pub use crate::registry_config::RegistryConfig;
+pub use crate::retry::RetryPolicy;
 
 /// A registry client. Cheap to clone (shared state behind an `Arc`), so several
 /// [`RegistryClient::fetch_blob`] futures can run at once.
@@ -68,7 +66,7 @@ impl RegistryClient {
             for m in mirrors {
                 let url = Url::parse(m)
                     .map_err(|e| Error::Config(format!("mirror {m:?} for {registry}: {e}")))?;
-                config::check_scheme(&config, &url)?;
+                crate::registry_config::check_scheme(&config, &url)?;
             }
         }
         let redirect_config = config.clone();
@@ -77,7 +75,7 @@ impl RegistryClient {
                 return attempt.error("too many redirects");
             }
             // Never downgrade to plain http except to hosts where http is allowed.
-            match config::check_scheme(&redirect_config, attempt.url()) {
+            match crate::registry_config::check_scheme(&redirect_config, attempt.url()) {
                 Ok(()) => attempt.follow(),
                 Err(e) => attempt.error(e.to_string()),
             }
@@ -180,7 +178,7 @@ impl RegistryClient {
             .flatten()
         {
             let base = Url::parse(m).map_err(|e| Error::Config(format!("mirror {m:?}: {e}")))?;
-            let host = config::url_host_port(&base);
+            let host = crate::registry_config::url_host_port(&base);
             out.push(Endpoint {
                 base,
                 auth_name: host.clone(),

@@ -8,7 +8,6 @@ use sha2::{Digest as _, Sha256};
 use super::{Endpoint, RegistryClient};
 use crate::auth::challenge::{self, Challenge};
 use crate::auth::{basic, docker_config, token, Credentials};
-use crate::client::retry::retryable_status;
 use crate::error::Error;
 
 /// One GET to a registry endpoint.
@@ -78,36 +77,13 @@ impl RegistryClient {
         what: &str,
         build: impl Fn() -> RequestBuilder,
     ) -> Result<Response, Error> {
-        let policy = self.inner.retry;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match build().send().await {
-                Ok(resp)
-                    if retryable_status(resp.status().as_u16()) && policy.may_retry(attempt) =>
-                {
-                    tracing::warn!(
-                        registry,
-                        what,
-                        status = resp.status().as_u16(),
-                        attempt,
-                        "retrying after server error"
-                    );
-                }
-                Ok(resp) => return Ok(resp),
-                Err(e) if !e.is_redirect() && !e.is_builder() && policy.may_retry(attempt) => {
-                    tracing::warn!(registry, what, error = %describe(e), attempt, "retrying after transport error");
-                }
-                Err(e) => {
-                    return Err(Error::Transport {
-                        registry: registry.to_owned(),
-                        what: what.to_owned(),
-                        reason: describe(e),
-                    })
-                }
-            }
-            policy.backoff(attempt).await;
-        }
+        crate::retry::send_retrying(self.inner.retry, what, build)
+            .await
+            .map_err(|e| Error::Transport {
+                registry: registry.to_owned(),
+                what: what.to_owned(),
+                reason: describe(e),
+            })
     }
 
     /// A GET without credentials (foreign layer URLs), with retries; returns a 2xx response.
@@ -117,8 +93,8 @@ impl RegistryClient {
         range_from: Option<u64>,
         what: &str,
     ) -> Result<Response, Error> {
-        super::config::check_scheme(&self.inner.config, url)?;
-        let host = super::config::url_host_port(url);
+        crate::registry_config::check_scheme(&self.inner.config, url)?;
+        let host = crate::registry_config::url_host_port(url);
         let resp = self
             .send_retrying(&host, what, || {
                 let mut b = self.inner.http.get(url.clone());

@@ -5,6 +5,8 @@ use reqwest::Response;
 
 use super::request::{describe, RegistryGet};
 use super::{Endpoint, RegistryClient};
+use backon::Retryable as _;
+
 use crate::auth::Credentials;
 use crate::config::MAX_CONFIG_BYTES;
 use crate::digest::Digest;
@@ -213,21 +215,18 @@ impl RegistryClient {
         limit: u64,
         head: impl Fn(&Response) -> T,
     ) -> Result<(T, Vec<u8>), Error> {
-        let policy = self.inner.retry;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
+        (|| async {
             let resp = self.registry_get(req, credentials).await?;
             let h = head(&resp);
-            match read_limited(resp, limit, &req.ep.host, req.what).await {
-                Ok(bytes) => return Ok((h, bytes)),
-                Err(e @ Error::Transport { .. }) if policy.may_retry(attempt) => {
-                    tracing::warn!(registry = %req.ep.host, what = req.what, error = %e, "transfer broke; retrying");
-                    policy.backoff(attempt).await;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+            let bytes = read_limited(resp, limit, &req.ep.host, req.what).await?;
+            Ok((h, bytes))
+        })
+        .retry(self.inner.retry.backoff())
+        .when(|e: &Error| matches!(e, Error::Transport { .. }))
+        .notify(|e, _| {
+            tracing::warn!(registry = %req.ep.host, what = req.what, error = %e, "transfer broke; retrying");
+        })
+        .await
     }
 }
 

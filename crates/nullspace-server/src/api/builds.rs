@@ -167,7 +167,7 @@ pub async fn retry_build(
                 .build(Some(&owner), &build_id)?
                 .ok_or_else(|| ApiError::build_not_found(&build_id))?;
             let (definition, secrets) =
-                retry_definition(&build_id, &original.definition, body, &state.config.policy)?;
+                retry_definition(&build_id, &original.definition, body, state.policy())?;
             check_base(state, &owner, &definition)?;
             state
                 .runner

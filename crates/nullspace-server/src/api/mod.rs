@@ -52,7 +52,12 @@ impl AppState {
         &self,
         body: BuildRequestBody,
     ) -> Result<(BuildDefinition, RequestSecrets), RequestError> {
-        definition_from_body(body, &self.config.limits, &self.config.policy)
+        definition_from_body(body, &self.config.limits, self.policy())
+    }
+
+    /// What Dockerfiles may do on this server.
+    pub fn policy(&self) -> &nullspace_build::dockerfile::BuildkitPolicy {
+        &self.runner.engine().buildkit_options().policy
     }
 }
 

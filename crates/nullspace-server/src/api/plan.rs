@@ -157,7 +157,7 @@ pub async fn plan(
 ) -> ApiResult<Json<PlanResponse>> {
     let (definition, secrets) = state.parse(body)?;
     let mut warnings = validation_warnings(&definition);
-    let buildkit = checked_buildkit_spec(&definition, &secrets, &state.config.policy)?;
+    let buildkit = checked_buildkit_spec(&definition, &secrets, state.policy())?;
     let rendered = buildkit
         .as_ref()
         .and_then(|(_, rendered, _)| rendered.clone());

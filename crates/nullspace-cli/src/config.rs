@@ -1,0 +1,94 @@
+//! The process environment, read once here: the libraries take their configuration as
+//! values and never read the environment themselves.
+//!
+//! | variable | what |
+//! |---|---|
+//! | `NULLSPACE_DATA_DIR` | the data dir ([`DataDir::from_env`]) |
+//! | `NULLSPACE_REGISTRY_MIRRORS`, `NULLSPACE_INSECURE_REGISTRIES`, `DOCKER_CONFIG` | the registry client ([`RegistryConfig::from_env`]) |
+//! | `NULLSPACE_DOCKER`, `DOCKER_HOST`, `DOCKER_CONFIG`, `NULLSPACE_BUILDX_BUILDER`, `NULLSPACE_BUILDKIT_PROGRESS` | the `docker buildx` driver |
+//! | `NULLSPACE_BUILDKIT_ALLOW_SSH`, `NULLSPACE_BUILDKIT_COMPRESSION` | BuildKit policy and export |
+//! | `NULLSPACE_MAX_CONTEXT_BYTES`, `NULLSPACE_MAX_UPLOAD_BYTES` | the server's limits |
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use nullspace_build::buildkit::{Compression, DockerBuildxConfig, ProgressFormat};
+use nullspace_build::dockerfile::BuildkitPolicy;
+use nullspace_build::engine_dockerfile::BuildkitOptions;
+use nullspace_build::{DataDir, Engine};
+use nullspace_oci::RegistryConfig;
+use nullspace_server::config::ServerSettings;
+
+fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// The Docker client config dir: `DOCKER_CONFIG`, else `~/.docker`.
+fn docker_config_dir() -> Option<PathBuf> {
+    var("DOCKER_CONFIG")
+        .map(PathBuf::from)
+        .or_else(|| dirs::home_dir().map(|h| h.join(".docker")))
+}
+
+/// The `docker buildx` driver's configuration.
+pub fn buildx() -> DockerBuildxConfig {
+    DockerBuildxConfig {
+        docker: var("NULLSPACE_DOCKER").map_or_else(|| PathBuf::from("docker"), PathBuf::from),
+        docker_host: var("DOCKER_HOST"),
+        docker_config: docker_config_dir(),
+        builder: var("NULLSPACE_BUILDX_BUILDER"),
+        progress: match var("NULLSPACE_BUILDKIT_PROGRESS").as_deref() {
+            Some("plain") => ProgressFormat::Plain,
+            _ => ProgressFormat::RawJson,
+        },
+    }
+}
+
+/// BuildKit's policy and export options.
+pub fn buildkit() -> BuildkitOptions {
+    BuildkitOptions {
+        policy: BuildkitPolicy {
+            allow_ssh: matches!(
+                var("NULLSPACE_BUILDKIT_ALLOW_SSH").as_deref(),
+                Some("1" | "true")
+            ),
+            ..BuildkitPolicy::default()
+        },
+        compression: if var("NULLSPACE_BUILDKIT_COMPRESSION").as_deref() == Some("zstd") {
+            Compression::Zstd
+        } else {
+            Compression::Gzip
+        },
+        client_config_dir: docker_config_dir(),
+    }
+}
+
+/// The engine on `data`, configured from the environment.
+pub fn engine(data: DataDir) -> anyhow::Result<Engine> {
+    Ok(Engine::open(data, RegistryConfig::from_env())?.with_buildkit(buildx(), buildkit()))
+}
+
+/// The server's limits: `NULLSPACE_MAX_CONTEXT_BYTES` (default 16 GiB) and
+/// `NULLSPACE_MAX_UPLOAD_BYTES` (default 4 GiB).
+pub fn server_settings() -> anyhow::Result<ServerSettings> {
+    let mut settings = ServerSettings::default();
+    let bytes = |name: &str| -> anyhow::Result<Option<u64>> {
+        match var(name) {
+            Some(v) => {
+                let parsed: u64 = v
+                    .parse()
+                    .with_context(|| format!("{name}={v:?}: expected a number of bytes"))?;
+                anyhow::ensure!(parsed > 0, "{name}: must be more than 0");
+                Ok(Some(parsed))
+            }
+            None => Ok(None),
+        }
+    };
+    if let Some(limit) = bytes("NULLSPACE_MAX_CONTEXT_BYTES")? {
+        settings.limits.max_context_bytes = limit;
+    }
+    if let Some(limit) = bytes("NULLSPACE_MAX_UPLOAD_BYTES")? {
+        settings.max_upload_bytes = limit;
+    }
+    Ok(settings)
+}
