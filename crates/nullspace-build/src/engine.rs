@@ -7,12 +7,12 @@ use nullspace_api::{CacheKind, CacheStatus};
 
 use crate::buildkit::{DockerBuildx, DockerBuildxConfig};
 use crate::engine_dockerfile::BuildkitOptions;
+use crate::rootfs_cache::{read_cached_rootfs, rootfs_cache_key, store_cached_rootfs};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::{stream, StreamExt, TryStreamExt};
-use sha2::{Digest as _, Sha256};
 
 use nullspace_oci::{BlobStore, Credentials, Platform, Reference, RegistryClient, RegistryConfig};
 use nullspace_rootfs::{build_rootfs, ApplyProgress, LayerInput, LayerStats, RootfsOptions};
@@ -22,7 +22,7 @@ use crate::artifact::{
     ROOTFS_FILE, TEMPLATE_FILE,
 };
 use crate::data_dir::DataDir;
-use crate::error::{io_at, BuildError};
+use crate::error::BuildError;
 use crate::events::{BuildEvent, EventSink};
 use crate::ids;
 use crate::request::BuildRequest;
@@ -30,8 +30,6 @@ use crate::store::{Store, LOCAL_NAMESPACE};
 
 /// Layers downloaded at once.
 const PARALLEL_DOWNLOADS: usize = 4;
-/// Version of the rootfs cache key recipe; bump when what goes into a rootfs changes.
-const ROOTFS_RECIPE: &str = "nullspace-rootfs-v1";
 
 /// What a successful build produced.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -579,72 +577,6 @@ impl ApplyProgress for EventProgress {
             entries: stats.entries,
         });
     }
-}
-
-/// The rootfs cache key: the exact layer chain, how it is written, and the writer's version.
-/// Never a tag: `:latest` moving to new content changes the chain.
-fn rootfs_cache_key(layers: &[LayerRecord], options: &RootfsOptions) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(ROOTFS_RECIPE);
-    hasher.update([0]);
-    hasher.update(nullspace_ext4::WRITER_VERSION);
-    for layer in layers {
-        hasher.update([0]);
-        hasher.update(&layer.digest);
-        hasher.update([0]);
-        hasher.update(&layer.media_type);
-        hasher.update([0]);
-        hasher.update(layer.diff_id.as_deref().unwrap_or(""));
-    }
-    hasher.update(format!(
-        "\0min={:?}\0journal={}",
-        options.min_size_bytes, !options.no_journal
-    ));
-    hex::encode(hasher.finalize())
-}
-
-#[derive(serde::Serialize, serde::Deserialize)]
-struct CachedRootfs {
-    size_bytes: u64,
-    entries: u64,
-}
-
-/// Links a cached rootfs into the staging dir; `None` (a miss) when absent or unreadable.
-fn read_cached_rootfs(cached: &Path, summary: &Path, staged: &Path) -> Option<(u64, u64)> {
-    let facts: CachedRootfs = serde_json::from_slice(&std::fs::read(summary).ok()?).ok()?;
-    let actual = std::fs::metadata(cached).ok()?.len();
-    if actual != facts.size_bytes {
-        return None;
-    }
-    std::fs::hard_link(cached, staged).ok()?;
-    Some((facts.size_bytes, facts.entries))
-}
-
-/// Adds a freshly written rootfs to the cache (a hard link: artifacts are immutable).
-fn store_cached_rootfs(
-    staged: &Path,
-    cached: &Path,
-    summary: &Path,
-    size_bytes: u64,
-    entries: u64,
-) -> Result<(), BuildError> {
-    let mut permissions = std::fs::metadata(staged)
-        .map_err(io_at(staged))?
-        .permissions();
-    permissions.set_readonly(true);
-    std::fs::set_permissions(staged, permissions).map_err(io_at(staged))?;
-    let temporary = cached.with_extension(format!("tmp-{}", std::process::id()));
-    let _ = std::fs::remove_file(&temporary);
-    std::fs::hard_link(staged, &temporary).map_err(io_at(&temporary))?;
-    std::fs::rename(&temporary, cached).map_err(io_at(cached))?;
-    let json = serde_json::to_vec(&CachedRootfs {
-        size_bytes,
-        entries,
-    })
-    .map_err(|e| BuildError::Internal(e.to_string()))?;
-    let temporary = summary.with_extension(format!("tmp-{}", std::process::id()));
-    std::fs::write(&temporary, json).map_err(io_at(&temporary))?;
-    std::fs::rename(&temporary, summary).map_err(io_at(summary))
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ pub mod error;
 pub mod events;
 pub mod ids;
 pub mod request;
+mod rootfs_cache;
 pub mod store;
 
 pub use data_dir::DataDir;
