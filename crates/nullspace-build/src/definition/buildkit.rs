@@ -68,3 +68,13 @@ pub(super) fn request_error(error: BuildError) -> RequestError {
         other => RequestError::Body(other.to_string()),
     }
 }
+
+/// The definition and its secrets, once the BuildKit side of them checks out.
+pub(super) fn checked(
+    definition: BuildDefinition,
+    secrets: RequestSecrets,
+    policy: &BuildkitPolicy,
+) -> Result<(BuildDefinition, RequestSecrets), RequestError> {
+    checked_buildkit_spec(&definition, &secrets, policy)?;
+    Ok((definition, secrets))
+}

@@ -10,7 +10,7 @@ use crate::declarative::copy_sources;
 use crate::dockerfile::{valid_context_name, BuildkitPolicy};
 use crate::request::{parse_readiness, validate_name, validate_tag, BaseSelector};
 
-use super::buildkit::{checked_buildkit_spec, request_error};
+use super::buildkit::{checked, request_error};
 use super::secrets::{base_image_credentials, build_secret_values, registry_credentials};
 use super::{Base, BuildDefinition, RequestLimits, RequestSecrets};
 
@@ -164,8 +164,7 @@ pub fn definition_from_body(
         build_secrets,
         registry_auth,
     };
-    checked_buildkit_spec(&definition, &secrets, policy)?;
-    Ok((definition, secrets))
+    checked(definition, secrets, policy)
 }
 
 /// Tags checked and de-duplicated; absent means `["default"]`, an empty list is an error.

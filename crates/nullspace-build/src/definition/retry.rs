@@ -6,7 +6,7 @@ use nullspace_api::{BuildBackend, RequestError};
 
 use crate::dockerfile::BuildkitPolicy;
 
-use super::buildkit::checked_buildkit_spec;
+use super::buildkit::checked;
 use super::parse::checked_tags;
 use super::secrets::{base_image_credentials, build_secret_values, registry_credentials};
 use super::{Base, BuildDefinition, RequestSecrets};
@@ -99,6 +99,5 @@ pub fn retry_definition(
         build_secrets,
         registry_auth,
     };
-    checked_buildkit_spec(&definition, &secrets, policy)?;
-    Ok((definition, secrets))
+    checked(definition, secrets, policy)
 }

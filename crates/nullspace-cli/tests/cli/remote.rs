@@ -29,35 +29,51 @@ impl Server {
             .prefix("nullspace-cli-serve")
             .tempdir()
             .unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_nullspace"));
-        command
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .envs(harness::devenv())
-            .env("NULLSPACE_DATA_DIR", data.path())
-            .env("NULLSPACE_API_KEYS", format!("{KEY}:alice"));
-        if !buildkit {
-            command.env_remove("DOCKER_CONFIG");
-        }
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let url = loop {
-            let line = lines.next().expect("server exited").unwrap();
-            if let Some((_, url)) = line.split_once("listening on ") {
-                break url.trim().to_string();
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
+        let (child, url) = spawn_serve(data.path(), "127.0.0.1:0", buildkit, false);
         Server {
             child,
             url,
             _data: data,
         }
     }
+}
+
+/// `nullspace serve` on `listen` with `data`; its URL once it listens. With `own_group`, in
+/// its own process group (so that killing the group takes its `docker buildx` children).
+fn spawn_serve(
+    data: &std::path::Path,
+    listen: &str,
+    buildkit: bool,
+    own_group: bool,
+) -> (Child, String) {
+    use std::os::unix::process::CommandExt as _;
+    let mut command = Command::new(env!("CARGO_BIN_EXE_nullspace"));
+    command
+        .args(["serve", "--listen", listen])
+        .envs(harness::devenv())
+        .env("NULLSPACE_DATA_DIR", data)
+        .env("NULLSPACE_API_KEYS", format!("{KEY}:alice"));
+    if !buildkit {
+        command.env_remove("DOCKER_CONFIG");
+    }
+    if own_group {
+        command.process_group(0);
+    }
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = loop {
+        let line = lines.next().expect("server exited").unwrap();
+        if let Some((_, url)) = line.split_once("listening on ") {
+            break url.trim().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (child, url)
 }
 
 impl Drop for Server {
@@ -569,32 +585,6 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-/// `nullspace serve` for BuildKit builds on `listen` with `data`, in its own process group
-/// (so that killing it takes its `docker buildx` children along).
-fn serve_in_group(data: &std::path::Path, listen: &str) -> (Child, String) {
-    use std::os::unix::process::CommandExt as _;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_nullspace"))
-        .args(["serve", "--listen", listen])
-        .envs(harness::devenv())
-        .env("NULLSPACE_DATA_DIR", data)
-        .env("NULLSPACE_API_KEYS", format!("{KEY}:alice"))
-        .process_group(0)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let url = loop {
-        let line = lines.next().expect("server exited").unwrap();
-        if let Some((_, url)) = line.split_once("listening on ") {
-            break url.trim().to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (child, url)
-}
-
 /// SIGKILL to the whole process group of `child`.
 fn kill_group(child: &mut Child) {
     // procps' kill reads `-PID` after a signal as a process group only after `--`.
@@ -615,7 +605,7 @@ fn logs_follow_resumes_after_the_server_restarts() {
         .prefix("nullspace-cli-restart")
         .tempdir()
         .unwrap();
-    let (mut server, url) = serve_in_group(data.path(), "127.0.0.1:0");
+    let (mut server, url) = spawn_serve(data.path(), "127.0.0.1:0", true, true);
     let listen = url.trim_start_matches("http://").to_string();
     let work = tempfile::tempdir().unwrap();
     // A new RUN each time, so that BuildKit's cache never answers for it.
@@ -675,7 +665,7 @@ fn logs_follow_resumes_after_the_server_restarts() {
     kill_group(&mut server);
     // Down for longer than a few quick retries would cover.
     std::thread::sleep(std::time::Duration::from_secs(6));
-    let (mut restarted, _) = serve_in_group(data.path(), &listen);
+    let (mut restarted, _) = spawn_serve(data.path(), &listen, true, true);
     for line in lines {
         entries.push(serde_json::from_str(&line.unwrap()).unwrap());
     }
