@@ -162,15 +162,26 @@ impl BuildRequest {
             validate_tag(tag)?;
         }
         if let Some(disk_mb) = self.disk_mb {
-            if !(1..=16 * 1024 * 1024).contains(&disk_mb) {
-                return Err(BuildError::InvalidRequest {
-                    field: "disk_mb".into(),
-                    message: format!("{disk_mb} is out of range 1..=16777216"),
-                });
-            }
+            check_disk_mb(disk_mb)?;
         }
         Ok(())
     }
+}
+
+/// The largest `disk_mb`: what the ext4 writer can write (1 TiB).
+pub const MAX_DISK_MB: u64 = nullspace_ext4::MAX_IMAGE_BYTES >> 20;
+
+/// Checks a rootfs size in MiB: 1 to [`MAX_DISK_MB`].
+pub fn check_disk_mb(disk_mb: u64) -> Result<(), BuildError> {
+    if (1..=MAX_DISK_MB).contains(&disk_mb) {
+        return Ok(());
+    }
+    Err(BuildError::InvalidRequest {
+        field: "disk_mb".into(),
+        message: format!(
+            "{disk_mb} is out of range 1..={MAX_DISK_MB} (the largest rootfs written is 1 TiB)"
+        ),
+    })
 }
 
 /// A template name: one segment, lower-case letters, digits, `.`, `_`, `-`, 1–63 characters,
@@ -382,6 +393,16 @@ mod tests {
             .image_reference()
             .unwrap_err();
         assert!(err.to_string().contains("from_bun_image"), "{err}");
+    }
+
+    #[test]
+    fn disk_sizes_stop_where_the_writer_does() {
+        assert!(check_disk_mb(1).is_ok() && check_disk_mb(MAX_DISK_MB).is_ok());
+        let err = check_disk_mb(MAX_DISK_MB + 1).unwrap_err().to_string();
+        assert!(err.contains("disk_mb") && err.contains("1 TiB"), "{err}");
+        // 16 TiB was accepted before although the writer stops at 1 TiB.
+        assert!(check_disk_mb(16 * 1024 * 1024).is_err());
+        assert!(check_disk_mb(0).is_err());
     }
 
     #[test]

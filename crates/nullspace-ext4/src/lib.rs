@@ -90,6 +90,9 @@ pub use writer::Writer;
 /// part of cache keys.
 pub const WRITER_VERSION: &str = "nullspace-ext4/1";
 
+/// The largest image the writer produces: 1 TiB (`layout::MAX_GROUPS` groups).
+pub const MAX_IMAGE_BYTES: u64 = layout::MAX_GROUPS * layout::BLOCKS_PER_GROUP * layout::BLOCK_SIZE;
+
 /// How to build an image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {

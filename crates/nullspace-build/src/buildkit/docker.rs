@@ -50,6 +50,11 @@ pub struct DockerBuildx {
     info: OnceCell<BuildkitInfo>,
 }
 
+/// The only variables of the server's environment a `docker` client inherits: what it
+/// needs to run (`PATH` finds nothing of the tenant's; `HOME` and `TMPDIR` locate its own
+/// files). Everything else is set explicitly ([`DockerBuildxConfig`]).
+pub const INHERITED_ENV: &[&str] = &["PATH", "HOME", "TMPDIR", "LANG", "SSH_AUTH_SOCK"];
+
 /// Probe used to learn whether the built-in frontend has heredocs (no `# syntax=`: that would
 /// pull a frontend image).
 const HEREDOC_PROBE: &str = "FROM scratch\nCOPY <<EOF /probe\nx\nEOF\n";
@@ -75,9 +80,18 @@ impl DockerBuildx {
             .unwrap_or_else(|| "unix:///var/run/docker.sock".to_string())
     }
 
-    /// A `docker` command with our environment; `docker_config` overrides the config dir.
+    /// A `docker` command with a cleared environment: only [`INHERITED_ENV`] passes through,
+    /// plus what we set. Nothing a tenant sends ever names a variable here (build envs travel
+    /// in argv), so no request can set `LD_PRELOAD`, `PATH`, `DOCKER_HOST` and the like for
+    /// the client. `docker_config` overrides the config dir.
     fn command(&self, docker_config: Option<&Path>) -> Command {
         let mut command = Command::new(&self.config.docker);
+        command.env_clear();
+        for name in INHERITED_ENV {
+            if let Some(value) = std::env::var_os(name) {
+                command.env(name, value);
+            }
+        }
         if let Some(host) = &self.config.docker_host {
             command.env("DOCKER_HOST", host);
         }
@@ -178,13 +192,20 @@ impl DockerBuildx {
     }
 
     async fn probe_heredocs(&self) -> Result<bool, BuildkitError> {
-        let dir =
-            std::env::temp_dir().join(format!("nullspace-heredoc-probe-{}", std::process::id()));
+        // A fresh private directory (mode 0700, unpredictable name), never a fixed /tmp path
+        // another local user could prepare.
+        let temp = tempfile::Builder::new()
+            .prefix("nullspace-heredoc-probe-")
+            .tempdir()
+            .map_err(|source| BuildkitError::Io {
+                path: std::env::temp_dir(),
+                source,
+            })?;
+        let dir = temp.path().to_path_buf();
         let io = |source| BuildkitError::Io {
             path: dir.clone(),
             source,
         };
-        tokio::fs::create_dir_all(&dir).await.map_err(io)?;
         let dockerfile = dir.join("Dockerfile");
         tokio::fs::write(&dockerfile, HEREDOC_PROBE)
             .await
@@ -207,7 +228,7 @@ impl DockerBuildx {
             &dir_arg,
         ]);
         let result = command.output().await;
-        let _ = tokio::fs::remove_dir_all(&dir).await;
+        drop(temp);
         let out = result.map_err(|source| BuildkitError::Spawn {
             binary: self.config.docker.clone(),
             source,
@@ -228,11 +249,8 @@ impl DockerBuildx {
         }
     }
 
-    async fn run(
-        &self,
-        job: &BuildkitJob,
-        events: Arc<dyn EventSink>,
-    ) -> Result<(), BuildkitError> {
+    /// The `docker buildx build` command of `job` (not started).
+    fn build_command(&self, job: &BuildkitJob) -> Command {
         let mut command = self.command(job.docker_config.as_deref());
         command.args(["buildx", "build"]);
         if let Some(b) = &self.config.builder {
@@ -267,8 +285,11 @@ impl DockerBuildx {
                 .arg(format!("{name}={source}"));
         }
         for (key, value) in &job.build_args {
-            // `--build-arg KEY` takes the value from the client's environment: not in argv.
-            command.arg("--build-arg").arg(key).env(key, value);
+            // In argv, never as `--build-arg KEY` plus an environment variable named KEY: the
+            // name is the tenant's, and a variable of the tenant's choosing (`LD_PRELOAD`)
+            // would run in the client. Build envs are not secrets (BuildKit's history names
+            // them too); secrets travel as `--secret` files.
+            command.arg("--build-arg").arg(format!("{key}={value}"));
         }
         if let Some(ssh) = &job.ssh {
             command.arg("--ssh").arg(ssh);
@@ -282,6 +303,15 @@ impl DockerBuildx {
             .arg(&job.context)
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        command
+    }
+
+    async fn run(
+        &self,
+        job: &BuildkitJob,
+        events: Arc<dyn EventSink>,
+    ) -> Result<(), BuildkitError> {
+        let mut command = self.build_command(job);
         let mut child = command.spawn().map_err(|source| BuildkitError::Spawn {
             binary: self.config.docker.clone(),
             source,
@@ -358,6 +388,90 @@ impl BuildkitDriver for DockerBuildx {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use std::collections::BTreeMap;
+
+    /// A tenant's build env named after a variable the loader, the shell or the docker client
+    /// obeys never becomes a variable of the client process: it travels as `KEY=VALUE` in
+    /// argv, and the client's environment holds only the allowlist and what we set.
+    #[test]
+    fn hostile_build_env_names_never_reach_the_client_environment() {
+        let driver = DockerBuildx::new(DockerBuildxConfig {
+            docker_host: Some("unix:///run/example.sock".into()),
+            docker_config: Some("/etc/nullspace/docker".into()),
+            ..DockerBuildxConfig::default()
+        });
+        let hostile = [
+            "LD_PRELOAD",
+            "LD_LIBRARY_PATH",
+            "DOCKER_HOST",
+            "DOCKER_CONFIG",
+            "PATH",
+            "BUILDX_BUILDER",
+            "HOME",
+        ];
+        let job = BuildkitJob {
+            dockerfile: "/staging/Dockerfile".into(),
+            context: "/staging/context".into(),
+            named_contexts: BTreeMap::new(),
+            image_contexts: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+            build_args: hostile
+                .iter()
+                .map(|k| (k.to_string(), format!("/tenant/{k}")))
+                .collect(),
+            network: super::super::Network::None,
+            ssh: None,
+            output: "/staging/image.tar".into(),
+            compression: Compression::Gzip,
+            docker_config: None,
+            no_cache: false,
+            redactor: Default::default(),
+        };
+        let command = driver.build_command(&job);
+        let command = command.as_std();
+        let envs: BTreeMap<String, Option<String>> = command
+            .get_envs()
+            .map(|(k, v)| {
+                (
+                    k.to_string_lossy().into_owned(),
+                    v.map(|v| v.to_string_lossy().into_owned()),
+                )
+            })
+            .collect();
+        for (name, value) in &envs {
+            assert!(
+                value.as_deref().is_none_or(|v| !v.starts_with("/tenant/")),
+                "{name}={value:?} came from the request"
+            );
+            assert!(
+                INHERITED_ENV.contains(&name.as_str())
+                    || [
+                        "DOCKER_HOST",
+                        "DOCKER_CONFIG",
+                        "BUILDX_NO_DEFAULT_ATTESTATIONS",
+                        "DOCKER_CLI_HINTS"
+                    ]
+                    .contains(&name.as_str()),
+                "{name} is not on the allowlist"
+            );
+        }
+        assert_eq!(
+            envs.get("DOCKER_HOST").cloned().flatten().as_deref(),
+            Some("unix:///run/example.sock")
+        );
+        let args: Vec<String> = command
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        for key in hostile {
+            let pair = format!("{key}=/tenant/{key}");
+            assert!(
+                args.windows(2)
+                    .any(|w| w[0] == "--build-arg" && w[1] == pair),
+                "{pair} not passed as a build arg: {args:?}"
+            );
+        }
+    }
 
     #[tokio::test]
     async fn unreachable_daemon_is_named() {

@@ -8,7 +8,7 @@ use nullspace_api::{BuildBackend, BuildRequestBody, ContextManifest, RequestErro
 
 use crate::declarative::copy_sources;
 use crate::dockerfile::{valid_context_name, BuildkitPolicy};
-use crate::request::{parse_readiness, validate_name, validate_tag, BaseSelector};
+use crate::request::{check_disk_mb, parse_readiness, validate_name, validate_tag, BaseSelector};
 
 use super::buildkit::{checked, request_error};
 use super::secrets::{base_image_credentials, build_secret_values, registry_credentials};
@@ -31,12 +31,7 @@ pub fn definition_from_body(
     let tags = checked_tags(body.tags.clone(), "tags")?;
     let base = base_of(&body)?;
     if let Some(disk) = body.disk_mb {
-        if !(1..=16 * 1024 * 1024).contains(&disk) {
-            return Err(RequestError::invalid(
-                "disk_mb",
-                format!("{disk} is out of range 1..=16777216"),
-            ));
-        }
+        check_disk_mb(disk).map_err(request_error)?;
     }
     for (field, value) in [("cpu_count", body.cpu_count), ("memory_mb", body.memory_mb)] {
         if value == Some(0) {
