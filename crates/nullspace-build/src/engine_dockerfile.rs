@@ -42,6 +42,10 @@ pub struct BuildkitOptions {
     /// The Docker client config dir whose `cli-plugins/` and `buildx/` a build's private
     /// Docker config links (so buildx and its builders still work); `None` links nothing.
     pub client_config_dir: Option<PathBuf>,
+    /// Whether builds that bring no credentials may use the client config's own (`auths`,
+    /// credential helpers): true for the local CLI, whose user owns them; false (the default)
+    /// for a server shared by tenants, who must never borrow the operator's.
+    pub ambient_credentials: bool,
 }
 
 /// Builds the [`DockerfileSpec`] for declarative `steps` on `base` (the plan: its
@@ -404,7 +408,10 @@ impl Scratch {
                 secrets.insert(id.clone(), path);
             }
         }
-        let docker_config = if auths.is_empty() {
+        // Without the operator's opt-in, every build gets a private Docker config holding only
+        // the request's credentials (possibly none): the client's own `auths`, `credsStore`
+        // and `credHelpers` are never lent to a Dockerfile.
+        let docker_config = if auths.is_empty() && options.ambient_credentials {
             None
         } else {
             Some(self.docker_config(auths, options.client_config_dir.as_deref())?)

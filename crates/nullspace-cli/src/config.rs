@@ -60,6 +60,24 @@ pub fn buildkit() -> BuildkitOptions {
             Compression::Gzip
         },
         client_config_dir: docker_config_dir(),
+        ambient_credentials: true,
+    }
+}
+
+/// The registry client of the build server: like the CLI's, but without the operator's
+/// Docker credentials (`config.json`, credential helpers), which tenants must never borrow.
+pub fn server_registry() -> RegistryConfig {
+    RegistryConfig {
+        docker_config: None,
+        ..RegistryConfig::from_env()
+    }
+}
+
+/// BuildKit options of the build server: no ambient Docker credentials for any build.
+pub fn server_buildkit() -> BuildkitOptions {
+    BuildkitOptions {
+        ambient_credentials: false,
+        ..buildkit()
     }
 }
 

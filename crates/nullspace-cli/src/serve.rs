@@ -25,9 +25,9 @@ pub fn serve(data: DataDir, args: ServeArgs) -> anyhow::Result<ExitCode> {
         keys,
         open_owner: args.no_auth_as,
         settings: crate::config::server_settings()?,
-        registry: nullspace_oci::RegistryConfig::from_env(),
+        registry: crate::config::server_registry(),
         buildx: crate::config::buildx(),
-        buildkit: crate::config::buildkit(),
+        buildkit: crate::config::server_buildkit(),
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(nullspace_server::serve(

@@ -17,7 +17,9 @@ pub struct RegistryConfig {
     pub mirrors: HashMap<String, Vec<String>>,
     /// Hosts (`host` or `host:port`) allowed over plain http. Loopback is always allowed.
     pub insecure: Vec<String>,
-    /// Docker `config.json` used for fallback credentials when the caller gives none.
+    /// Docker `config.json` used for fallback credentials when the caller gives none. A
+    /// server shared by tenants leaves it `None`: no tenant may pull with the operator's
+    /// credentials.
     pub docker_config: Option<PathBuf>,
 }
 

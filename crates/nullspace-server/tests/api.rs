@@ -49,10 +49,15 @@ struct Server {
 
 impl Server {
     fn start(data: &Path) -> Server {
+        Server::start_with_env(data, &[])
+    }
+
+    fn start_with_env(data: &Path, envs: &[(&str, &Path)]) -> Server {
         let mut child = Command::new(binary())
             .args(["serve", "--listen", "127.0.0.1:0", "--workers", "2"])
             .env("NULLSPACE_DATA_DIR", data)
             .env("NULLSPACE_API_KEYS", format!("{ALICE}:alice,{BOB}:bob"))
+            .envs(envs.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -333,4 +338,75 @@ async fn the_served_openapi_document_is_the_file_in_the_repository() {
     ] {
         assert!(document["paths"].get(path).is_some(), "{path} undocumented");
     }
+}
+
+/// The operator's Docker credentials are never lent to a tenant. The server's Docker config
+/// can log in to the devenv's auth registry; a build from that registry that brings no
+/// credentials of its own is refused by the registry, for an image import and for a
+/// Dockerfile alike, while the same import with `base_image_auth` works.
+#[tokio::test]
+async fn tenants_never_borrow_the_operators_registry_credentials() {
+    let auth_registry = std::env::var("NULLSPACE_AUTH_REGISTRY")
+        .expect("NULLSPACE_AUTH_REGISTRY is unset: run the tests with scripts/test");
+    let data = tempfile::tempdir().unwrap();
+    let docker_config = tempfile::tempdir().unwrap();
+    std::fs::write(
+        docker_config.path().join("config.json"),
+        json!({"auths": {&auth_registry: {"auth": "bnVsbHNwYWNlOm51bGxzcGFjZS10ZXN0LXB3"}}})
+            .to_string(),
+    )
+    .unwrap();
+    // buildx itself still comes from the devenv's client config.
+    if let Some(devenv) = std::env::var_os("DOCKER_CONFIG") {
+        for sub in ["cli-plugins", "buildx"] {
+            let source = Path::new(&devenv).join(sub);
+            if source.exists() {
+                std::os::unix::fs::symlink(&source, docker_config.path().join(sub)).unwrap();
+            }
+        }
+    }
+    let server = Server::start_with_env(data.path(), &[("DOCKER_CONFIG", docker_config.path())]);
+    let image = format!("{auth_registry}/library/debian:bookworm");
+    let start = |body: Value| {
+        let url = server.url.clone();
+        async move {
+            let (code, build) = call(
+                reqwest::Method::POST,
+                &format!("{url}/v1/templates/builds"),
+                ALICE,
+                Some(body),
+            )
+            .await;
+            assert_eq!(code, 202, "{build}");
+            build["build_id"].as_str().unwrap().to_string()
+        }
+    };
+    let import = start(json!({"name": "borrowed", "base_image": image})).await;
+    let dockerfile = start(json!({
+        "name": "borrowed-df",
+        "dockerfile": format!("FROM {image}\nRUN true\n"),
+    }))
+    .await;
+    for build in [&import, &dockerfile] {
+        let status = wait_status(&server.url, build, &["ready", "error"]).await;
+        assert_eq!(status["build"]["status"], "error", "{status}");
+        let message = status["build"]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_lowercase();
+        assert!(
+            ["401", "unauthorized", "authentication", "credentials"]
+                .iter()
+                .any(|needle| message.contains(needle)),
+            "{message}"
+        );
+    }
+    let with_auth = start(json!({
+        "name": "own-credentials",
+        "base_image": image,
+        "base_image_auth": {"username": "nullspace", "password": "nullspace-test-pw"},
+    }))
+    .await;
+    let status = wait_status(&server.url, &with_auth, &["ready", "error"]).await;
+    assert_eq!(status["build"]["status"], "ready", "{status}");
 }
