@@ -35,21 +35,35 @@ impl DataDir {
         DataDir::open(&root)
     }
 
-    /// Opens (creating as needed) the data dir at `root`.
+    /// Opens (creating as needed) the data dir at `root`. A data dir this creates is private
+    /// (mode 0700, subdirectories too): it holds every owner's uploads and templates.
     pub fn open(root: &Path) -> Result<DataDir, BuildError> {
+        use std::os::unix::fs::DirBuilderExt as _;
         let dir = DataDir {
             root: root.to_path_buf(),
         };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(root)
+            .map_err(|source| BuildError::Io {
+                path: root.to_path_buf(),
+                source,
+            })?;
         for sub in [
             dir.blobs(),
             dir.rootfs_cache(),
             dir.staging(),
             dir.templates(),
         ] {
-            std::fs::create_dir_all(&sub).map_err(|source| BuildError::Io {
-                path: sub.clone(),
-                source,
-            })?;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&sub)
+                .map_err(|source| BuildError::Io {
+                    path: sub.clone(),
+                    source,
+                })?;
         }
         Ok(dir)
     }
@@ -81,5 +95,36 @@ impl DataDir {
     /// The SQLite database.
     pub fn database(&self) -> PathBuf {
         self.root.join("nullspace.db")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    #[test]
+    fn a_new_data_dir_is_private() {
+        let parent = tempfile::tempdir().unwrap();
+        let root = parent.path().join("a/b/nullspace");
+        let dir = DataDir::open(&root).unwrap();
+        for path in [
+            dir.root().to_path_buf(),
+            dir.blobs(),
+            dir.staging(),
+            dir.templates(),
+        ] {
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode & 0o077, 0, "{} is {mode:o}", path.display());
+        }
+        let store = crate::store::Store::open(&dir.database()).unwrap();
+        drop(store);
+        let mode = std::fs::metadata(dir.database())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "the database is {mode:o}");
     }
 }

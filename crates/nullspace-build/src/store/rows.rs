@@ -10,6 +10,17 @@ use rusqlite::{params, Connection, OptionalExtension};
 /// the writer), foreign keys on, and a busy timeout for concurrent writers.
 pub fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     let connection = Connection::open(path)?;
+    // Only the server's user may read it (builds, owners, log entries); SQLite gives its
+    // -wal and -shm files the same mode.
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        if let Err(error) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+            tracing::warn!(
+                "{}: could not make the database private: {error}",
+                path.display()
+            );
+        }
+    }
     connection.pragma_update(None, "journal_mode", "WAL")?;
     connection.pragma_update(None, "foreign_keys", "ON")?;
     connection.busy_timeout(std::time::Duration::from_secs(10))?;
