@@ -5,8 +5,8 @@
 
 use nullspace_api::{CacheKind, CacheStatus};
 
+use crate::buildkit::BuildkitOptions;
 use crate::buildkit::{DockerBuildx, DockerBuildxConfig};
-use crate::engine_dockerfile::BuildkitOptions;
 use crate::rootfs_cache::{read_cached_rootfs, rootfs_cache_key, store_cached_rootfs};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -24,29 +24,15 @@ use sha2::{Digest as _, Sha256};
 
 use nullspace_oci::{BlobStore, Credentials, Platform};
 
-use crate::buildkit::{BuildkitDriver, BuildkitJob, Compression, Network, Redactor};
+use crate::buildkit::{BuildkitDriver, BuildkitJob, Network, Redactor};
 use crate::declarative::{render, RenderedDockerfile, Step};
-use crate::dockerfile::{BuildkitPolicy, DockerfileKind, DockerfileSource, DockerfileSpec};
+use crate::dockerfile::{DockerfileKind, DockerfileSource, DockerfileSpec};
 use crate::engine::{BuildContext, BuildOutcome, Engine, ImageInput};
 use crate::error::{io_at, BuildError};
 use crate::events::{BuildEvent, EventSink};
 use crate::request::{BaseSelector, BuildRequest};
 
-/// How this server runs BuildKit builds (set by the binary; see [`Engine::with_buildkit`]).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct BuildkitOptions {
-    /// What Dockerfiles may do.
-    pub policy: BuildkitPolicy,
-    /// Layer compression of BuildKit's export.
-    pub compression: Compression,
-    /// The Docker client config dir whose `cli-plugins/` and `buildx/` a build's private
-    /// Docker config links (so buildx and its builders still work); `None` links nothing.
-    pub client_config_dir: Option<PathBuf>,
-    /// Whether builds that bring no credentials may use the client config's own (`auths`,
-    /// credential helpers): true for the local CLI, whose user owns them; false (the default)
-    /// for a server shared by tenants, who must never borrow the operator's.
-    pub ambient_credentials: bool,
-}
+pub use crate::buildkit::BuildkitOptions;
 
 /// Builds the [`DockerfileSpec`] for declarative `steps` on `base` (the plan: its
 /// [`RenderedDockerfile`] is what `plan`/`render` show). `context_dir` serves `copy` steps.

@@ -160,7 +160,7 @@ pub enum Error {
     /// Cloud credentials (GCP service-account key, AWS access key) are malformed, or their
     /// exchange for registry credentials failed.
     #[error(transparent)]
-    CloudAuth(#[from] crate::auth::CloudAuthError),
+    CloudAuth(#[from] CloudAuthError),
     /// Docker's config.json or a credential helper failed.
     #[error("docker credentials for {registry}: {reason}")]
     DockerCredentials {
@@ -195,4 +195,85 @@ impl Error {
             source,
         }
     }
+}
+
+/// What went wrong turning cloud credentials (a GCP service-account key, an AWS access key)
+/// into registry credentials. Messages never contain a private key, a secret access key or a
+/// token.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CloudAuthError {
+    /// The GCP service-account key is malformed.
+    #[error("gcp service account key{}: invalid: {reason}", for_subject(.client_email.as_deref()))]
+    InvalidGcpKey {
+        /// The key's `client_email`, when it could be read.
+        client_email: Option<String>,
+        /// What is wrong (never the key itself).
+        reason: String,
+    },
+    /// An AWS access key, region or endpoint is malformed.
+    #[error("ecr credentials: invalid {field}: {reason}")]
+    InvalidEcrCredentials {
+        /// The field that failed (`region`, `access_key_id`, `endpoint`, ...).
+        field: &'static str,
+        /// What is wrong (never a secret).
+        reason: String,
+    },
+    /// The credentials name another AWS region than the registry lives in.
+    #[error(
+        "ecr credentials are for region {region} but registry {registry} is in region \
+         {registry_region}; use region {registry_region}"
+    )]
+    EcrRegionMismatch {
+        /// The region of the credentials.
+        region: String,
+        /// The registry host.
+        registry: String,
+        /// The region in the registry host.
+        registry_region: String,
+    },
+    /// The token endpoint refused the exchange.
+    #[error(
+        "{provider} token exchange ({subject}) at {endpoint} was rejected: http {status}{}",
+        detail(.code.as_deref(), .message.as_deref())
+    )]
+    Rejected {
+        /// `gcp` or `ecr`.
+        provider: &'static str,
+        /// Whose credentials (service account e-mail, or AWS region and access key id).
+        subject: String,
+        /// The token endpoint URL.
+        endpoint: String,
+        /// The HTTP status.
+        status: u16,
+        /// The error code from the response (`invalid_grant`, `UnrecognizedClientException`).
+        code: Option<String>,
+        /// The error message from the response, shortened.
+        message: Option<String>,
+    },
+    /// The token endpoint could not be reached, or answered something unusable.
+    #[error("{provider} token exchange ({subject}) at {endpoint} failed: {reason}")]
+    Exchange {
+        /// `gcp` or `ecr`.
+        provider: &'static str,
+        /// Whose credentials.
+        subject: String,
+        /// The token endpoint URL.
+        endpoint: String,
+        /// What went wrong (never a secret).
+        reason: String,
+    },
+}
+
+fn for_subject(email: Option<&str>) -> String {
+    email.map(|e| format!(" for {e}")).unwrap_or_default()
+}
+
+fn detail(code: Option<&str>, message: Option<&str>) -> String {
+    let mut s = String::new();
+    for part in [code, message].into_iter().flatten() {
+        s.push_str(": ");
+        s.push_str(part);
+    }
+    s
 }

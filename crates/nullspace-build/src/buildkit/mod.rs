@@ -73,6 +73,40 @@ pub enum Compression {
     Zstd,
 }
 
+/// What the server allows Dockerfiles to do. Default: no SSH forwarding.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BuildkitPolicy {
+    /// Whether `RUN --mount=type=ssh` may be used (the client's agent is forwarded).
+    pub allow_ssh: bool,
+    /// The `--ssh` value passed when allowed (`default` = `$SSH_AUTH_SOCK`).
+    pub ssh_forward: String,
+}
+
+impl Default for BuildkitPolicy {
+    fn default() -> Self {
+        BuildkitPolicy {
+            allow_ssh: false,
+            ssh_forward: "default".into(),
+        }
+    }
+}
+
+/// How this server runs BuildKit builds (set by the binary; see `Engine::with_buildkit`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BuildkitOptions {
+    /// What Dockerfiles may do.
+    pub policy: BuildkitPolicy,
+    /// Layer compression of BuildKit's export.
+    pub compression: Compression,
+    /// The Docker client config dir whose `cli-plugins/` and `buildx/` a build's private
+    /// Docker config links (so buildx and its builders still work); `None` links nothing.
+    pub client_config_dir: Option<PathBuf>,
+    /// Whether builds that bring no credentials may use the client config's own (`auths`,
+    /// credential helpers): true for the local CLI, whose user owns them; false (the default)
+    /// for a server shared by tenants, who must never borrow the operator's.
+    pub ambient_credentials: bool,
+}
+
 /// One build for a driver to run: every input is a file or dir on this machine.
 #[derive(Clone, Debug)]
 pub struct BuildkitJob {

@@ -118,23 +118,7 @@ impl fmt::Debug for RegistryAuth {
     }
 }
 
-/// What the server allows Dockerfiles to do. Default: no SSH forwarding.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BuildkitPolicy {
-    /// Whether `RUN --mount=type=ssh` may be used (the client's agent is forwarded).
-    pub allow_ssh: bool,
-    /// The `--ssh` value passed when allowed (`default` = `$SSH_AUTH_SOCK`).
-    pub ssh_forward: String,
-}
-
-impl Default for BuildkitPolicy {
-    fn default() -> Self {
-        BuildkitPolicy {
-            allow_ssh: false,
-            ssh_forward: "default".into(),
-        }
-    }
-}
+pub use crate::buildkit::BuildkitPolicy;
 
 /// Whether the build came from a Dockerfile or from declarative steps rendered into one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
