@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use nullspace_rootfs::shell::quote;
 
-use crate::dockerfile::valid_env_key;
+use crate::dockerfile::{check_build_arg_key, valid_env_key};
 use crate::error::BuildError;
 
 pub use nullspace_api::steps::{CopyItem, Step};
@@ -204,6 +204,10 @@ pub fn render(base_image: &str, steps: &[Step]) -> Result<RenderedDockerfile, Bu
             Step::SetBuildEnvs { envs } => {
                 for (k, v) in envs {
                     env_pair(k, v, &field("envs"))?;
+                    check_build_arg_key(k).map_err(|message| BuildError::InvalidRequest {
+                        field: format!("{}.{k}", field("envs")),
+                        message,
+                    })?;
                     out.push_str(&format!("ARG {k}\n"));
                     build_args.insert(k.clone(), v.clone());
                 }

@@ -11,6 +11,28 @@ use nullspace_api::LogEntry;
 use crate::error::ClientError;
 use crate::http::{segment, Client};
 
+/// How long a followed stream may stay silent: the server sends a keep-alive comment every
+/// 15 s, so a stream without a byte for longer is dead (a host lost, a NAT dropped it) and
+/// is resumed rather than waited on forever.
+const IDLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(45);
+
+/// The response's bytes, ending in an error when none arrive for [`IDLE_LIMIT`].
+fn with_idle_limit(
+    response: reqwest::Response,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, String>> {
+    futures_util::stream::unfold(
+        Some(Box::pin(response.bytes_stream())),
+        |state| async move {
+            let mut stream = state?;
+            match tokio::time::timeout(IDLE_LIMIT, stream.next()).await {
+                Ok(Some(chunk)) => Some((chunk.map_err(|e| e.to_string()), Some(stream))),
+                Ok(None) => None,
+                Err(_) => Some((Err(format!("no data for {}s", IDLE_LIMIT.as_secs())), None)),
+            }
+        },
+    )
+}
+
 impl Client {
     /// Calls `on_entry` for every log entry of `build_id` from `offset` on, once each, in
     /// offset order. With `follow`, keeps going until the build has ended. A dropped stream
@@ -28,7 +50,7 @@ impl Client {
             let failure =
                 match self.open_logs(build_id, next, follow).await {
                     Ok(response) => {
-                        let mut events = response.bytes_stream().eventsource();
+                        let mut events = Box::pin(with_idle_limit(response).eventsource());
                         let mut dropped = None;
                         while let Some(event) = events.next().await {
                             match event {

@@ -200,6 +200,7 @@ fn without_empty_fields(mut body: BuildRequestBody) -> BuildRequestBody {
         }
     }
     text(&mut body.dockerfile);
+    text(&mut body.base_image);
     text(&mut body.user);
     text(&mut body.workdir);
     text(&mut body.start_cmd);
@@ -632,6 +633,33 @@ mod tests {
         assert_eq!(d.build_backend, BuildBackend::Buildkit);
         assert_eq!(d.source_kind(), SourceKind::Declarative);
         assert_eq!(d.steps.len(), 3);
+    }
+
+    /// `BUILDKIT_SYNTAX` as a build arg would make BuildKit pull and run a frontend image of
+    /// the tenant's choosing, around every check on the rendered Dockerfile.
+    #[test]
+    fn buildkit_build_args_are_refused() {
+        for key in [
+            "BUILDKIT_SYNTAX",
+            "buildkit_cache_mount_ns",
+            "BuildKit_Inline_Cache",
+        ] {
+            let e = parse_build_request(&json!({
+                "name": "d", "base": {"kind": "debian_image"},
+                "build_envs": {key: "docker.io/evil/frontend"},
+            }))
+            .unwrap_err();
+            assert!(
+                e.message.contains(key) && e.message.contains("BUILDKIT_"),
+                "{e}"
+            );
+        }
+        // An empty base_image beside a Dockerfile is absent, as it always was.
+        let (d, _) = parse_build_request(&json!({
+            "name": "d", "dockerfile": "FROM debian:bookworm\n", "base_image": "",
+        }))
+        .unwrap();
+        assert_eq!(d.source_kind(), SourceKind::Dockerfile);
     }
 
     #[test]

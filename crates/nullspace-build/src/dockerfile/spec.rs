@@ -250,12 +250,7 @@ impl DockerfileSpec {
             }
         }
         for key in self.build_args.keys() {
-            if !valid_env_key(key) {
-                return Err(invalid(
-                    "build_envs",
-                    format!("{key:?} is not a valid variable name"),
-                ));
-            }
+            check_build_arg_key(key).map_err(|message| invalid("build_envs", message))?;
         }
         let text = self.text()?;
         let parsed = Dockerfile::parse(&text)?;
@@ -290,6 +285,22 @@ fn valid_secret_id(id: &str) -> bool {
         && id
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+}
+
+/// Checks the name of a build env (a `--build-arg`): a variable name, and not one of
+/// BuildKit's own `BUILDKIT_*` arguments, which choose the frontend image
+/// (`BUILDKIT_SYNTAX`), cache-mount namespaces and more, and so would get around the checks
+/// the server makes on the Dockerfile.
+pub fn check_build_arg_key(key: &str) -> Result<(), String> {
+    if !valid_env_key(key) {
+        return Err(format!("{key:?} is not a valid variable name"));
+    }
+    if key.to_ascii_uppercase().starts_with("BUILDKIT_") {
+        return Err(format!(
+            "{key:?}: BUILDKIT_* build args configure BuildKit itself and are not accepted"
+        ));
+    }
+    Ok(())
 }
 
 /// A shell/Dockerfile variable name: `[A-Za-z_][A-Za-z0-9_]*`.
