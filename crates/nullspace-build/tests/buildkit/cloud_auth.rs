@@ -571,7 +571,11 @@ async fn gcp_base_image_auth_reaches_a_private_registry_through_buildkit() {
         .unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("401"), "{msg}");
-    assert_eq!(env.driver.docker_configs.lock().unwrap()[0], None);
+    // A private Docker config without credentials: nothing ambient is lent to the build.
+    assert_eq!(
+        env.driver.docker_configs.lock().unwrap()[0].as_deref(),
+        Some(r#"{"auths":{}}"#)
+    );
 
     // The key is exchanged once, before BuildKit, and BuildKit gets oauth2accesstoken/token.
     let good = Credentials::gcp(key_json(email, "0123456789abcdef", &pem, &token_uri));
