@@ -33,20 +33,26 @@ pub fn needs_server() -> anyhow::Error {
     .into()
 }
 
-/// Whether `cli` is a client-mode command.
-pub fn handles(cli: &Cli) -> bool {
-    match &cli.command {
-        Command::Template(TemplateCommand::Build(args)) => args.background,
-        Command::Template(
-            TemplateCommand::Status { .. }
+/// Whether `command` exists only against a server (the build lifecycle, validate, plan).
+pub fn is_server_only(command: &TemplateCommand) -> bool {
+    matches!(
+        command,
+        TemplateCommand::Status { .. }
             | TemplateCommand::Logs { .. }
             | TemplateCommand::Wait { .. }
             | TemplateCommand::Cancel { .. }
             | TemplateCommand::Promote { .. }
             | TemplateCommand::Retry { .. }
             | TemplateCommand::Validate(_)
-            | TemplateCommand::Plan(_),
-        ) => true,
+            | TemplateCommand::Plan(_)
+    )
+}
+
+/// Whether `cli` is a client-mode command.
+pub fn handles(cli: &Cli) -> bool {
+    match &cli.command {
+        Command::Template(TemplateCommand::Build(args)) => args.background,
+        Command::Template(command) if is_server_only(command) => true,
         Command::Template(TemplateCommand::Rename { .. }) => {
             std::env::var(URL_ENV).is_ok_and(|url| !url.trim().is_empty())
         }
