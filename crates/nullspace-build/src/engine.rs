@@ -72,6 +72,41 @@ pub struct BuildContext {
     database: std::path::PathBuf,
     /// Set by [`Engine::end`].
     ended: bool,
+    /// The caller records the publication itself (see [`BuildContext::leave_publishing_to_caller`]).
+    caller_publishes: bool,
+}
+
+impl BuildContext {
+    /// The engine writes the artifact but neither marks the build ready nor moves its tags:
+    /// the caller does both with [`crate::store::publish_rows`] in the transaction that ends
+    /// its own record, so no crash can leave a tag on a build its records call unfinished.
+    pub fn leave_publishing_to_caller(&mut self) {
+        self.caller_publishes = true;
+    }
+
+    /// Records the publication of `artifact_dir` unless the caller does (removing the
+    /// artifact again when that fails).
+    pub(crate) fn record_publication(
+        &self,
+        store: &crate::store::Store,
+        tags: &[String],
+        artifact_dir: &Path,
+    ) -> Result<(), BuildError> {
+        if self.caller_publishes {
+            return Ok(());
+        }
+        let recorded = store.publish(
+            &self.build_id,
+            &self.template_id,
+            tags,
+            artifact_dir,
+            &ids::now_rfc3339(),
+        );
+        if recorded.is_err() {
+            let _ = std::fs::remove_dir_all(artifact_dir);
+        }
+        recorded
+    }
 }
 
 impl Drop for BuildContext {
@@ -210,6 +245,7 @@ impl Engine {
             started,
             database: self.data.database(),
             ended: false,
+            caller_publishes: false,
         })
     }
 
@@ -331,7 +367,7 @@ impl Engine {
         }
         let options = RootfsOptions {
             min_size_bytes: request.disk_mb.map(|mb| mb * 1024 * 1024),
-            no_journal: false,
+            ..RootfsOptions::default()
         };
         let cache_key = rootfs_cache_key(&layers, &options);
         let staged_rootfs = staging.path().join(ROOTFS_FILE);
@@ -447,16 +483,7 @@ impl Engine {
         };
         let destination = self.data.templates().join(build_id);
         let artifact_dir = staging.publish(&document, &destination)?;
-        if let Err(error) = self.store.publish(
-            build_id,
-            template_id,
-            &request.tags,
-            &artifact_dir,
-            &ids::now_rfc3339(),
-        ) {
-            let _ = std::fs::remove_dir_all(&artifact_dir);
-            return Err(error);
-        }
+        build.record_publication(&self.store, &request.tags, &artifact_dir)?;
         Ok(BuildOutcome {
             build_id: build_id.to_string(),
             template_id: template_id.to_string(),
@@ -544,6 +571,11 @@ impl Engine {
         events: Arc<dyn EventSink>,
     ) -> Result<nullspace_rootfs::RootfsSummary, BuildError> {
         let output = output.to_path_buf();
+        // Dropping this future (a cancelled or timed-out build) stops the writer at its next
+        // read instead of leaving it running on the blocking pool.
+        let stop = StopOnDrop(Arc::new(std::sync::atomic::AtomicBool::new(false)));
+        let mut options = options;
+        options.stop = Some(stop.0.clone());
         tokio::task::spawn_blocking(move || {
             let progress = EventProgress {
                 events,
@@ -554,6 +586,15 @@ impl Engine {
         .await
         .map_err(|e| BuildError::Internal(format!("rootfs writer stopped: {e}")))?
         .map_err(BuildError::from)
+    }
+}
+
+/// Sets its flag when dropped.
+struct StopOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

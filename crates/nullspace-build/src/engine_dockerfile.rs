@@ -409,10 +409,15 @@ impl Scratch {
             image_contexts: spec.image_contexts.clone(),
             secrets,
             build_args: spec.build_args.clone(),
-            network: if request.internet_access {
-                Network::Host
-            } else {
-                Network::None
+            network: match (request.internet_access, options.policy.allow_host_network) {
+                (false, _) => Network::None,
+                (true, true) => Network::Host,
+                (true, false) => {
+                    return Err(BuildError::InvalidRequest {
+                        field: "internet_access".into(),
+                        message: crate::buildkit::HOST_NETWORK_REFUSED.into(),
+                    })
+                }
             },
             ssh: options
                 .policy

@@ -99,16 +99,7 @@ impl Engine {
         document.created_at = ids::now_rfc3339();
         let destination = self.data_dir().templates().join(&context.build_id);
         let published = context.staging.publish(&document, &destination)?;
-        if let Err(error) = self.store().publish(
-            &context.build_id,
-            &context.template_id,
-            &request.tags,
-            &published,
-            &ids::now_rfc3339(),
-        ) {
-            let _ = std::fs::remove_dir_all(&published);
-            return Err(error);
-        }
+        context.record_publication(self.store(), &request.tags, &published)?;
         Ok(BuildOutcome {
             build_id: context.build_id.clone(),
             template_id: context.template_id.clone(),

@@ -86,6 +86,14 @@ pub enum BuildError {
         /// What is missing.
         message: String,
     },
+    /// The build ran past the server's wall-clock budget and was stopped.
+    #[error(
+        "the build ran out of time: it was stopped after {seconds} s (the server's build_timeout)"
+    )]
+    TimedOut {
+        /// The budget in seconds.
+        seconds: u64,
+    },
     /// A background task died.
     #[error("internal: {0}")]
     Internal(String),
@@ -104,6 +112,7 @@ impl BuildError {
                 Phase::BaseImageImport
             }
             BuildError::Buildkit(_) => Phase::BuildSteps,
+            BuildError::TimedOut { .. } => Phase::Build,
             _ => Phase::Finalize,
         }
     }
@@ -126,6 +135,7 @@ impl BuildError {
             BuildError::Buildkit(crate::buildkit::BuildkitError::Unreachable { .. }) => {
                 "buildkit_unavailable"
             }
+            BuildError::TimedOut { .. } => "build_timeout",
             _ => "build_error",
         }
     }

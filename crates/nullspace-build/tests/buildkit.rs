@@ -72,11 +72,13 @@ fn driver() -> &'static DockerBuildx {
     })
 }
 
-/// Default options, with per-build Docker configs linking the devenv's buildx plugin.
+/// Default options with a local user's policy (host network, cache mounts), with per-build
+/// Docker configs linking the devenv's buildx plugin.
 fn options() -> BuildkitOptions {
     devenv();
     BuildkitOptions {
         client_config_dir: std::env::var_os("DOCKER_CONFIG").map(PathBuf::from),
+        policy: BuildkitPolicy::local(),
         ..BuildkitOptions::default()
     }
 }

@@ -16,7 +16,7 @@ use nullspace_build::buildkit::{Compression, DockerBuildxConfig, ProgressFormat}
 use nullspace_build::dockerfile::BuildkitPolicy;
 use nullspace_build::engine_dockerfile::BuildkitOptions;
 use nullspace_build::{DataDir, Engine};
-use nullspace_oci::RegistryConfig;
+use nullspace_oci::{AddressPolicy, RegistryConfig};
 use nullspace_server::config::ServerSettings;
 
 fn var(name: &str) -> Option<String> {
@@ -52,7 +52,7 @@ pub fn buildkit() -> BuildkitOptions {
                 var("NULLSPACE_BUILDKIT_ALLOW_SSH").as_deref(),
                 Some("1" | "true")
             ),
-            ..BuildkitPolicy::default()
+            ..BuildkitPolicy::local()
         },
         compression: if var("NULLSPACE_BUILDKIT_COMPRESSION").as_deref() == Some("zstd") {
             Compression::Zstd
@@ -66,18 +66,46 @@ pub fn buildkit() -> BuildkitOptions {
 
 /// The registry client of the build server: like the CLI's, but without the operator's
 /// Docker credentials (`config.json`, credential helpers), which tenants must never borrow.
+///
+/// Tenants name registry hosts, token realms, redirects, GCP `token_uri`s and ECR endpoints, so
+/// the server reaches public addresses only, plus the hosts the operator lists in
+/// `NULLSPACE_SERVER_ALLOWED_HOSTS` (`host` or `host:port`, comma-separated); plain http only to
+/// `NULLSPACE_INSECURE_REGISTRIES`.
 pub fn server_registry() -> RegistryConfig {
     RegistryConfig {
         docker_config: None,
+        addresses: AddressPolicy::public_only(server_allowed_hosts()),
         ..RegistryConfig::from_env()
     }
 }
 
+/// `NULLSPACE_SERVER_ALLOWED_HOSTS`, split.
+fn server_allowed_hosts() -> Vec<String> {
+    var(nullspace_oci::address_policy::ALLOWLIST_VARIABLE)
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// BuildKit options of the build server: no ambient Docker credentials for any build.
+///
+/// Tenants get no cache mounts, and the host network only when the operator sets
+/// `NULLSPACE_BUILD_HOST_NETWORK=allow` (builds with `internet_access` are refused otherwise).
 pub fn server_buildkit() -> BuildkitOptions {
+    let local = buildkit();
     BuildkitOptions {
         ambient_credentials: false,
-        ..buildkit()
+        policy: BuildkitPolicy {
+            allow_host_network: var("NULLSPACE_BUILD_HOST_NETWORK").as_deref() == Some("allow"),
+            allow_cache_mounts: false,
+            ..local.policy.clone()
+        },
+        ..local
     }
 }
 
@@ -86,8 +114,9 @@ pub fn engine(data: DataDir) -> anyhow::Result<Engine> {
     Ok(Engine::open(data, RegistryConfig::from_env())?.with_buildkit(buildx(), buildkit()))
 }
 
-/// The server's limits: `NULLSPACE_MAX_CONTEXT_BYTES` (default 16 GiB) and
-/// `NULLSPACE_MAX_UPLOAD_BYTES` (default 4 GiB).
+/// The server's limits: `NULLSPACE_MAX_CONTEXT_BYTES` (default 16 GiB),
+/// `NULLSPACE_MAX_UPLOAD_BYTES` (default 4 GiB), `NULLSPACE_BUILD_TIMEOUT_SECS` (default 3600)
+/// and `NULLSPACE_MAX_ACTIVE_BUILDS_PER_OWNER` (default 8). Each must be a positive number.
 pub fn server_settings() -> anyhow::Result<ServerSettings> {
     let mut settings = ServerSettings::default();
     let bytes = |name: &str| -> anyhow::Result<Option<u64>> {
@@ -95,7 +124,7 @@ pub fn server_settings() -> anyhow::Result<ServerSettings> {
             Some(v) => {
                 let parsed: u64 = v
                     .parse()
-                    .with_context(|| format!("{name}={v:?}: expected a number of bytes"))?;
+                    .with_context(|| format!("{name}={v:?}: expected a whole number"))?;
                 anyhow::ensure!(parsed > 0, "{name}: must be more than 0");
                 Ok(Some(parsed))
             }
@@ -107,6 +136,12 @@ pub fn server_settings() -> anyhow::Result<ServerSettings> {
     }
     if let Some(limit) = bytes("NULLSPACE_MAX_UPLOAD_BYTES")? {
         settings.max_upload_bytes = limit;
+    }
+    if let Some(seconds) = bytes("NULLSPACE_BUILD_TIMEOUT_SECS")? {
+        settings.build_timeout = std::time::Duration::from_secs(seconds);
+    }
+    if let Some(count) = bytes("NULLSPACE_MAX_ACTIVE_BUILDS_PER_OWNER")? {
+        settings.max_active_builds_per_owner = count;
     }
     Ok(settings)
 }

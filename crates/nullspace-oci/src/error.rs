@@ -149,10 +149,18 @@ pub enum Error {
         limit: u64,
     },
     /// A plain-http endpoint was configured for a host that is neither loopback nor insecure.
-    #[error("{url}: plain http is only allowed for loopback hosts and hosts listed in NULLSPACE_INSECURE_REGISTRIES")]
+    #[error("{url}: plain http is only allowed for hosts listed in NULLSPACE_INSECURE_REGISTRIES (and loopback hosts outside a build server)")]
     InsecureNotAllowed {
         /// The offending URL.
         url: String,
+    },
+    /// A URL names an address this client may not reach (see [`crate::address_policy`]).
+    #[error("{url}: not allowed: {reason}; this server reaches private, loopback and link-local addresses only for hosts its operator lists in NULLSPACE_SERVER_ALLOWED_HOSTS")]
+    AddressNotAllowed {
+        /// The offending URL.
+        url: String,
+        /// Why.
+        reason: String,
     },
     /// A configuration value is malformed.
     #[error("invalid registry configuration: {0}")]

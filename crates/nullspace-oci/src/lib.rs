@@ -11,11 +11,13 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod address_policy;
 pub mod auth;
 pub mod client;
 pub mod config;
 pub mod digest;
 pub mod error;
+mod http_body;
 pub mod layout;
 pub mod manifest;
 pub mod media_types;
@@ -26,6 +28,7 @@ pub mod resolved;
 pub mod retry;
 pub mod store;
 
+pub use address_policy::AddressPolicy;
 pub use auth::Credentials;
 pub use client::{RegistryClient, RegistryConfig, RetryPolicy};
 pub use config::ImageConfig;

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use reqwest::Url;
 
+use crate::address_policy::AddressPolicy;
 use crate::error::Error;
 use crate::reference::normalize_registry;
 
@@ -15,8 +16,11 @@ pub struct RegistryConfig {
     /// Mirrors per registry, tried in order before the registry itself:
     /// `"docker.io" -> ["http://127.0.0.1:5000"]`.
     pub mirrors: HashMap<String, Vec<String>>,
-    /// Hosts (`host` or `host:port`) allowed over plain http. Loopback is always allowed.
+    /// Hosts (`host` or `host:port`) allowed over plain http. Loopback hosts are too, where
+    /// the address policy allows private addresses (a user's own machine, as Docker does).
     pub insecure: Vec<String>,
+    /// Which addresses requests may reach (everything, unless a server restricts it).
+    pub addresses: AddressPolicy,
     /// Docker `config.json` used for fallback credentials when the caller gives none. A
     /// server shared by tenants leaves it `None`: no tenant may pull with the operator's
     /// credentials.
@@ -63,7 +67,7 @@ impl RegistryConfig {
     /// Whether plain http is allowed to `host` (`host[:port]`, IPv6 in brackets).
     pub fn allows_http(&self, host_port: &str) -> bool {
         let host = strip_port(host_port);
-        is_loopback(host)
+        (is_loopback(host) && self.addresses.private_allowed)
             || self
                 .insecure
                 .iter()
@@ -99,8 +103,10 @@ pub fn url_host_port(url: &Url) -> String {
     }
 }
 
-/// Checks that a URL is http(s) and uses plain http only where allowed.
-pub fn check_scheme(config: &RegistryConfig, url: &Url) -> Result<(), Error> {
+/// Checks that a URL is http(s), uses plain http only where allowed, and names an address the
+/// policy lets the client reach. Every request, redirect and token endpoint passes here.
+pub fn check_url(config: &RegistryConfig, url: &Url) -> Result<(), Error> {
+    config.addresses.check_url(url)?;
     match url.scheme() {
         "https" => Ok(()),
         "http" if config.allows_http(&url_host_port(url)) => Ok(()),
@@ -150,11 +156,11 @@ mod tests {
     fn schemes() {
         let cfg = RegistryConfig::default();
         let u = |s: &str| Url::parse(s).unwrap();
-        assert!(check_scheme(&cfg, &u("https://example.com")).is_ok());
-        assert!(check_scheme(&cfg, &u("http://127.0.0.1:5000")).is_ok());
-        let err = check_scheme(&cfg, &u("http://example.com")).unwrap_err();
+        assert!(check_url(&cfg, &u("https://example.com")).is_ok());
+        assert!(check_url(&cfg, &u("http://127.0.0.1:5000")).is_ok());
+        let err = check_url(&cfg, &u("http://example.com")).unwrap_err();
         assert!(err.to_string().contains("http://example.com"), "{err}");
-        assert!(check_scheme(&cfg, &u("ftp://example.com")).is_err());
+        assert!(check_url(&cfg, &u("ftp://example.com")).is_err());
         assert_eq!(url_host_port(&u("http://[::1]:5000/x")), "[::1]:5000");
     }
 }

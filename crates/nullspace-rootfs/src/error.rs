@@ -53,6 +53,9 @@ pub enum RootfsError {
         /// The writer's error.
         source: nullspace_ext4::Error,
     },
+    /// The import was stopped from outside (the build was cancelled or ran out of time).
+    #[error("the import was stopped (the build was cancelled or ran out of time)")]
+    Stopped,
     /// Reading a layer blob or writing the image failed.
     #[error("{path}: {source}")]
     Io {

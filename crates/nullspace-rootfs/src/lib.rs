@@ -9,6 +9,7 @@
 mod apply;
 mod decode;
 mod error;
+mod guard;
 pub mod media;
 pub mod rules;
 pub mod runtime;
@@ -16,13 +17,15 @@ pub mod shell;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::Mutex;
 
 use nullspace_ext4::{Metadata, NodeKind, Options, Writer};
 
 pub use apply::LayerStats;
 pub use error::RootfsError;
+pub use guard::ImportLimits;
 pub use media::{layer_compression, Compression};
 
 /// Directories every rootfs has, for `nullspace-init` to mount over at boot, with their modes.
@@ -58,6 +61,10 @@ pub struct RootfsOptions {
     pub min_size_bytes: Option<u64>,
     /// Leave out the ext4 journal (it is on by default: the guest mounts its root read-write).
     pub no_journal: bool,
+    /// Bounds on the layers' contents.
+    pub limits: ImportLimits,
+    /// Set to stop the import at the next read (a cancelled or timed-out build).
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 /// Receives progress while layers apply. All methods have empty defaults.
@@ -126,9 +133,10 @@ pub fn build_rootfs(
             source,
         })?;
     let mut stats = Vec::with_capacity(layers.len());
+    let mut usage = guard::Usage::default();
     for (index, layer) in layers.iter().enumerate() {
         progress.layer_started(index, layer);
-        let layer_stats = apply_one(&mut writer, index, layer, progress)?;
+        let layer_stats = apply_one(&mut writer, index, layer, options, &mut usage, progress)?;
         progress.layer_finished(index, &layer_stats);
         stats.push(layer_stats);
     }
@@ -151,6 +159,8 @@ fn apply_one(
     writer: &mut Writer,
     index: usize,
     layer: &LayerInput,
+    options: &RootfsOptions,
+    usage: &mut guard::Usage,
     progress: &dyn ApplyProgress,
 ) -> Result<LayerStats, RootfsError> {
     let compression = layer_compression(&layer.media_type, &layer.digest)?;
@@ -165,6 +175,7 @@ fn apply_one(
         compression: format!("{compression:?}").to_lowercase(),
         source,
     };
+    let violation = Arc::new(Mutex::new(None));
     let result = std::thread::scope(|scope| {
         let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let reporter = {
@@ -177,17 +188,45 @@ fn apply_one(
                 }
             })
         };
-        let mut archive = tar::Archive::new(stream);
+        let guarded = guard::TarGuard::new(
+            stream,
+            options.limits.clone(),
+            usage.clone(),
+            options.stop.clone(),
+            violation.clone(),
+        );
+        let mut archive = tar::Archive::new(guarded);
         let applied = apply::LayerApplier::new(writer, &layer.digest).apply(&mut archive);
+        let mut rest = archive.into_inner();
+        // The diff_id covers the whole stream, including padding after the end-of-archive
+        // (bounded by the guard).
         let drained = applied.and_then(|stats| {
-            // The diff_id covers the whole stream, including padding after the end-of-archive.
-            let mut rest = archive.into_inner();
             std::io::copy(&mut rest, &mut std::io::sink()).map_err(corrupt)?;
             Ok(stats)
         });
+        *usage = rest.usage();
+        drop(rest);
         done.store(true, Ordering::Relaxed);
         let _ = reporter.join();
         drained
+    });
+    // The guard's own verdict wins over however the tar parser reported it.
+    let result = result.map_err(|error| {
+        if options
+            .stop
+            .as_ref()
+            .is_some_and(|s| s.load(Ordering::Relaxed))
+        {
+            return RootfsError::Stopped;
+        }
+        match violation.lock().ok().and_then(|mut v| v.take()) {
+            Some(v) => RootfsError::Rejected {
+                layer: layer.digest.clone(),
+                entry: v.entry,
+                rule: v.rule,
+            },
+            None => error,
+        }
     });
     let diff_id = hasher.join().map_err(|_| RootfsError::Corrupt {
         layer: layer.digest.clone(),

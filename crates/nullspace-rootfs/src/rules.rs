@@ -32,6 +32,21 @@ pub enum Rule {
     InvalidWhiteout,
     /// The entry's path names the rootfs itself but is not a directory.
     RootNotDirectory,
+    /// A tar header the parser cannot read (the text says which field).
+    BadHeader(&'static str),
+    /// A GNU long name/link or PAX record larger than the limit.
+    MetadataRecordTooLarge {
+        /// The size its header declares.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The image has more entries than the limit.
+    TooManyEntries(u64),
+    /// The image's layers uncompress to more bytes than the limit.
+    ImageTooLarge(u64),
+    /// More data than the limit follows a layer's end-of-archive marker.
+    TrailingData(u64),
 }
 
 impl std::fmt::Display for Rule {
@@ -59,6 +74,22 @@ impl std::fmt::Display for Rule {
             Rule::SymlinkLoop => write!(f, "too many levels of symbolic links in the parent path"),
             Rule::InvalidWhiteout => write!(f, "whiteout names no file"),
             Rule::RootNotDirectory => write!(f, "the rootfs itself can only be a directory"),
+            Rule::BadHeader(what) => write!(f, "unreadable tar header: {what}"),
+            Rule::MetadataRecordTooLarge { size, limit } => write!(
+                f,
+                "long name, long link or PAX record of {size} bytes is over the limit of {limit} bytes"
+            ),
+            Rule::TooManyEntries(limit) => {
+                write!(f, "the image has more than {limit} entries (the limit)")
+            }
+            Rule::ImageTooLarge(limit) => write!(
+                f,
+                "the image's layers uncompress to more than {limit} bytes (the limit)"
+            ),
+            Rule::TrailingData(limit) => write!(
+                f,
+                "more than {limit} bytes follow the end of the archive (the limit)"
+            ),
         }
     }
 }

@@ -13,13 +13,20 @@ pub struct ServerSettings {
     pub limits: RequestLimits,
     /// Largest build-context file blob accepted.
     pub max_upload_bytes: u64,
+    /// Wall-clock budget of one build, from its start; past it the build stops and fails.
+    pub build_timeout: std::time::Duration,
+    /// Builds one owner may have waiting or running at once; more are refused (429).
+    pub max_active_builds_per_owner: u64,
 }
 
 impl Default for ServerSettings {
+    /// 16 GiB contexts, 4 GiB uploads, one hour per build, 8 active builds per owner.
     fn default() -> ServerSettings {
         ServerSettings {
             limits: RequestLimits::default(),
             max_upload_bytes: 4 << 30,
+            build_timeout: std::time::Duration::from_secs(3600),
+            max_active_builds_per_owner: 8,
         }
     }
 }

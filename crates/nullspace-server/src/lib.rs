@@ -94,7 +94,7 @@ pub fn open(config: &ServerConfig) -> Result<api::AppState, ServerError> {
         .with_buildkit(config.buildx.clone(), config.buildkit.clone());
     let engine = Arc::new(engine);
     let store: Arc<dyn BuildStore> = Arc::new(SqliteStore::open(&config.data.database())?);
-    let runner = runner::Runner::new(store, engine, config.workers);
+    let runner = runner::Runner::new(store, engine, config.workers, &config.settings);
     runner.recover()?;
     Ok(api::AppState {
         runner,

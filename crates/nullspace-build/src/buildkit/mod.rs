@@ -80,16 +80,42 @@ pub struct BuildkitPolicy {
     pub allow_ssh: bool,
     /// The `--ssh` value passed when allowed (`default` = `$SSH_AUTH_SOCK`).
     pub ssh_forward: String,
+    /// Whether `RUN` steps may use the host's network when `internet_access` is true. The
+    /// daemon here has no bridge, so that network reaches the host's loopback services, the
+    /// Docker daemon and the API: true for the local CLI, whose user owns the host; false (the
+    /// default) for a shared server unless its operator opts in, and such builds are refused.
+    pub allow_host_network: bool,
+    /// Whether `RUN --mount=type=cache` may be used. BuildKit keeps one cache per mount id for
+    /// every build it runs, so on a shared server one tenant would read and poison another's:
+    /// true for the local CLI, false (the default) for a server, where they are refused.
+    pub allow_cache_mounts: bool,
 }
 
 impl Default for BuildkitPolicy {
+    /// What a server shared by tenants allows.
     fn default() -> Self {
         BuildkitPolicy {
             allow_ssh: false,
             ssh_forward: "default".into(),
+            allow_host_network: false,
+            allow_cache_mounts: false,
         }
     }
 }
+
+impl BuildkitPolicy {
+    /// What a user's own machine allows: everything but SSH forwarding (opted into).
+    pub fn local() -> Self {
+        BuildkitPolicy {
+            allow_host_network: true,
+            allow_cache_mounts: true,
+            ..BuildkitPolicy::default()
+        }
+    }
+}
+
+/// Why a build with `internet_access` is refused where the host network is not allowed.
+pub const HOST_NETWORK_REFUSED: &str = "this server cannot give build steps a network isolated from the host (its BuildKit has only the host network, which reaches the host's own services), so builds with internet access are refused: set internet_access to false, or ask the operator to allow it (NULLSPACE_BUILD_HOST_NETWORK=allow)";
 
 /// How this server runs BuildKit builds (set by the binary; see `Engine::with_buildkit`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -57,6 +57,12 @@ pub fn checked_buildkit_spec(
     let Some((spec, rendered)) = buildkit_spec(definition, secrets).map_err(request_error)? else {
         return Ok(None);
     };
+    if definition.internet_access && !policy.allow_host_network {
+        return Err(RequestError::invalid(
+            "internet_access",
+            crate::buildkit::HOST_NETWORK_REFUSED,
+        ));
+    }
     let parsed = spec.validate(policy, None).map_err(request_error)?;
     Ok(Some((spec, rendered, parsed)))
 }

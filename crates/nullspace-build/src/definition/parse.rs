@@ -461,11 +461,50 @@ mod tests {
             .map_err(|e| Failure {
                 message: e.to_string(),
             })?;
-        definition_from_body(body, &RequestLimits::default(), &BuildkitPolicy::default()).map_err(
+        definition_from_body(body, &RequestLimits::default(), &BuildkitPolicy::local()).map_err(
             |e| Failure {
                 message: e.to_string(),
             },
         )
+    }
+
+    #[test]
+    fn a_shared_server_refuses_host_network_builds_unless_its_operator_allows_them() {
+        let body = |internet: Option<bool>| {
+            let mut body = json!({"name": "demo", "dockerfile": "FROM debian\nRUN true\n"});
+            if let Some(internet) = internet {
+                body["internet_access"] = json!(internet);
+            }
+            nullspace_api::from_json::<BuildRequestBody>(body.to_string().as_bytes())
+        };
+        let server = BuildkitPolicy::default();
+        for internet in [None, Some(true)] {
+            let Ok(parsed) = body(internet) else {
+                panic!("body did not parse")
+            };
+            let error = definition_from_body(parsed, &RequestLimits::default(), &server)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                error.contains("internet_access") && error.contains("NULLSPACE_BUILD_HOST_NETWORK"),
+                "{error}"
+            );
+        }
+        let Ok(offline) = body(Some(false)) else {
+            panic!("body did not parse")
+        };
+        assert!(definition_from_body(offline, &RequestLimits::default(), &server).is_ok());
+        // An import runs no build steps: internet_access does not matter there.
+        let import = nullspace_api::from_json::<BuildRequestBody>(
+            json!({"name": "demo", "base_image": "debian"})
+                .to_string()
+                .as_bytes(),
+        );
+        let Ok(import) = import else {
+            panic!("body did not parse")
+        };
+        assert!(definition_from_body(import, &RequestLimits::default(), &server).is_ok());
     }
 
     #[test]

@@ -94,8 +94,13 @@ mod tests {
     }
 
     #[test]
-    fn other_mounts_are_allowed() {
+    fn cache_mounts_only_where_builds_share_no_tenants() {
         let s = spec("FROM debian:bookworm\nRUN --mount=type=cache,target=/c --mount=type=tmpfs,target=/t --mount=target=/b true\n");
+        assert!(s.validate(&BuildkitPolicy::local(), Some(true)).is_ok());
+        let e = err(&s);
+        assert!(e.contains("line 2") && e.contains("cache mounts"), "{e}");
+        let s =
+            spec("FROM debian:bookworm\nRUN --mount=type=tmpfs,target=/t --mount=target=/b true\n");
         assert!(s.validate(&BuildkitPolicy::default(), Some(true)).is_ok());
         let bad = spec("FROM debian:bookworm\nRUN --network=host true\n");
         assert!(err(&bad).contains("--network=host"));

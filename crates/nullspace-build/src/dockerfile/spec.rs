@@ -403,7 +403,9 @@ fn check_mount(value: &str, spec: &DockerfileSpec, policy: &BuildkitPolicy) -> R
     }
     let kind = fields.get("type").map(String::as_str).unwrap_or("bind");
     match kind {
-        "bind" | "cache" | "tmpfs" => Ok(()),
+        "bind" | "tmpfs" => Ok(()),
+        "cache" if policy.allow_cache_mounts => Ok(()),
+        "cache" => Err("cache mounts are shared by every build on this server's BuildKit, so they are not allowed here (remove type=cache)".to_string()),
         "secret" => {
             let id = fields
                 .get("id")

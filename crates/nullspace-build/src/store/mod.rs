@@ -14,8 +14,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 use crate::error::BuildError;
 
 pub use rows::{
-    add_alias_row, alias_rows, ensure_template_row, open_connection, remove_alias_row,
-    remove_tag_row, rename_template_row, set_tag_row, tag_target, template_tag_rows,
+    add_alias_row, alias_rows, ensure_template_row, open_connection, publish_rows,
+    remove_alias_row, remove_tag_row, rename_template_row, set_tag_row, tag_target,
+    template_tag_rows,
 };
 
 /// The namespace of templates built on this machine.
@@ -134,13 +135,7 @@ impl Store {
         let artifact = artifact_dir.to_string_lossy().into_owned();
         self.with(|c| {
             let tx = c.transaction()?;
-            tx.execute(
-                "UPDATE builds SET status = 'ready', artifact_dir = ?2, finished_at = ?3 WHERE id = ?1",
-                params![build_id, artifact, now],
-            )?;
-            for tag in tags {
-                set_tag_row(&tx, template_id, tag, build_id)?;
-            }
+            publish_rows(&tx, build_id, template_id, tags, &artifact, now)?;
             tx.commit()
         })
     }

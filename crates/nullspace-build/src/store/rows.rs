@@ -141,6 +141,27 @@ pub fn alias_rows(
     rows
 }
 
+/// Marks build `build_id` ready with its artifact and points `tags` at it, inside the caller's
+/// transaction (the build service also ends its own record there, so that tags only ever point
+/// at builds that every reader sees as ready).
+pub fn publish_rows(
+    connection: &Connection,
+    build_id: &str,
+    template_id: &str,
+    tags: &[String],
+    artifact_dir: &str,
+    now: &str,
+) -> rusqlite::Result<()> {
+    connection.execute(
+        "UPDATE builds SET status = 'ready', artifact_dir = ?2, finished_at = ?3 WHERE id = ?1",
+        params![build_id, artifact_dir, now],
+    )?;
+    for tag in tags {
+        set_tag_row(connection, template_id, tag, build_id)?;
+    }
+    Ok(())
+}
+
 /// Points `tag` of template `template_id` at `build_id` (moving it if it pointed elsewhere).
 pub fn set_tag_row(
     connection: &Connection,

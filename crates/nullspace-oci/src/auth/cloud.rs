@@ -38,18 +38,7 @@ pub(crate) fn json_error(e: &serde_json::Error) -> String {
     format!("not valid json (line {} column {})", e.line(), e.column())
 }
 
-/// The error chain of a transport error on one line, without URLs.
-pub(crate) fn transport_reason(e: reqwest::Error) -> String {
-    let e = e.without_url();
-    let mut s = e.to_string();
-    let mut src = std::error::Error::source(&e);
-    while let Some(cause) = src {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        src = cause.source();
-    }
-    s
-}
+pub(crate) use crate::http_body::describe as transport_reason;
 
 /// One cached exchange: the registry credentials and when to stop using them.
 type Slot = Arc<tokio::sync::Mutex<Option<(Credentials, Instant)>>>;

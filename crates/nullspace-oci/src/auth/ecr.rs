@@ -29,7 +29,7 @@ use sha2::{Digest as _, Sha256};
 use super::cloud::{self, CloudAuthError, ExchangeCache};
 use crate::auth::Credentials;
 use crate::error::Error;
-use crate::registry_config::{check_scheme, url_host_port, RegistryConfig};
+use crate::registry_config::{check_url, url_host_port, RegistryConfig};
 use crate::retry::RetryPolicy;
 
 /// The `X-Amz-Target` of the call.
@@ -306,7 +306,7 @@ impl EcrTokenProvider {
         request: &EcrAuthRequest<'_>,
     ) -> Result<EcrAuthorization, Error> {
         let url = request.validate()?;
-        check_scheme(&self.config, &url)?;
+        check_url(&self.config, &url)?;
         let endpoint = url.to_string();
         let fail = |reason: String| CloudAuthError::Exchange {
             provider: "ecr",
@@ -338,10 +338,14 @@ impl EcrTokenProvider {
             .get("x-amzn-errortype")
             .and_then(|v| v.to_str().ok())
             .map(|v| v.split(':').next().unwrap_or(v).to_owned());
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| fail(cloud::transport_reason(e)))?;
+        let bytes = crate::http_body::read_limited(
+            resp,
+            super::token::MAX_TOKEN_RESPONSE_BYTES,
+            url.host_str().unwrap_or_default(),
+            "ECR token response",
+        )
+        .await
+        .map_err(|e| fail(e.to_string()))?;
         let parsed: Result<Value, _> = serde_json::from_slice(&bytes);
         let obj: Option<&Map<String, Value>> = parsed.as_ref().ok().and_then(Value::as_object);
         if !(200..300).contains(&status) {

@@ -26,7 +26,7 @@ use sha2::{Digest as _, Sha256};
 use super::cloud::{self, CloudAuthError, ExchangeCache};
 use crate::auth::Credentials;
 use crate::error::Error;
-use crate::registry_config::{check_scheme, RegistryConfig};
+use crate::registry_config::{check_url, RegistryConfig};
 use crate::retry::RetryPolicy;
 
 /// The registry user name that goes with an OAuth2 access token.
@@ -341,7 +341,7 @@ impl GcpTokenProvider {
             reason,
         };
         let url = Url::parse(&endpoint).map_err(|e| fail(format!("invalid token_uri: {e}")))?;
-        check_scheme(&self.config, &url)?;
+        check_url(&self.config, &url)?;
         let assertion = key.assertion(SystemTime::now())?;
         // Both values are URL-safe already except for the grant type's colons.
         let body = format!(
@@ -358,10 +358,14 @@ impl GcpTokenProvider {
         .await
         .map_err(|e| fail(cloud::transport_reason(e)))?;
         let status = resp.status().as_u16();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| fail(cloud::transport_reason(e)))?;
+        let bytes = crate::http_body::read_limited(
+            resp,
+            super::token::MAX_TOKEN_RESPONSE_BYTES,
+            url.host_str().unwrap_or_default(),
+            "GCP token response",
+        )
+        .await
+        .map_err(|e| fail(e.to_string()))?;
         let parsed: Option<Map<String, Value>> = match serde_json::from_slice(&bytes) {
             Ok(Value::Object(m)) => Some(m),
             _ => None,

@@ -9,7 +9,10 @@ use serde::Deserialize;
 
 use crate::auth::{basic, Credentials};
 use crate::error::Error;
-use crate::registry_config::{check_scheme, RegistryConfig};
+/// Largest token, GCP or ECR response read (real ones are a few KiB).
+pub(crate) const MAX_TOKEN_RESPONSE_BYTES: u64 = 1 << 20;
+
+use crate::registry_config::{check_url, RegistryConfig};
 
 /// Tokens issued without `expires_in` live this long (the spec's default).
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(60);
@@ -98,7 +101,7 @@ pub async fn fetch(
     };
     let mut url = Url::parse(req.realm).map_err(|e| fail(format!("invalid realm: {e}")))?;
     // Credentials go to the realm only over https (or plain http to loopback/insecure hosts).
-    check_scheme(config, &url)?;
+    check_url(config, &url)?;
     {
         let mut q = url.query_pairs_mut();
         if let Some(s) = req.service {
@@ -134,10 +137,14 @@ pub async fn fetch(
     if !(200..300).contains(&status) {
         return Err(fail(format!("http status {status}")));
     }
-    let body = resp
-        .bytes()
-        .await
-        .map_err(|e| fail(e.without_url().to_string()))?;
+    let body = crate::http_body::read_limited(
+        resp,
+        MAX_TOKEN_RESPONSE_BYTES,
+        req.registry,
+        "token response",
+    )
+    .await
+    .map_err(|e| fail(e.to_string()))?;
     let parsed: TokenResponse =
         serde_json::from_slice(&body).map_err(|e| fail(format!("invalid token response: {e}")))?;
     let token = parsed

@@ -66,7 +66,7 @@ impl RegistryClient {
             for m in mirrors {
                 let url = Url::parse(m)
                     .map_err(|e| Error::Config(format!("mirror {m:?} for {registry}: {e}")))?;
-                crate::registry_config::check_scheme(&config, &url)?;
+                crate::registry_config::check_url(&config, &url)?;
             }
         }
         let redirect_config = config.clone();
@@ -75,16 +75,23 @@ impl RegistryClient {
                 return attempt.error("too many redirects");
             }
             // Never downgrade to plain http except to hosts where http is allowed.
-            match crate::registry_config::check_scheme(&redirect_config, attempt.url()) {
+            match crate::registry_config::check_url(&redirect_config, attempt.url()) {
                 Ok(()) => attempt.follow(),
                 Err(e) => attempt.error(e.to_string()),
             }
         });
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .user_agent(concat!("nullspace-oci/", env!("CARGO_PKG_VERSION")))
             .redirect(policy)
             .connect_timeout(Duration::from_secs(30))
-            .read_timeout(Duration::from_secs(120))
+            .read_timeout(Duration::from_secs(120));
+        if !config.addresses.private_allowed {
+            // Names are judged after resolution, at every connection.
+            builder = builder.no_proxy().dns_resolver(Arc::new(
+                crate::address_policy::PolicyResolver::new(config.addresses.clone()),
+            ));
+        }
+        let http = builder
             .build()
             .map_err(|e| Error::Config(format!("http client: {e}")))?;
         Ok(RegistryClient {

@@ -23,18 +23,7 @@ pub(crate) struct RegistryGet<'a> {
     pub what: &'a str,
 }
 
-/// The error chain of `e` on one line, without URLs.
-pub(crate) fn describe(e: reqwest::Error) -> String {
-    let e = e.without_url();
-    let mut s = e.to_string();
-    let mut src = std::error::Error::source(&e);
-    while let Some(cause) = src {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        src = cause.source();
-    }
-    s
-}
+pub(crate) use crate::http_body::describe;
 
 fn fingerprint(c: &Credentials) -> String {
     match c {
@@ -93,7 +82,7 @@ impl RegistryClient {
         range_from: Option<u64>,
         what: &str,
     ) -> Result<Response, Error> {
-        crate::registry_config::check_scheme(&self.inner.config, url)?;
+        crate::registry_config::check_url(&self.inner.config, url)?;
         let host = crate::registry_config::url_host_port(url);
         let resp = self
             .send_retrying(&host, what, || {

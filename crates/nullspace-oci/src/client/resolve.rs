@@ -3,7 +3,7 @@
 use reqwest::header::CONTENT_TYPE;
 use reqwest::Response;
 
-use super::request::{describe, RegistryGet};
+use super::request::RegistryGet;
 use super::{Endpoint, RegistryClient};
 use backon::Retryable as _;
 
@@ -11,6 +11,7 @@ use crate::auth::Credentials;
 use crate::config::MAX_CONFIG_BYTES;
 use crate::digest::Digest;
 use crate::error::Error;
+use crate::http_body::read_limited;
 use crate::manifest::{parse_manifest, Descriptor, ImageManifest, Manifest, MAX_MANIFEST_BYTES};
 use crate::media_types::MANIFEST_ACCEPT;
 use crate::platform::{self, Platform};
@@ -227,36 +228,5 @@ impl RegistryClient {
             tracing::warn!(registry = %req.ep.host, what = req.what, error = %e, "transfer broke; retrying");
         })
         .await
-    }
-}
-
-/// Reads a whole body, failing once it exceeds `limit` bytes.
-pub(crate) async fn read_limited(
-    mut resp: Response,
-    limit: u64,
-    registry: &str,
-    what: &str,
-) -> Result<Vec<u8>, Error> {
-    let mut out = Vec::new();
-    loop {
-        match resp.chunk().await {
-            Ok(Some(chunk)) => {
-                if out.len() as u64 + chunk.len() as u64 > limit {
-                    return Err(Error::TooLarge {
-                        what: what.to_owned(),
-                        limit,
-                    });
-                }
-                out.extend_from_slice(&chunk);
-            }
-            Ok(None) => return Ok(out),
-            Err(e) => {
-                return Err(Error::Transport {
-                    registry: registry.to_owned(),
-                    what: what.to_owned(),
-                    reason: describe(e),
-                })
-            }
-        }
     }
 }

@@ -33,6 +33,8 @@ impl Runner {
             .unwrap_or(Credentials::Anonymous);
         let mut spec = buildkit_spec(&record.definition, secrets)?;
         let mut context = self.engine.begin_with(&record.id, &record.template_id)?;
+        // The store publishes (tags and `ready`) in the transaction that ends the build's record.
+        context.leave_publishing_to_caller();
         if let Some((spec, _)) = &mut spec {
             let named = &record.definition.named_contexts;
             let main = record.definition.build_context.as_ref().map(|m| ("", m));

@@ -32,6 +32,8 @@ pub struct Runner {
     cancels: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
     credentials: Mutex<HashMap<String, RequestSecrets>>,
     changes: watch::Sender<u64>,
+    build_timeout: std::time::Duration,
+    max_active_builds_per_owner: u64,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -41,9 +43,17 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Runner {
-    /// A runner with `workers` concurrent builds.
-    pub fn new(store: Arc<dyn BuildStore>, engine: Arc<Engine>, workers: usize) -> Arc<Runner> {
+    /// A runner with `workers` concurrent builds and the time budget and per-owner quota of
+    /// `settings`.
+    pub fn new(
+        store: Arc<dyn BuildStore>,
+        engine: Arc<Engine>,
+        workers: usize,
+        settings: &crate::config::ServerSettings,
+    ) -> Arc<Runner> {
         Arc::new(Runner {
+            build_timeout: settings.build_timeout,
+            max_active_builds_per_owner: settings.max_active_builds_per_owner,
             store,
             engine,
             permits: Arc::new(Semaphore::new(workers.max(1))),
@@ -82,6 +92,17 @@ impl Runner {
         secrets: RequestSecrets,
         retry_of: Option<String>,
     ) -> Result<BuildRecord, ApiError> {
+        let active = self.store.active_builds(owner)?;
+        if active >= self.max_active_builds_per_owner {
+            return Err(ApiError::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                "build_quota_exceeded",
+                format!(
+                    "{active} of your builds are already waiting or running (the limit is {}); wait for one to end or cancel one",
+                    self.max_active_builds_per_owner
+                ),
+            ));
+        }
         let now = ids::now_rfc3339();
         let template_id =
             self.store
@@ -219,6 +240,10 @@ impl Runner {
             let _ = self.engine.store().fail_build(&id, message, &now);
             let staging = self.engine.data_dir().staging();
             let _ = nullspace_build::artifact::remove_tree(&staging.join(&id));
+            // An artifact written just before the crash was never recorded: nothing points at it.
+            let _ = nullspace_build::artifact::remove_tree(
+                &self.engine.data_dir().templates().join(&id),
+            );
             let _ = nullspace_build::artifact::remove_tree(
                 &nullspace_build::artifact::scratch_dir(&staging, &id),
             );
@@ -357,6 +382,10 @@ impl Runner {
                     tokio::select! {
                         outcome = runner.execute(&record, &credentials, sink) => Some(outcome),
                         _ = cancel.notified() => None,
+                        // Dropping the build stops its BuildKit client and its rootfs writer.
+                        _ = tokio::time::sleep(runner.build_timeout) => Some(Err(BuildError::TimedOut {
+                            seconds: runner.build_timeout.as_secs(),
+                        })),
                     }
                 })
             })
@@ -428,18 +457,27 @@ impl Runner {
                 }));
                 let finish = Finish {
                     status: BuildStatus::Ready,
-                    finished_at: now,
+                    finished_at: now.clone(),
                     duration_ms: duration_since(record.started_at.as_deref()),
                     failure_phase: None,
                     error_message: None,
                     result: Some(result),
                     cache_summary: Some(cache_summary),
                 };
-                self.store.finish(
+                let recorded = self.finish_persistently(
                     id,
                     &finish,
                     &[with_ids(published, &record), with_ids(end, &record)],
-                )?;
+                );
+                if !matches!(recorded, Ok(true)) {
+                    // Cancelled meanwhile, or the store cannot record it: nothing may point at
+                    // the artifact, so it goes.
+                    let _ = nullspace_build::artifact::remove_tree(&outcome.artifact_dir);
+                }
+                if let Err(error) = recorded {
+                    let message = format!("the finished build could not be recorded: {error}");
+                    self.fail(id, Some(&record), FailurePhase::Finalize, &message, &now)?;
+                }
                 self.changed();
             }
             Err(error) => {
@@ -463,7 +501,7 @@ impl Runner {
                     result: None,
                     cache_summary: Some(cache_summary),
                 };
-                self.store.finish(
+                self.finish_persistently(
                     id,
                     &finish,
                     &[with_ids(failed, &record), with_ids(end, &record)],
@@ -472,6 +510,32 @@ impl Runner {
             }
         }
         Ok(())
+    }
+}
+
+impl Runner {
+    /// Ends a build, retrying a store that fails (a full disk may free up) for about half a
+    /// minute so a build is not left `building` until the next restart. Runs off the runtime.
+    fn finish_persistently(
+        &self,
+        id: &str,
+        finish: &Finish,
+        entries: &[LogEntry],
+    ) -> Result<bool, StoreError> {
+        let mut delay = std::time::Duration::from_millis(500);
+        let mut attempts = 0;
+        loop {
+            match self.store.finish(id, finish, entries) {
+                Ok(changed) => return Ok(changed),
+                Err(error) if attempts >= 5 => return Err(error),
+                Err(error) => {
+                    tracing::warn!("build {id}: could not record its end ({error}); retrying");
+                    std::thread::sleep(delay);
+                    delay *= 2;
+                    attempts += 1;
+                }
+            }
+        }
     }
 }
 

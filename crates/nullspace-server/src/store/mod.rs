@@ -207,6 +207,8 @@ pub trait BuildStore: Send + Sync + 'static {
     fn templates(&self, owner: &str) -> Result<Vec<TemplateRow>, StoreError>;
     /// Points `tag` of a template at a build, and records the tag on the build.
     fn set_tag(&self, template_id: &str, tag: &str, build_id: &str) -> Result<(), StoreError>;
+    /// How many of `owner`'s builds are waiting or running.
+    fn active_builds(&self, owner: &str) -> Result<u64, StoreError>;
     /// Ids of builds in `status`, oldest first.
     fn builds_in(&self, status: BuildStatus) -> Result<Vec<String>, StoreError>;
     /// Removes `tag` of a template (and from its build's record); false when it had none.

@@ -170,38 +170,72 @@ impl BuildStore for SqliteStore {
     }
 
     fn finish(&self, id: &str, finish: &Finish, entries: &[LogEntry]) -> Result<bool, StoreError> {
-        let Some(mut record) = self.build(None, id)? else {
-            return Ok(false);
-        };
-        if record.status.is_terminal() {
-            return Ok(false);
-        }
-        let previous = record.status;
-        record.status = finish.status;
-        record.finished_at = Some(finish.finished_at.clone());
-        record.updated_at = finish.finished_at.clone();
-        record.duration_ms = finish.duration_ms;
-        record.failure_phase = finish.failure_phase;
-        record.error_message = finish.error_message.clone();
-        record.result = finish.result.clone();
-        if let Some(summary) = &finish.cache_summary {
-            record.cache_summary = summary.clone();
-        }
-        let json = self.encode("build record", &record)?;
-        self.with(|c| {
-            let tx = c.transaction()?;
-            let changed = tx.execute(
-                "UPDATE api_builds SET status = ?2, record = ?3 WHERE id = ?1 AND status = ?4",
-                params![id, finish.status.as_str(), json, previous.as_str()],
-            )?;
-            if changed == 1 {
-                for entry in entries {
-                    insert_entry(&tx, id, entry)?;
+        // Read, check and write in one immediate transaction: a cancel racing the start or the
+        // end of a build sees the status the other one wrote, never an older one.
+        let mut failure: Option<StoreError> = None;
+        let changed = self.with(|c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let json: Option<String> = tx
+                .query_row(
+                    "SELECT record FROM api_builds WHERE id = ?1",
+                    params![id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(json) = json else {
+                return Ok(false);
+            };
+            let mut record: BuildRecord = match self.decode("build record", &json) {
+                Ok(record) => record,
+                Err(error) => {
+                    failure = Some(error);
+                    return Ok(false);
                 }
+            };
+            if record.status.is_terminal() {
+                return Ok(false);
+            }
+            record.status = finish.status;
+            record.finished_at = Some(finish.finished_at.clone());
+            record.updated_at = finish.finished_at.clone();
+            record.duration_ms = finish.duration_ms;
+            record.failure_phase = finish.failure_phase;
+            record.error_message = finish.error_message.clone();
+            record.result = finish.result.clone();
+            if let Some(summary) = &finish.cache_summary {
+                record.cache_summary = summary.clone();
+            }
+            let json = match self.encode("build record", &record) {
+                Ok(json) => json,
+                Err(error) => {
+                    failure = Some(error);
+                    return Ok(false);
+                }
+            };
+            tx.execute(
+                "UPDATE api_builds SET status = ?2, record = ?3 WHERE id = ?1",
+                params![id, finish.status.as_str(), json],
+            )?;
+            if let (BuildStatus::Ready, Some(result)) = (finish.status, &finish.result) {
+                nullspace_build::store::publish_rows(
+                    &tx,
+                    id,
+                    &record.template_id,
+                    &record.tags,
+                    &result.artifact_dir,
+                    &finish.finished_at,
+                )?;
+            }
+            for entry in entries {
+                insert_entry(&tx, id, entry)?;
             }
             tx.commit()?;
-            Ok(changed == 1)
-        })
+            Ok(true)
+        })?;
+        match failure {
+            Some(error) => Err(error),
+            None => Ok(changed),
+        }
     }
 
     fn append_entry(&self, id: &str, entry: &LogEntry) -> Result<Option<u64>, StoreError> {
@@ -407,6 +441,17 @@ impl BuildStore for SqliteStore {
         alias: &str,
     ) -> Result<bool, StoreError> {
         self.with(|c| nullspace_build::store::remove_alias_row(c, owner, template_id, alias))
+    }
+
+    fn active_builds(&self, owner: &str) -> Result<u64, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM api_builds WHERE owner = ?1 AND status IN ('waiting', 'building')",
+                params![owner],
+                |r| r.get::<_, i64>(0),
+            )
+        })
+        .map(|n| u64::try_from(n).unwrap_or(0))
     }
 
     fn builds_in(&self, wanted: BuildStatus) -> Result<Vec<String>, StoreError> {
