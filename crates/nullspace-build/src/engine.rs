@@ -74,6 +74,9 @@ pub struct BuildContext {
     ended: bool,
     /// The caller records the publication itself (see [`BuildContext::leave_publishing_to_caller`]).
     caller_publishes: bool,
+    /// Whose build this is, where stored content is shared by owners who do not trust each
+    /// other (see [`BuildContext::restrict_content_to`]).
+    content_owner: Option<String>,
 }
 
 impl BuildContext {
@@ -82,6 +85,14 @@ impl BuildContext {
     /// its own record, so no crash can leave a tag on a build its records call unfinished.
     pub fn leave_publishing_to_caller(&mut self) {
         self.caller_publishes = true;
+    }
+
+    /// Shared stores serve this build only layer blobs that `owner` fetched from a registry
+    /// itself: a stored blob it has not is downloaded again with its credentials (and verified)
+    /// before it, or a cached rootfs holding it, is used. Otherwise a manifest listing another
+    /// owner's private layer digest would hand that layer over.
+    pub fn restrict_content_to(&mut self, owner: &str) {
+        self.content_owner = Some(owner.to_string());
     }
 
     /// Records the publication of `artifact_dir` unless the caller does (removing the
@@ -246,6 +257,7 @@ impl Engine {
             database: self.data.database(),
             ended: false,
             caller_publishes: false,
+            content_owner: None,
         })
     }
 
@@ -365,6 +377,15 @@ impl Engine {
                 },
             ));
         }
+        // Where owners share the stores, this owner's own fetch of every layer comes before any
+        // stored blob or cached rootfs is used.
+        let mut fetched = match &build.content_owner {
+            Some(owner) => Some(
+                self.fetch_layers(&image, credentials, &layers, events.clone(), Some(owner))
+                    .await?,
+            ),
+            None => None,
+        };
         let options = RootfsOptions {
             min_size_bytes: request.disk_mb.map(|mb| mb * 1024 * 1024),
             ..RootfsOptions::default()
@@ -407,9 +428,13 @@ impl Engine {
                         subject: subject.clone(),
                     });
                 }
-                let inputs = self
-                    .fetch_layers(&image, credentials, &layers, events.clone())
-                    .await?;
+                let inputs = match fetched.take() {
+                    Some(inputs) => inputs,
+                    None => {
+                        self.fetch_layers(&image, credentials, &layers, events.clone(), None)
+                            .await?
+                    }
+                };
                 let summary = self
                     .write_rootfs(inputs, &staged_rootfs, options, events.clone())
                     .await?;
@@ -500,13 +525,19 @@ impl Engine {
     }
 
     /// Brings every layer blob into the store, several at once, and returns them bottom-up.
+    ///
+    /// With an `owner` (see [`BuildContext::restrict_content_to`]), a stored blob counts only
+    /// if that owner fetched it from a registry before; otherwise it is downloaded again with
+    /// `credentials` and verified, and the owner's access recorded.
     async fn fetch_layers(
         &self,
         image: &nullspace_oci::ResolvedImage,
         credentials: &Credentials,
         layers: &[LayerRecord],
         events: Arc<dyn EventSink>,
+        owner: Option<&str>,
     ) -> Result<Vec<LayerInput>, BuildError> {
+        let from_registry = matches!(image.source, nullspace_oci::ImageSource::Registry { .. });
         let downloads = image
             .manifest
             .layers
@@ -516,7 +547,15 @@ impl Engine {
                 let events = events.clone();
                 async move {
                     let total = descriptor.size;
-                    let cached = self.blobs.contains(&descriptor.digest);
+                    let digest = descriptor.digest.to_string();
+                    // Local sources (uploaded archives, BuildKit's output) bring their blobs.
+                    let proven = match owner {
+                        Some(owner) if from_registry => {
+                            self.store.has_blob_access(owner, &digest)?
+                        }
+                        _ => true,
+                    };
+                    let cached = proven && self.blobs.contains(&descriptor.digest);
                     let progress = {
                         let events = events.clone();
                         move |bytes: u64| {
@@ -527,10 +566,24 @@ impl Engine {
                             })
                         }
                     };
-                    let path = self
-                        .registry
-                        .fetch_blob(image, descriptor, credentials, &self.blobs, &progress)
-                        .await?;
+                    let path = if proven {
+                        self.registry
+                            .fetch_blob(image, descriptor, credentials, &self.blobs, &progress)
+                            .await?
+                    } else {
+                        self.registry
+                            .fetch_blob_fresh(
+                                image,
+                                descriptor,
+                                credentials,
+                                &self.blobs,
+                                &progress,
+                            )
+                            .await?
+                    };
+                    if let (Some(owner), true) = (owner, from_registry) {
+                        self.store.record_blob_access(owner, &digest)?;
+                    }
                     events.event(BuildEvent::Downloaded { index, cached });
                     events.event(BuildEvent::Cache {
                         kind: CacheKind::Layer,

@@ -72,10 +72,18 @@ pub fn buildkit() -> BuildkitOptions {
 /// `NULLSPACE_SERVER_ALLOWED_HOSTS` (`host` or `host:port`, comma-separated); plain http only to
 /// `NULLSPACE_INSECURE_REGISTRIES`.
 pub fn server_registry() -> RegistryConfig {
+    let operator = RegistryConfig::from_env();
+    // The operator's own mirrors are reachable wherever they are.
+    let mut allowed = server_allowed_hosts();
+    for mirror in operator.mirrors.values().flatten() {
+        if let Ok(url) = reqwest::Url::parse(mirror) {
+            allowed.push(nullspace_oci::registry_config::url_host_port(&url));
+        }
+    }
     RegistryConfig {
         docker_config: None,
-        addresses: AddressPolicy::public_only(server_allowed_hosts()),
-        ..RegistryConfig::from_env()
+        addresses: AddressPolicy::public_only(allowed),
+        ..operator
     }
 }
 

@@ -318,10 +318,8 @@ impl<R: Read> Read for TarGuard<R> {
             .as_ref()
             .is_some_and(|s| s.load(Ordering::Relaxed))
         {
-            return Err(io::Error::new(
-                io::ErrorKind::Interrupted,
-                "the build was stopped",
-            ));
+            // Not `Interrupted`: readers retry that kind, and the import would spin.
+            return Err(io::Error::other("the build was stopped"));
         }
         let n = self.inner.read(buf)?;
         self.usage.bytes += n as u64;

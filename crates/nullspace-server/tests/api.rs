@@ -5,144 +5,13 @@
 //! pull images need the local registries (`scripts/devenv up`, which `scripts/test` runs).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::*;
 use serde_json::{json, Value};
-
-const ALICE: &str = "alice-key-0000000001";
-const BOB: &str = "bob-key-00000000002";
-
-fn binary() -> PathBuf {
-    if let Some(bin) = std::env::var_os("NULLSPACE_BIN") {
-        return PathBuf::from(bin);
-    }
-    let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let bin = target.join("debug").join("nullspace");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "nullspace-cli"])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-    bin
-}
-
-/// The devenv's registry; a test run without the devenv fails (it would check nothing).
-fn registry() -> String {
-    std::env::var("NULLSPACE_REGISTRY")
-        .expect("NULLSPACE_REGISTRY is unset: run the tests with scripts/test")
-}
-
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Server {
-    fn start(data: &Path) -> Server {
-        Server::start_with_env(data, &[])
-    }
-
-    fn start_with_env(data: &Path, envs: &[(&str, &Path)]) -> Server {
-        let mut child = Command::new(binary())
-            .args(["serve", "--listen", "127.0.0.1:0", "--workers", "2"])
-            .env("NULLSPACE_DATA_DIR", data)
-            .env("NULLSPACE_API_KEYS", format!("{ALICE}:alice,{BOB}:bob"))
-            .envs(envs.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let url = loop {
-            let line = lines.next().expect("server exited").unwrap();
-            if let Some((_, url)) = line.split_once("listening on ") {
-                break url.trim().to_string();
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
-        Server { child, url }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::new()
-}
-
-async fn call(method: reqwest::Method, url: &str, key: &str, body: Option<Value>) -> (u16, Value) {
-    let mut request = client().request(method, url).bearer_auth(key);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
-/// `(id, data)` of every SSE frame in `text`.
-fn frames(text: &str) -> Vec<(u64, Value)> {
-    text.split("\n\n")
-        .filter_map(|frame| {
-            let mut id = None;
-            let mut data = None;
-            for line in frame.lines() {
-                if let Some(v) = line.strip_prefix("id:") {
-                    id = v.trim().parse().ok();
-                } else if let Some(v) = line.strip_prefix("data:") {
-                    data = serde_json::from_str(v.trim()).ok();
-                }
-            }
-            Some((id?, data?))
-        })
-        .collect()
-}
-
-async fn wait_status(url: &str, build: &str, wanted: &[&str]) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let (code, body) = call(
-            reqwest::Method::GET,
-            &format!("{url}/v1/templates/builds/{build}"),
-            ALICE,
-            None,
-        )
-        .await;
-        assert_eq!(code, 200, "{body}");
-        if wanted.contains(&body["build"]["status"].as_str().unwrap()) {
-            return body;
-        }
-        assert!(Instant::now() < deadline, "{build} stuck: {body}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// A port that accepts connections and never answers.
-fn blackhole() -> (TcpListener, String) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = listener.local_addr().unwrap().to_string();
-    (listener, address)
-}
 
 #[tokio::test]
 async fn sse_replays_from_an_offset_and_follows_to_the_end() {
@@ -202,8 +71,8 @@ async fn sse_replays_from_an_offset_and_follows_to_the_end() {
 #[tokio::test]
 async fn two_callers_are_isolated() {
     let data = tempfile::tempdir().unwrap();
-    let server = Server::start(data.path());
     let (hole, address) = blackhole();
+    let server = Server::start_with_env(data.path(), &allowing(&[&address]));
     let (_, build) = call(
         reqwest::Method::POST,
         &format!("{}/v1/templates/builds", server.url),
@@ -271,8 +140,8 @@ async fn two_callers_are_isolated() {
 #[tokio::test]
 async fn a_restart_during_a_build_fails_it_with_a_reason() {
     let data = tempfile::tempdir().unwrap();
-    let mut server = Server::start(data.path());
     let (hole, address) = blackhole();
+    let mut server = Server::start_with_env(data.path(), &allowing(&[&address]));
     let (_, build) = call(
         reqwest::Method::POST,
         &format!("{}/v1/templates/builds", server.url),
@@ -289,7 +158,7 @@ async fn a_restart_during_a_build_fails_it_with_a_reason() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     server.kill();
-    let server = Server::start(data.path());
+    let server = Server::start_with_env(data.path(), &allowing(&[&address]));
     let status = wait_status(&server.url, &id, &["error"]).await;
     assert_eq!(status["build"]["failure_phase"], "build");
     let entries = status["entries"].as_array().unwrap();

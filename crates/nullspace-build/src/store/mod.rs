@@ -9,7 +9,7 @@ use std::sync::Mutex;
 pub mod rows;
 pub mod schema;
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::error::BuildError;
 
@@ -112,6 +112,30 @@ impl Store {
         })
     }
 
+    /// Whether `owner` has itself fetched blob `digest` from a registry.
+    pub fn has_blob_access(&self, owner: &str, digest: &str) -> Result<bool, BuildError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT 1 FROM blob_access WHERE owner = ?1 AND digest = ?2",
+                params![owner, digest],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|row| row.is_some())
+        })
+    }
+
+    /// Records that `owner` fetched blob `digest` from a registry (the digest verified).
+    pub fn record_blob_access(&self, owner: &str, digest: &str) -> Result<(), BuildError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT OR IGNORE INTO blob_access (owner, digest) VALUES (?1, ?2)",
+                params![owner, digest],
+            )
+            .map(|_| ())
+        })
+    }
+
     /// Marks a build failed with its error message.
     pub fn fail_build(&self, build_id: &str, error: &str, now: &str) -> Result<(), BuildError> {
         self.with(|c| {
@@ -134,7 +158,7 @@ impl Store {
     ) -> Result<(), BuildError> {
         let artifact = artifact_dir.to_string_lossy().into_owned();
         self.with(|c| {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             publish_rows(&tx, build_id, template_id, tags, &artifact, now)?;
             tx.commit()
         })

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 /// Opens the data dir's SQLite database the way every user of it must: WAL (readers don't block
 /// the writer), foreign keys on, and a busy timeout for concurrent writers.
@@ -81,7 +81,7 @@ pub fn rename_template_row(
     template_id: &str,
     new_name: &str,
 ) -> rusqlite::Result<Result<(), String>> {
-    let tx = connection.transaction()?;
+    let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
     if let Some(why) = name_claim(&tx, namespace, new_name)? {
         return Ok(Err(why));
     }
@@ -100,7 +100,7 @@ pub fn add_alias_row(
     template_id: &str,
     alias: &str,
 ) -> rusqlite::Result<Result<(), String>> {
-    let tx = connection.transaction()?;
+    let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
     if let Some(why) = name_claim(&tx, namespace, alias)? {
         return Ok(Err(why));
     }

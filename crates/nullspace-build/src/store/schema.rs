@@ -8,7 +8,9 @@
 //! - `builds`: the engine's [`super::Store`] (local builds and the engine's view of service
 //!   builds);
 //! - `api_builds`, `api_log_entries`: the build service's store (`nullspace-server`), the
-//!   queue and the durable logs.
+//!   queue and the durable logs;
+//! - `blob_access`: the engine's [`super::Store`]: which owner has itself fetched which layer
+//!   blob from a registry (the shared blob store and rootfs cache serve an owner only those).
 //!
 //! A change to the schema is a new entry at the end of [`MIGRATIONS`], never an edit of an
 //! old one: databases written by earlier versions are brought forward step by step.
@@ -18,7 +20,8 @@ use rusqlite_migration::{Migrations, M};
 
 /// The migrations, oldest first. The first one uses `IF NOT EXISTS` because databases made
 /// before migrations existed already have these tables (at `user_version` 0).
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE IF NOT EXISTS templates (
     id TEXT PRIMARY KEY,
     namespace TEXT NOT NULL,
@@ -65,7 +68,15 @@ CREATE TABLE IF NOT EXISTS api_log_entries (
     entry TEXT NOT NULL,
     PRIMARY KEY (build_id, offset)
 );
-"];
+",
+    "
+CREATE TABLE blob_access (
+    owner TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    PRIMARY KEY (owner, digest)
+);
+",
+];
 
 /// Brings the database on `connection` to the latest schema; the error says which step
 /// failed and why.

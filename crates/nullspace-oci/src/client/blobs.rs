@@ -40,6 +40,21 @@ impl RegistryClient {
             progress(descriptor.size);
             return Ok(store.path(&descriptor.digest));
         }
+        self.fetch_blob_fresh(image, descriptor, credentials, store, progress)
+            .await
+    }
+
+    /// Like [`RegistryClient::fetch_blob`], but downloads (and verifies) the blob even when the
+    /// store has it: the caller must know that `credentials` give access to it, not only that
+    /// someone once stored content with this digest.
+    pub async fn fetch_blob_fresh(
+        &self,
+        image: &ResolvedImage,
+        descriptor: &Descriptor,
+        credentials: &Credentials,
+        store: &BlobStore,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<PathBuf, Error> {
         let Some(reference) = &image
             .reference
             .as_ref()

@@ -201,6 +201,8 @@ impl RegistryClient {
         };
         let base = Url::parse(&format!("{scheme}://{host}"))
             .map_err(|e| Error::Config(format!("registry {host}: {e}")))?;
+        // The registry host comes from whoever wrote the reference (mirrors from the operator).
+        crate::registry_config::check_url(&self.inner.config, &base)?;
         out.push(Endpoint {
             base,
             host,

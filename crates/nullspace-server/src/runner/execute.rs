@@ -35,6 +35,8 @@ impl Runner {
         let mut context = self.engine.begin_with(&record.id, &record.template_id)?;
         // The store publishes (tags and `ready`) in the transaction that ends the build's record.
         context.leave_publishing_to_caller();
+        // Owners share the blob store and the rootfs cache but never each other's layers.
+        context.restrict_content_to(&record.owner);
         if let Some((spec, _)) = &mut spec {
             let named = &record.definition.named_contexts;
             let main = record.definition.build_context.as_ref().map(|m| ("", m));

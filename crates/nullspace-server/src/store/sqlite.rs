@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
 
 use nullspace_api::{BuildBackend, BuildStatus};
@@ -156,7 +156,7 @@ impl BuildStore for SqliteStore {
         record.updated_at = now.into();
         let json = self.encode("build record", &record)?;
         self.with(|c| {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let changed = tx.execute(
                 "UPDATE api_builds SET status = 'building', record = ?2 WHERE id = ?1 AND status = 'waiting'",
                 params![id, json],
@@ -174,7 +174,7 @@ impl BuildStore for SqliteStore {
         // end of a build sees the status the other one wrote, never an older one.
         let mut failure: Option<StoreError> = None;
         let changed = self.with(|c| {
-            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let json: Option<String> = tx
                 .query_row(
                     "SELECT record FROM api_builds WHERE id = ?1",
@@ -240,7 +240,7 @@ impl BuildStore for SqliteStore {
 
     fn append_entry(&self, id: &str, entry: &LogEntry) -> Result<Option<u64>, StoreError> {
         self.with(|c| {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let active: Option<String> = tx
                 .query_row(
                     "SELECT status FROM api_builds WHERE id = ?1",
@@ -381,7 +381,7 @@ impl BuildStore for SqliteStore {
         record.updated_at = nullspace_build::ids::now_rfc3339();
         let json = self.encode("build record", &record)?;
         self.with(|c| {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             nullspace_build::store::set_tag_row(&tx, template_id, tag, build_id)?;
             tx.execute(
                 "UPDATE api_builds SET record = ?2 WHERE id = ?1",
@@ -406,7 +406,7 @@ impl BuildStore for SqliteStore {
             None => None,
         };
         self.with(|c| {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             nullspace_build::store::remove_tag_row(&tx, template_id, tag)?;
             if let Some(json) = &json {
                 tx.execute(
