@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import socket
 import subprocess
 import tempfile
 import threading
@@ -128,9 +129,51 @@ def devenv() -> Dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def server(devenv: Dict[str, str]) -> Iterator[Server]:
+def blackhole() -> Iterator[str]:
+    """A TCP port that accepts connections and never answers: builds pulling from it hang.
+
+    The test server's operator allowlists it (it is on loopback, which tenants may not reach).
+    """
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    held: List[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+                held.append(conn)
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{listener.getsockname()[1]}"
+    stop.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    listener.close()
+
+
+def allowing(devenv: Dict[str, str], *hosts: str) -> Dict[str, str]:
+    """Operator settings that also let the server reach `hosts` (test peers on loopback)."""
+    def joined(name: str) -> str:
+        return ",".join([h for h in devenv.get(name, "").split(",") if h] + list(hosts))
+
+    return {
+        "NULLSPACE_SERVER_ALLOWED_HOSTS": joined("NULLSPACE_SERVER_ALLOWED_HOSTS"),
+        "NULLSPACE_INSECURE_REGISTRIES": joined("NULLSPACE_INSECURE_REGISTRIES"),
+    }
+
+
+@pytest.fixture(scope="session")
+def server(devenv: Dict[str, str], blackhole: str) -> Iterator[Server]:
     data_dir = Path(tempfile.mkdtemp(prefix="nullspace-sdk-test-"))
-    srv = start_server(data_dir)
+    srv = start_server(data_dir, extra_env=allowing(devenv, blackhole))
     os.environ["NULLSPACE_API_URL"] = srv.url
     os.environ["NULLSPACE_API_KEY"] = ALICE_KEY
     yield srv

@@ -59,34 +59,6 @@ def record(obj: object) -> None:
     SEEN_RESPONSES.append(json.dumps(obj, default=lambda o: getattr(o, "__dict__", str(o))))
 
 
-@pytest.fixture
-def blackhole() -> Iterator[str]:
-    """A TCP port that accepts connections and never answers: builds pulling from it hang."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(64)
-    held: List[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        listener.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-                held.append(conn)
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield f"127.0.0.1:{listener.getsockname()[1]}"
-    stop.set()
-    thread.join()
-    for conn in held:
-        conn.close()
-    listener.close()
-
-
 def wait_for_status(handle: TemplateBuild, wanted: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
