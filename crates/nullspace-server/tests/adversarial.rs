@@ -507,6 +507,8 @@ async fn a_full_disk_fails_the_build_cleanly_and_the_next_build_works() {
         failed.1.contains("No space left") || failed.1.contains("space"),
         "{failed:?}"
     );
+    // The operator's paths stay the operator's.
+    assert!(!failed.1.contains(&*data.to_string_lossy()), "{failed:?}");
     // Nothing half-published, nothing left running.
     let published: Vec<_> = std::fs::read_dir(data.join("templates"))
         .map(|d| d.flatten().collect())

@@ -357,6 +357,7 @@ impl Runner {
                     lock(&summary).count(*kind, *status);
                 }
                 if let Some(mut entry) = mapper.map(&event) {
+                    entry.message = runner.redact_host_paths(&entry.message);
                     entry.build_id = id.clone();
                     entry.template_id = template_id.clone();
                     if let Err(error) = runner.store.append_entry(&id, &entry) {
@@ -482,7 +483,7 @@ impl Runner {
             }
             Err(error) => {
                 let phase = error.phase();
-                let message = error.to_string();
+                let message = self.redact_host_paths(&error.to_string());
                 let mut failed = entry(LogKind::Error, LogLevel::Error, message.clone())
                     .phase(LogPhase::Finalize);
                 failed.error_detail = Some(ErrorDetail {
@@ -514,6 +515,12 @@ impl Runner {
 }
 
 impl Runner {
+    /// `text` without the server's own paths: tenants read build messages, and the data dir
+    /// (staging, blobs, every owner's artifacts) is the operator's business.
+    fn redact_host_paths(&self, text: &str) -> String {
+        redact_path(self.engine.data_dir().root(), text)
+    }
+
     /// Ends a build, retrying a store that fails (a full disk may free up) for about half a
     /// minute so a build is not left `building` until the next restart. Runs off the runtime.
     fn finish_persistently(
@@ -539,6 +546,15 @@ impl Runner {
     }
 }
 
+/// `text` with every occurrence of `root` (and paths below it) shown as `<data-dir>`.
+fn redact_path(root: &std::path::Path, text: &str) -> String {
+    let root = root.to_string_lossy();
+    if root.len() < 2 {
+        return text.to_owned();
+    }
+    text.replace(&*root, "<data-dir>")
+}
+
 fn with_ids(mut entry: LogEntry, record: &BuildRecord) -> LogEntry {
     entry.build_id = record.id.clone();
     entry.template_id = record.template_id.clone();
@@ -550,4 +566,20 @@ fn duration_since(started: Option<&str>) -> Option<u64> {
     let started = humantime::parse_rfc3339(started?).ok()?;
     let elapsed = std::time::SystemTime::now().duration_since(started).ok()?;
     u64::try_from(elapsed.as_millis()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn messages_never_show_the_data_dir() {
+        let root = std::path::Path::new("/srv/nullspace-data");
+        assert_eq!(
+            super::redact_path(
+                root,
+                "/srv/nullspace-data/staging/tb_1/rootfs.ext4: No space left on device"
+            ),
+            "<data-dir>/staging/tb_1/rootfs.ext4: No space left on device"
+        );
+        assert_eq!(super::redact_path(root, "layer x: bad"), "layer x: bad");
+    }
 }
