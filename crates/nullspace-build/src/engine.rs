@@ -584,6 +584,10 @@ impl Engine {
                     if let (Some(owner), true) = (owner, from_registry) {
                         self.store.record_blob_access(owner, &digest)?;
                     }
+                    if cached {
+                        // Reused: the collector keeps recently used blobs longest.
+                        crate::gc::touch(&path);
+                    }
                     events.event(BuildEvent::Downloaded { index, cached });
                     events.event(BuildEvent::Cache {
                         kind: CacheKind::Layer,

@@ -19,6 +19,7 @@ pub mod engine_dockerfile;
 pub mod engine_template;
 pub mod error;
 pub mod events;
+pub mod gc;
 pub mod ids;
 pub mod request;
 mod rootfs_cache;

@@ -54,6 +54,7 @@ pub(crate) fn read_cached_rootfs(
         return None;
     }
     std::fs::hard_link(cached, staged).ok()?;
+    crate::gc::touch(cached);
     Some((facts.size_bytes, facts.entries))
 }
 

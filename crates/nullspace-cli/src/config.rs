@@ -124,7 +124,11 @@ pub fn engine(data: DataDir) -> anyhow::Result<Engine> {
 
 /// The server's limits: `NULLSPACE_MAX_CONTEXT_BYTES` (default 16 GiB),
 /// `NULLSPACE_MAX_UPLOAD_BYTES` (default 4 GiB), `NULLSPACE_BUILD_TIMEOUT_SECS` (default 3600)
-/// and `NULLSPACE_MAX_ACTIVE_BUILDS_PER_OWNER` (default 8). Each must be a positive number.
+/// and `NULLSPACE_MAX_ACTIVE_BUILDS_PER_OWNER` (default 8); garbage collection:
+/// `NULLSPACE_GC_MAX_LAYER_BYTES`, `NULLSPACE_GC_MAX_ROOTFS_CACHE_BYTES`,
+/// `NULLSPACE_GC_MAX_CONTEXT_BYTES`, `NULLSPACE_GC_MIN_AGE_SECS`, `NULLSPACE_GC_MAX_UNUSED_SECS`
+/// and `NULLSPACE_GC_INTERVAL_SECS` (see `nullspace_build::gc::Retention`). Each must be a
+/// positive number.
 pub fn server_settings() -> anyhow::Result<ServerSettings> {
     let mut settings = ServerSettings::default();
     let bytes = |name: &str| -> anyhow::Result<Option<u64>> {
@@ -150,6 +154,25 @@ pub fn server_settings() -> anyhow::Result<ServerSettings> {
     }
     if let Some(count) = bytes("NULLSPACE_MAX_ACTIVE_BUILDS_PER_OWNER")? {
         settings.max_active_builds_per_owner = count;
+    }
+    let retention = &mut settings.retention;
+    if let Some(limit) = bytes("NULLSPACE_GC_MAX_LAYER_BYTES")? {
+        retention.max_layer_bytes = limit;
+    }
+    if let Some(limit) = bytes("NULLSPACE_GC_MAX_ROOTFS_CACHE_BYTES")? {
+        retention.max_rootfs_cache_bytes = limit;
+    }
+    if let Some(limit) = bytes("NULLSPACE_GC_MAX_CONTEXT_BYTES")? {
+        retention.max_context_bytes = limit;
+    }
+    if let Some(seconds) = bytes("NULLSPACE_GC_MIN_AGE_SECS")? {
+        retention.min_age = std::time::Duration::from_secs(seconds);
+    }
+    if let Some(seconds) = bytes("NULLSPACE_GC_MAX_UNUSED_SECS")? {
+        retention.max_unused = std::time::Duration::from_secs(seconds);
+    }
+    if let Some(seconds) = bytes("NULLSPACE_GC_INTERVAL_SECS")? {
+        settings.gc_interval = std::time::Duration::from_secs(seconds);
     }
     Ok(settings)
 }

@@ -17,16 +17,23 @@ pub struct ServerSettings {
     pub build_timeout: std::time::Duration,
     /// Builds one owner may have waiting or running at once; more are refused (429).
     pub max_active_builds_per_owner: u64,
+    /// How much the shared stores may hold (see [`nullspace_build::gc`]).
+    pub retention: nullspace_build::gc::Retention,
+    /// Time between two sweeps of the stores.
+    pub gc_interval: std::time::Duration,
 }
 
 impl Default for ServerSettings {
-    /// 16 GiB contexts, 4 GiB uploads, one hour per build, 8 active builds per owner.
+    /// 16 GiB contexts, 4 GiB uploads, one hour per build, 8 active builds per owner, the
+    /// default retention swept every 10 minutes.
     fn default() -> ServerSettings {
         ServerSettings {
             limits: RequestLimits::default(),
             max_upload_bytes: 4 << 30,
             build_timeout: std::time::Duration::from_secs(3600),
             max_active_builds_per_owner: 8,
+            retention: nullspace_build::gc::Retention::default(),
+            gc_interval: std::time::Duration::from_secs(600),
         }
     }
 }

@@ -119,8 +119,44 @@ pub async fn serve(
         .await
         .map_err(io)?;
     on_listening(listener.local_addr().map_err(io)?);
-    axum::serve(listener, api::router(state))
+    let collector = tokio::spawn(collect_garbage(
+        state.runner.engine().clone(),
+        config.settings.retention.clone(),
+        config.settings.gc_interval,
+    ));
+    let served = axum::serve(listener, api::router(state))
         .with_graceful_shutdown(shutdown)
         .await
-        .map_err(io)
+        .map_err(io);
+    collector.abort();
+    served
+}
+
+/// Sweeps the data dir's shared stores at start and every `interval` (see
+/// [`nullspace_build::gc`]).
+async fn collect_garbage(
+    engine: std::sync::Arc<nullspace_build::Engine>,
+    retention: nullspace_build::gc::Retention,
+    interval: std::time::Duration,
+) {
+    loop {
+        let engine = engine.clone();
+        let retention = retention.clone();
+        let swept = tokio::task::spawn_blocking(move || {
+            nullspace_build::gc::sweep(engine.data_dir(), engine.store(), &retention)
+                .map_err(|error| error.to_string())
+        })
+        .await;
+        match swept {
+            Ok(Ok(report)) if report.files_removed > 0 => tracing::info!(
+                "gc: removed {} file(s), {} bytes freed",
+                report.files_removed,
+                report.bytes_freed
+            ),
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => tracing::warn!("gc: {error}"),
+            Err(error) => tracing::warn!("gc stopped: {error}"),
+        }
+        tokio::time::sleep(interval).await;
+    }
 }

@@ -597,3 +597,106 @@ async fn killing_the_server_while_it_publishes_never_leaves_a_tag_on_an_unfinish
         eprintln!("kill after {} ms: {}", 3 * step, ended["build"]["status"]);
     }
 }
+
+#[tokio::test]
+async fn garbage_collection_keeps_what_templates_need_and_removes_the_rest() {
+    let registry = Arc::new(HostileRegistry::default());
+    let reg = registry.start().await;
+    let kept = registry.put_image("ok/keep", Behaviour::Plain, vec![small_layer(b"keep me")]);
+    let dropped = registry.put_image(
+        "x/pax",
+        Behaviour::Plain,
+        vec![gzip(|out| {
+            out.write_all(&tar_header("PaxHeaders/huge", b'x', 8 << 30))
+                .unwrap();
+            zeros(out, 1 << 20);
+        })],
+    );
+    let data = tempfile::tempdir().unwrap();
+    let mut env = hostile_env(&[&reg]);
+    for (name, value) in [
+        ("NULLSPACE_GC_MAX_LAYER_BYTES", "1"),
+        ("NULLSPACE_GC_MAX_CONTEXT_BYTES", "1"),
+        ("NULLSPACE_GC_MIN_AGE_SECS", "1"),
+        ("NULLSPACE_GC_INTERVAL_SECS", "1"),
+    ] {
+        env.push((name, value.into()));
+    }
+    let server = Server::start_with_env(data.path(), &env);
+    let url = server.url.clone();
+    let keep = json!({"name": "keep", "base_image": format!("{reg}/ok/keep:latest")});
+    assert_eq!(outcome(&url, ALICE, keep.clone()).await.0, "ready");
+    assert_eq!(
+        outcome(
+            &url,
+            ALICE,
+            json!({"name": "pax", "base_image": format!("{reg}/x/pax:latest")})
+        )
+        .await
+        .0,
+        "error"
+    );
+    // A context blob that no build uses yet.
+    let content = b"context file".to_vec();
+    let digest = hostile_registry::digest(&content);
+    let uploaded = client()
+        .put(format!("{url}/v1/templates/build-context/blobs/{digest}"))
+        .bearer_auth(ALICE)
+        .body(content.clone())
+        .send()
+        .await
+        .unwrap();
+    assert!(uploaded.status().is_success(), "{}", uploaded.status());
+
+    let blob = |d: &str| {
+        data.path()
+            .join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while blob(&dropped[0]).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the unreferenced layer was never collected"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        blob(&kept[0]).exists(),
+        "the template's own layer was collected"
+    );
+    let head = |d: String| {
+        let url = url.clone();
+        async move {
+            client()
+                .head(format!("{url}/v1/templates/build-context/blobs/{d}"))
+                .bearer_auth(ALICE)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    while head(digest.clone()).await != 404 {
+        assert!(
+            Instant::now() < deadline,
+            "the unused context blob was never collected"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A build naming the collected blob fails with a clear code; the template still rebuilds.
+    let (code, body) = submit(
+        &url,
+        ALICE,
+        json!({"name": "ctx", "internet_access": false,
+               "dockerfile": format!("FROM {reg}/ok/keep:latest\nCOPY f /f\n"),
+               "build_context": {"entries": [{"type": "file", "path": "f", "digest": digest, "size": content.len(), "mode": 420}]}}),
+    )
+    .await;
+    assert!(
+        body.to_string().contains("file_upload") || body.to_string().contains("missing"),
+        "{code}: {body}"
+    );
+    assert_eq!(outcome(&url, ALICE, keep).await.0, "ready");
+}

@@ -112,6 +112,19 @@ impl Store {
         })
     }
 
+    /// The artifact dirs of ready builds (what garbage collection must keep).
+    pub fn ready_artifact_dirs(&self) -> Result<Vec<String>, BuildError> {
+        self.with(|c| {
+            let mut statement = c.prepare(
+                "SELECT artifact_dir FROM builds WHERE status = 'ready' AND artifact_dir IS NOT NULL",
+            )?;
+            let rows = statement
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()?;
+            Ok(rows)
+        })
+    }
+
     /// Whether `owner` has itself fetched blob `digest` from a registry.
     pub fn has_blob_access(&self, owner: &str, digest: &str) -> Result<bool, BuildError> {
         self.with(|c| {
