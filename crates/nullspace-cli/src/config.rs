@@ -124,7 +124,8 @@ pub fn engine(data: DataDir) -> anyhow::Result<Engine> {
 
 /// The server's limits: `NULLSPACE_MAX_CONTEXT_BYTES` (default 16 GiB),
 /// `NULLSPACE_MAX_UPLOAD_BYTES` (default 4 GiB), `NULLSPACE_BUILD_TIMEOUT_SECS` (default 3600)
-/// and `NULLSPACE_MAX_ACTIVE_BUILDS_PER_OWNER` (default 8); garbage collection:
+/// `NULLSPACE_MAX_ACTIVE_BUILDS_PER_OWNER` (default 8) and
+/// `NULLSPACE_MAX_CONTEXT_BYTES_PER_OWNER` (default 16 GiB); garbage collection:
 /// `NULLSPACE_GC_MAX_LAYER_BYTES`, `NULLSPACE_GC_MAX_ROOTFS_CACHE_BYTES`,
 /// `NULLSPACE_GC_MAX_CONTEXT_BYTES`, `NULLSPACE_GC_MIN_AGE_SECS`, `NULLSPACE_GC_MAX_UNUSED_SECS`
 /// and `NULLSPACE_GC_INTERVAL_SECS` (see `nullspace_build::gc::Retention`). Each must be a
@@ -154,6 +155,9 @@ pub fn server_settings() -> anyhow::Result<ServerSettings> {
     }
     if let Some(count) = bytes("NULLSPACE_MAX_ACTIVE_BUILDS_PER_OWNER")? {
         settings.max_active_builds_per_owner = count;
+    }
+    if let Some(limit) = bytes("NULLSPACE_MAX_CONTEXT_BYTES_PER_OWNER")? {
+        settings.max_context_bytes_per_owner = limit;
     }
     let retention = &mut settings.retention;
     if let Some(limit) = bytes("NULLSPACE_GC_MAX_LAYER_BYTES")? {

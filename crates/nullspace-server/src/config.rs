@@ -17,6 +17,8 @@ pub struct ServerSettings {
     pub build_timeout: std::time::Duration,
     /// Builds one owner may have waiting or running at once; more are refused (429).
     pub max_active_builds_per_owner: u64,
+    /// Bytes of build-context files one owner may keep stored; uploads beyond are refused (429).
+    pub max_context_bytes_per_owner: u64,
     /// How much the shared stores may hold (see [`nullspace_build::gc`]).
     pub retention: nullspace_build::gc::Retention,
     /// Time between two sweeps of the stores.
@@ -24,7 +26,8 @@ pub struct ServerSettings {
 }
 
 impl Default for ServerSettings {
-    /// 16 GiB contexts, 4 GiB uploads, one hour per build, 8 active builds per owner, the
+    /// 16 GiB contexts, 4 GiB uploads, one hour per build, 8 active builds and 16 GiB of
+    /// stored context files per owner, the
     /// default retention swept every 10 minutes.
     fn default() -> ServerSettings {
         ServerSettings {
@@ -32,6 +35,7 @@ impl Default for ServerSettings {
             max_upload_bytes: 4 << 30,
             build_timeout: std::time::Duration::from_secs(3600),
             max_active_builds_per_owner: 8,
+            max_context_bytes_per_owner: 16 << 30,
             retention: nullspace_build::gc::Retention::default(),
             gc_interval: std::time::Duration::from_secs(600),
         }

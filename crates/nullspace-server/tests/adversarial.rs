@@ -700,3 +700,36 @@ async fn garbage_collection_keeps_what_templates_need_and_removes_the_rest() {
     );
     assert_eq!(outcome(&url, ALICE, keep).await.0, "ready");
 }
+
+#[tokio::test]
+async fn each_owner_has_a_quota_of_stored_context_files() {
+    let data = tempfile::tempdir().unwrap();
+    let mut env = hostile_env(&[]);
+    env.push(("NULLSPACE_MAX_CONTEXT_BYTES_PER_OWNER", "1000".into()));
+    let server = Server::start_with_env(data.path(), &env);
+    let upload = |key: &'static str, fill: u8| {
+        let url = server.url.clone();
+        async move {
+            let content = vec![fill; 600];
+            let digest = hostile_registry::digest(&content);
+            let response = client()
+                .put(format!("{url}/v1/templates/build-context/blobs/{digest}"))
+                .bearer_auth(key)
+                .body(content)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            (
+                status,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    assert_eq!(upload(ALICE, b'a').await.0, 201);
+    let (status, refused) = upload(ALICE, b'b').await;
+    assert_eq!(status, 429, "{refused}");
+    assert_eq!(refused["code"], "context_quota_exceeded", "{refused}");
+    // Another owner's quota is their own.
+    assert_eq!(upload(BOB, b'b').await.0, 201);
+}

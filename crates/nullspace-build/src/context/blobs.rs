@@ -45,6 +45,18 @@ impl ContextBlobs {
             .collect()
     }
 
+    /// Bytes this owner's stored blobs take (what the per-owner quota counts).
+    pub fn stored_bytes(&self) -> u64 {
+        std::fs::read_dir(self.store.root().join("sha256"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| entry.metadata().ok())
+            .filter(|meta| meta.is_file())
+            .map(|meta| meta.len())
+            .sum()
+    }
+
     /// Whether the blob is present.
     pub fn contains(&self, digest: &Digest) -> bool {
         self.store.contains(digest)

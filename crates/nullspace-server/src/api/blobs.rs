@@ -101,6 +101,7 @@ pub async fn has_blob(
         (status = 201, body = UploadedBlob),
         (status = 409, body = ErrorEnvelope, description = "upload_conflict: the bytes hash to another digest"),
         (status = 413, body = ErrorEnvelope, description = "file_upload_limit_exceeded"),
+        (status = 429, body = ErrorEnvelope, description = "context_quota_exceeded: the owner's stored context files are at their quota"),
     ),
 )]
 pub async fn upload_blob(
@@ -112,15 +113,40 @@ pub async fn upload_blob(
     use futures_util::StreamExt as _;
     let parsed = parse_digest(&digest).map_err(|e| ApiError::invalid("digest", e))?;
     let blobs = context_blobs(&state, &owner)?;
+    // The owner's quota of stored context bytes bounds this upload too.
+    let used = {
+        let blobs = context_blobs(&state, &owner)?;
+        tokio::task::spawn_blocking(move || blobs.stored_bytes())
+            .await
+            .map_err(ApiError::internal)?
+    };
+    let quota = state.config.max_context_bytes_per_owner;
+    let room = quota.saturating_sub(used);
+    let quota_error = || {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "context_quota_exceeded",
+            format!(
+                "blob {digest}: your stored build-context files take {used} of your {quota} bytes; they are collected when unused, or ask the operator for more"
+            ),
+        )
+    };
+    if room == 0 {
+        return Err(quota_error());
+    }
+    let limited_by_quota = room < state.config.max_upload_bytes;
     let mut upload = blobs
-        .upload(parsed, state.config.max_upload_bytes)
+        .upload(parsed, room.min(state.config.max_upload_bytes))
         .map_err(ApiError::internal)?;
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| {
             ApiError::file_upload(format!("blob {digest}: the upload was interrupted: {e}"))
         })?;
-        upload.write(&chunk).map_err(|e| upload_error(&digest, e))?;
+        upload.write(&chunk).map_err(|e| match e {
+            UploadError::TooLarge { .. } if limited_by_quota => quota_error(),
+            other => upload_error(&digest, other),
+        })?;
     }
     let size = upload.commit().map_err(|e| upload_error(&digest, e))?;
     Ok((StatusCode::CREATED, Json(UploadedBlob { digest, size })))
