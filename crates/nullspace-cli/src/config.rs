@@ -111,6 +111,7 @@ pub fn server_buildkit() -> BuildkitOptions {
         policy: BuildkitPolicy {
             allow_host_network: var("NULLSPACE_BUILD_HOST_NETWORK").as_deref() == Some("allow"),
             allow_cache_mounts: false,
+            from_addresses: server_registry().addresses,
             ..local.policy.clone()
         },
         ..local

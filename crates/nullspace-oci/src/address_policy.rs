@@ -83,6 +83,14 @@ impl AddressPolicy {
         }
     }
 
+    /// Checks a registry host (`host[:port]`, as in an image reference) like
+    /// [`AddressPolicy::check_url`].
+    pub fn check_registry_host(&self, host_port: &str) -> Result<(), Error> {
+        let url = Url::parse(&format!("https://{host_port}/"))
+            .map_err(|e| Error::Config(format!("registry host {host_port:?}: {e}")))?;
+        self.check_url(&url)
+    }
+
     /// The addresses of `name` this policy lets a connection use.
     pub fn filter_resolved(
         &self,

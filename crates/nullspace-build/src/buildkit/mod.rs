@@ -89,6 +89,9 @@ pub struct BuildkitPolicy {
     /// every build it runs, so on a shared server one tenant would read and poison another's:
     /// true for the local CLI, false (the default) for a server, where they are refused.
     pub allow_cache_mounts: bool,
+    /// Which registry hosts `FROM` may name: BuildKit pulls them on the tenant's behalf, so on
+    /// a server they pass the same address policy as the server's own registry client.
+    pub from_addresses: nullspace_oci::AddressPolicy,
 }
 
 impl Default for BuildkitPolicy {
@@ -99,6 +102,7 @@ impl Default for BuildkitPolicy {
             ssh_forward: "default".into(),
             allow_host_network: false,
             allow_cache_mounts: false,
+            from_addresses: nullspace_oci::AddressPolicy::public_only(Vec::new()),
         }
     }
 }
@@ -109,6 +113,7 @@ impl BuildkitPolicy {
         BuildkitPolicy {
             allow_host_network: true,
             allow_cache_mounts: true,
+            from_addresses: nullspace_oci::AddressPolicy::default(),
             ..BuildkitPolicy::default()
         }
     }

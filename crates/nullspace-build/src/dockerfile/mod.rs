@@ -107,6 +107,24 @@ mod tests {
     }
 
     #[test]
+    fn a_shared_server_pulls_from_no_private_address_its_operator_did_not_allow() {
+        let s = spec("FROM debian\nFROM 127.0.0.1:2375/x/y AS a\nFROM [::1]:5000/z\n");
+        let e = err(&s);
+        assert!(e.contains("line 2") && e.contains("not allowed"), "{e}");
+        assert!(s.validate(&BuildkitPolicy::local(), Some(true)).is_ok());
+        let allowed = BuildkitPolicy {
+            from_addresses: nullspace_oci::AddressPolicy::public_only(vec![
+                "127.0.0.1:2375".into(),
+                "[::1]:5000".into(),
+            ]),
+            ..BuildkitPolicy::default()
+        };
+        assert!(s.validate(&allowed, Some(true)).is_ok());
+        let metadata = spec("FROM 169.254.169.254/latest\n");
+        assert!(err(&metadata).contains("link-local"));
+    }
+
+    #[test]
     fn registry_auth_must_match_a_from_host() {
         let mut s = spec("FROM reg.example:5000/a/b AS x\nFROM x\nFROM debian\n");
         s.registry_auth.push(RegistryAuth {

@@ -362,6 +362,12 @@ fn check(
             .keys()
             .map(|k| (k.clone(), PathBuf::new())),
     );
+    for (line, reference) in parsed.registry_images(&contexts) {
+        policy
+            .from_addresses
+            .check_registry_host(reference.api_host())
+            .map_err(|e| at(line, format!("FROM {reference}: {e}")))?;
+    }
     let hosts = parsed.from_hosts(&contexts);
     for auth in &spec.registry_auth {
         let wanted = nullspace_oci::reference::normalize_registry(auth.registry.trim());
