@@ -651,7 +651,8 @@ async fn rejections_happen_before_anything_runs() {
             assert!(msg.contains(w), "{msg:?} should contain {w:?}");
         }
     };
-    let policy = BuildkitPolicy::default();
+    // A local user's policy: the devenv's registry is on loopback.
+    let policy = BuildkitPolicy::local();
     let mut native =
         DockerfileSpec::new(DockerfileSource::Content("FROM debian:bookworm\n".into()));
     native.build_backend = Some(BuildBackend::Native);

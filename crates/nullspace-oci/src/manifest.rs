@@ -126,6 +126,10 @@ struct Probe {
     config: Option<serde_json::Value>,
 }
 
+/// Most layers an image manifest may list: each is a download and a pass of the applier, and
+/// Docker's own storage stops at 128.
+pub const MAX_LAYERS: usize = 256;
+
 /// Parses a manifest or index body. `content_type` is the HTTP `Content-Type` (or the
 /// descriptor's media type) and is used when the body carries no `mediaType`; `what` names
 /// the manifest (reference or digest) in errors.
@@ -185,6 +189,12 @@ pub fn parse_manifest(
                     m.schema_version
                 )));
             }
+            if m.layers.len() > MAX_LAYERS {
+                return Err(invalid(format!(
+                    "{} layers; at most {MAX_LAYERS} are imported (overlay filesystems stop at 128)",
+                    m.layers.len()
+                )));
+            }
             if m.media_type.is_empty() {
                 m.media_type = media_type_str;
             }
@@ -220,6 +230,22 @@ mod tests {
         format!(
             r#"{{"schemaVersion":2,{mt}"config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{D}","size":2}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{D}","size":3,"urls":["https://x/y"]}}]}}"#
         )
+    }
+
+    #[test]
+    fn an_image_of_too_many_layers_is_refused() {
+        let layer = serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": format!("sha256:{}", "a".repeat(64)), "size": 1});
+        let manifest = |n: usize| {
+            serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": format!("sha256:{}", "b".repeat(64)), "size": 2},
+                "layers": vec![layer.clone(); n]}).to_string()
+        };
+        assert!(parse_manifest(manifest(MAX_LAYERS).as_bytes(), None, "m").is_ok());
+        let error = parse_manifest(manifest(MAX_LAYERS + 1).as_bytes(), None, "m")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(error.contains("257 layers"), "{error}");
     }
 
     #[test]
