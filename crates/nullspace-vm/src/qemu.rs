@@ -1,0 +1,801 @@
+//! The QEMU driver: `-M microvm` with ACPI, guest RAM in a file (`memory-backend-file`), the
+//! rootfs on virtio-blk, the agent on virtio-serial, QMP on a unix socket. KVM where it boots,
+//! TCG otherwise. Boots that stall (TCG on a busy host can hang in early boot) are killed and
+//! retried. Snapshots migrate only device and CPU state (`x-ignore-shared`); restores map the
+//! RAM file copy-on-write.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::process::{Child, Command};
+
+use nullspace_init::protocol::{AgentMessage, HostMessage};
+
+use crate::channel::AgentChannel;
+use crate::error::{io_at, VmError};
+use crate::machine::{files, Accel, MachineDescription, MachineSize};
+use crate::qmp::Qmp;
+
+/// Environment variable naming the QEMU binary (default: `qemu-system-x86_64` on `PATH`).
+pub const QEMU_ENV: &str = "NULLSPACE_QEMU";
+/// Environment variable choosing acceleration: `auto` (default), `kvm` or `tcg`.
+pub const ACCEL_ENV: &str = "NULLSPACE_VM_ACCEL";
+/// The machine type.
+pub const MACHINE: &str = "microvm,acpi=on,memory-backend=ram0";
+
+/// Boot attempts before giving up (a stalled boot is killed and retried).
+const BOOT_ATTEMPTS: u32 = 3;
+/// A boot whose console stays silent this long before the agent answers has stalled (the
+/// kernel is verbose on the console, so a healthy boot is never silent for long).
+const STALL: Duration = Duration::from_secs(15);
+/// The same for KVM under `auto`: a guest KVM cannot run goes silent after the firmware.
+const KVM_PROBE_STALL: Duration = Duration::from_secs(3);
+/// Longest boot under TCG.
+const BOOT_LIMIT: Duration = Duration::from_secs(120);
+/// Longest try of KVM under `auto` before falling back to TCG.
+const KVM_PROBE_LIMIT: Duration = Duration::from_secs(10);
+
+/// Set once KVM failed to boot a guest here, so `auto` goes straight to TCG afterwards.
+static KVM_BROKEN: AtomicBool = AtomicBool::new(false);
+
+/// How to pick acceleration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccelChoice {
+    /// KVM if it boots the guest, else TCG.
+    Auto,
+    /// Only this one.
+    Only(Accel),
+}
+
+impl AccelChoice {
+    /// From `NULLSPACE_VM_ACCEL`.
+    pub fn from_env() -> Result<AccelChoice, VmError> {
+        match std::env::var(ACCEL_ENV).unwrap_or_default().as_str() {
+            "" | "auto" => Ok(AccelChoice::Auto),
+            "kvm" => Ok(AccelChoice::Only(Accel::Kvm)),
+            "tcg" => Ok(AccelChoice::Only(Accel::Tcg)),
+            other => Err(VmError::QemuMissing {
+                binary: ACCEL_ENV.into(),
+                reason: format!("{other:?} is not auto, kvm or tcg"),
+            }),
+        }
+    }
+}
+
+/// Whether `/dev/kvm` can be opened.
+pub fn kvm_present() -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
+}
+
+/// The host's TSC frequency in kHz (`cpu MHz` of `/proc/cpuinfo`), for `tsc_early_khz`: under
+/// TCG on a busy host the guest's own calibration can hang the boot.
+pub fn host_tsc_khz() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("cpu MHz"))?;
+    let mhz: f64 = line.split(':').nth(1)?.trim().parse().ok()?;
+    Some((mhz * 1000.0) as u64)
+}
+
+/// The rootfs disk of a VM.
+#[derive(Clone, Debug)]
+pub struct Disk {
+    /// The raw image.
+    pub path: PathBuf,
+    /// Writes go to a throw-away overlay, never to `path`.
+    pub discard_writes: bool,
+}
+
+/// What to boot.
+#[derive(Clone, Debug)]
+pub struct BootSpec {
+    /// Kernel image.
+    pub kernel: PathBuf,
+    /// Initramfs.
+    pub initramfs: PathBuf,
+    /// The rootfs.
+    pub disk: Disk,
+    /// Guest RAM file (created; shared, so a snapshot can keep it).
+    pub memory_file: PathBuf,
+    /// Size.
+    pub size: MachineSize,
+}
+
+/// A located QEMU.
+#[derive(Clone, Debug)]
+pub struct Qemu {
+    binary: PathBuf,
+    version: String,
+    accel: AccelChoice,
+}
+
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+impl Qemu {
+    /// Finds QEMU (`NULLSPACE_QEMU` or `qemu-system-x86_64` on `PATH`) and reads its version.
+    pub fn locate() -> Result<Qemu, VmError> {
+        let name = "qemu-system-x86_64";
+        let binary = match std::env::var_os(QEMU_ENV) {
+            Some(b) if !b.is_empty() => PathBuf::from(b),
+            _ => find_on_path(name).ok_or_else(|| VmError::QemuMissing {
+                binary: name.into(),
+                reason: "not on PATH".into(),
+            })?,
+        };
+        let output = std::process::Command::new(&binary)
+            .arg("--version")
+            .env_clear()
+            .output()
+            .map_err(|e| VmError::QemuMissing {
+                binary: binary.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        let version = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        if !output.status.success() || version.is_empty() {
+            return Err(VmError::QemuMissing {
+                binary: binary.display().to_string(),
+                reason: format!("--version exited {}", output.status),
+            });
+        }
+        Ok(Qemu {
+            binary,
+            version,
+            accel: AccelChoice::from_env()?,
+        })
+    }
+
+    /// `--version`'s first line.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// The kernel command line of our guests.
+    pub fn kernel_cmdline() -> String {
+        let mut cmdline = String::from("console=ttyS0 panic=-1 rdinit=/init");
+        if let Some(khz) = host_tsc_khz() {
+            cmdline.push_str(&format!(" tsc_early_khz={khz}"));
+        }
+        cmdline
+    }
+
+    /// QEMU's arguments for `spec` (`incoming`: wait for a restore's state).
+    pub fn args(
+        spec: &BootSpec,
+        accel: Accel,
+        cmdline: &str,
+        run_dir: &Path,
+        incoming: bool,
+    ) -> Vec<OsString> {
+        let mut args: Vec<OsString> = Vec::new();
+        let mut push = |items: &[&str]| args.extend(items.iter().map(OsString::from));
+        push(&["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
+        push(&["-M", MACHINE, "-accel", accel.as_str()]);
+        push(&["-cpu", cpu_model(accel)]);
+        push(&["-smp", &spec.size.cpu_count.to_string()]);
+        push(&["-m", &format!("{}M", spec.size.memory_mb)]);
+        let memory = format!(
+            "memory-backend-file,id=ram0,size={}M,mem-path={},{}",
+            spec.size.memory_mb,
+            spec.memory_file.display(),
+            if incoming {
+                "share=off,readonly=on,rom=off"
+            } else {
+                "share=on"
+            }
+        );
+        push(&["-object", &memory]);
+        push(&["-kernel", &spec.kernel.to_string_lossy()]);
+        push(&["-initrd", &spec.initramfs.to_string_lossy()]);
+        push(&["-append", cmdline]);
+        push(&[
+            "-serial",
+            &format!("file:{}", run_dir.join("console.log").display()),
+        ]);
+        push(&[
+            "-drive",
+            &format!(
+                "id=root,file={},format=raw,if=none,cache=writeback,snapshot={}",
+                spec.disk.path.display(),
+                if spec.disk.discard_writes {
+                    "on"
+                } else {
+                    "off"
+                }
+            ),
+        ]);
+        push(&["-device", "virtio-blk-device,drive=root"]);
+        push(&["-device", "virtio-serial-device"]);
+        push(&[
+            "-chardev",
+            &format!(
+                "socket,id=agent,path={},server=on,wait=off",
+                run_dir.join("agent.sock").display()
+            ),
+        ]);
+        push(&[
+            "-device",
+            &format!(
+                "virtserialport,chardev=agent,name={}",
+                nullspace_init::PORT_NAME
+            ),
+        ]);
+        push(&[
+            "-qmp",
+            &format!(
+                "unix:{},server=on,wait=off",
+                run_dir.join("qmp.sock").display()
+            ),
+        ]);
+        if incoming {
+            push(&["-incoming", "defer"]);
+        }
+        args
+    }
+
+    async fn spawn(
+        &self,
+        spec: &BootSpec,
+        accel: Accel,
+        cmdline: &str,
+        incoming: bool,
+    ) -> Result<RunningVm, VmError> {
+        let run_dir = tempfile::Builder::new()
+            .prefix("nsvm-")
+            .tempdir_in(short_tmp())
+            .map_err(io_at(Path::new("/tmp")))?;
+        let log_path = run_dir.path().join("qemu.log");
+        let log = std::fs::File::create(&log_path).map_err(io_at(&log_path))?;
+        let child = Command::new(&self.binary)
+            .args(Qemu::args(spec, accel, cmdline, run_dir.path(), incoming))
+            .env_clear()
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| VmError::QemuMissing {
+                binary: self.binary.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        let started = Started {
+            child,
+            run_dir,
+            accel,
+        };
+        let qmp = match Qmp::connect(
+            &started.run_dir.path().join("qmp.sock"),
+            Duration::from_secs(10),
+        )
+        .await
+        {
+            Ok(qmp) => qmp,
+            Err(e) => return Err(started.failure(e.to_string(), 1).await),
+        };
+        let agent = match AgentChannel::connect(
+            &started.run_dir.path().join("agent.sock"),
+            Duration::from_secs(10),
+        )
+        .await
+        {
+            Ok(agent) => agent,
+            Err(e) => return Err(started.failure(e.to_string(), 1).await),
+        };
+        started.qmp_agent(qmp, agent).await
+    }
+
+    /// Boots `spec` until the agent answers: KVM first under `auto` (unless it failed here
+    /// before), TCG otherwise; stalled boots are retried.
+    pub async fn boot(&self, spec: &BootSpec) -> Result<RunningVm, VmError> {
+        let accels: &[Accel] = match self.accel {
+            AccelChoice::Only(accel) => &[accel][..],
+            AccelChoice::Auto if kvm_present() && !KVM_BROKEN.load(Ordering::Relaxed) => {
+                &[Accel::Kvm, Accel::Tcg]
+            }
+            AccelChoice::Auto => &[Accel::Tcg],
+        };
+        let cmdline = Qemu::kernel_cmdline();
+        let mut last = None;
+        for (i, accel) in accels.iter().enumerate() {
+            let falls_back = i + 1 < accels.len();
+            for attempt in 1..=BOOT_ATTEMPTS {
+                let started = Instant::now();
+                let result = self
+                    .boot_once(spec, *accel, &cmdline, falls_back, attempt)
+                    .await;
+                match result {
+                    Ok(mut vm) => {
+                        vm.boot_time = started.elapsed();
+                        tracing::info!(
+                            accel = accel.as_str(),
+                            ms = vm.boot_time.as_millis() as u64,
+                            "VM booted"
+                        );
+                        return Ok(vm);
+                    }
+                    Err(e @ VmError::BootFailed { .. }) if falls_back => {
+                        tracing::warn!(error = %e, "KVM did not boot the guest here; using TCG");
+                        KVM_BROKEN.store(true, Ordering::Relaxed);
+                        last = Some(e);
+                        break;
+                    }
+                    Err(e @ VmError::BootFailed { .. }) => {
+                        tracing::warn!(attempt, error = %e, "boot failed; retrying");
+                        last = Some(e);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Err(last.unwrap_or(VmError::BootFailed {
+            reason: "no acceleration to try".into(),
+            attempts: 0,
+            console: String::new(),
+        }))
+    }
+
+    async fn boot_once(
+        &self,
+        spec: &BootSpec,
+        accel: Accel,
+        cmdline: &str,
+        probing: bool,
+        attempt: u32,
+    ) -> Result<RunningVm, VmError> {
+        let mut vm = self.spawn(spec, accel, cmdline, false).await?;
+        let (limit, stall) = if probing {
+            (KVM_PROBE_LIMIT, KVM_PROBE_STALL)
+        } else {
+            (BOOT_LIMIT, STALL)
+        };
+        match vm.wait_for_agent(limit, stall).await {
+            Ok(()) => {
+                vm.cmdline = cmdline.to_string();
+                vm.size = spec.size;
+                Ok(vm)
+            }
+            Err(reason) => {
+                let console = vm.console_tail(30);
+                vm.kill().await;
+                Err(VmError::BootFailed {
+                    reason,
+                    attempts: attempt,
+                    console,
+                })
+            }
+        }
+    }
+
+    /// Restores the snapshot in `snapshot_dir` with `disk` as its rootfs, until the agent
+    /// answers. Refused with `rebuild_required` when this host's QEMU or acceleration differs
+    /// from the snapshot's.
+    pub async fn restore(&self, snapshot_dir: &Path, disk: Disk) -> Result<RunningVm, VmError> {
+        let machine = MachineDescription::read(snapshot_dir)?;
+        if machine.vmm != "qemu" || machine.vmm_version != self.version {
+            return Err(VmError::RebuildRequired(format!(
+                "it was taken with {} {:?}, this host runs {:?}",
+                machine.vmm, machine.vmm_version, self.version
+            )));
+        }
+        if machine.accel == Accel::Kvm && !kvm_present() {
+            return Err(VmError::RebuildRequired(
+                "it was taken under KVM, this host has none".into(),
+            ));
+        }
+        if machine.agent_version != nullspace_init::AGENT_VERSION {
+            return Err(VmError::RebuildRequired(format!(
+                "its agent is {}, this host's is {}",
+                machine.agent_version,
+                nullspace_init::AGENT_VERSION
+            )));
+        }
+        let spec = BootSpec {
+            kernel: snapshot_dir.join(files::KERNEL),
+            initramfs: snapshot_dir.join(files::INITRAMFS),
+            disk,
+            memory_file: snapshot_dir.join(files::MEMORY),
+            size: machine.size,
+        };
+        let started = Instant::now();
+        let run_dir = tempfile::Builder::new()
+            .prefix("nsvm-")
+            .tempdir_in(short_tmp())
+            .map_err(io_at(Path::new("/tmp")))?;
+        let log_path = run_dir.path().join("qemu.log");
+        let log = std::fs::File::create(&log_path).map_err(io_at(&log_path))?;
+        let child = Command::new(&self.binary)
+            .args(Qemu::args(
+                &spec,
+                machine.accel,
+                &machine.kernel_cmdline,
+                run_dir.path(),
+                true,
+            ))
+            .env_clear()
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| VmError::QemuMissing {
+                binary: self.binary.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        let started_vm = Started {
+            child,
+            run_dir,
+            accel: machine.accel,
+        };
+        let result = async {
+            let mut qmp = Qmp::connect(
+                &started_vm.run_dir.path().join("qmp.sock"),
+                Duration::from_secs(10),
+            )
+            .await?;
+            qmp.execute("migrate-set-capabilities", ignore_shared())
+                .await?;
+            let state = snapshot_dir.join(files::STATE);
+            qmp.execute(
+                "migrate-incoming",
+                json!({"uri": format!("file:{}", state.display())}),
+            )
+            .await?;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while qmp.status().await? == "inmigrate" {
+                if Instant::now() > deadline {
+                    return Err(VmError::TimedOut {
+                        what: "loading the snapshot state".into(),
+                        seconds: 60,
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            qmp.execute("cont", json!({})).await?;
+            let agent = AgentChannel::connect(
+                &started_vm.run_dir.path().join("agent.sock"),
+                Duration::from_secs(10),
+            )
+            .await?;
+            Ok((qmp, agent))
+        }
+        .await;
+        let (qmp, agent) = match result {
+            Ok(pair) => pair,
+            Err(e) => return Err(started_vm.failure(e.to_string(), 1).await),
+        };
+        let mut vm = started_vm.qmp_agent(qmp, agent).await?;
+        if let Err(reason) = vm
+            .wait_for_agent(Duration::from_secs(30), Duration::from_secs(30))
+            .await
+        {
+            let console = vm.console_tail(30);
+            vm.kill().await;
+            return Err(VmError::BootFailed {
+                reason: format!("restored VM: {reason}"),
+                attempts: 1,
+                console,
+            });
+        }
+        vm.boot_time = started.elapsed();
+        vm.cmdline = machine.kernel_cmdline.clone();
+        vm.size = machine.size;
+        Ok(vm)
+    }
+}
+
+fn cpu_model(accel: Accel) -> &'static str {
+    match accel {
+        Accel::Kvm => "host",
+        Accel::Tcg => "max",
+    }
+}
+
+fn ignore_shared() -> serde_json::Value {
+    json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]})
+}
+
+/// `/tmp` (unix socket paths must stay under 108 bytes, whatever `TMPDIR` says).
+fn short_tmp() -> PathBuf {
+    let tmp = PathBuf::from("/tmp");
+    if tmp.is_dir() {
+        tmp
+    } else {
+        std::env::temp_dir()
+    }
+}
+
+/// A QEMU process before its agent answered.
+struct Started {
+    child: Child,
+    run_dir: tempfile::TempDir,
+    accel: Accel,
+}
+
+impl Started {
+    async fn failure(mut self, reason: String, attempts: u32) -> VmError {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+        let log = std::fs::read_to_string(self.run_dir.path().join("qemu.log")).unwrap_or_default();
+        let console =
+            std::fs::read_to_string(self.run_dir.path().join("console.log")).unwrap_or_default();
+        VmError::BootFailed {
+            reason: if log.trim().is_empty() {
+                reason
+            } else {
+                format!("{reason}; QEMU said: {}", log.trim())
+            },
+            attempts,
+            console: tail(&console, 30),
+        }
+    }
+
+    async fn qmp_agent(self, qmp: Qmp, agent: AgentChannel) -> Result<RunningVm, VmError> {
+        Ok(RunningVm {
+            child: self.child,
+            qmp,
+            agent,
+            run_dir: self.run_dir,
+            accel: self.accel,
+            boot_time: Duration::ZERO,
+            cmdline: String::new(),
+            size: MachineSize {
+                cpu_count: 0,
+                memory_mb: 0,
+            },
+            hello: None,
+        })
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// A running VM whose agent answered.
+pub struct RunningVm {
+    child: Child,
+    qmp: Qmp,
+    agent: AgentChannel,
+    run_dir: tempfile::TempDir,
+    /// Acceleration in use.
+    pub accel: Accel,
+    /// From start to the agent's hello.
+    pub boot_time: Duration,
+    cmdline: String,
+    size: MachineSize,
+    /// The agent's hello.
+    pub hello: Option<AgentMessage>,
+}
+
+impl RunningVm {
+    /// Sends hellos until the agent answers, watching for QEMU exiting, a broken run state and
+    /// a silent console.
+    async fn wait_for_agent(&mut self, limit: Duration, stall: Duration) -> Result<(), String> {
+        let started = Instant::now();
+        let console = self.run_dir.path().join("console.log");
+        let mut console_len = 0u64;
+        let mut console_moved = Instant::now();
+        let mut last_hello = None::<Instant>;
+        loop {
+            if last_hello.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
+                self.agent
+                    .send(&HostMessage::Hello)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                last_hello = Some(Instant::now());
+            }
+            match self.agent.next(Duration::from_millis(200)).await {
+                Ok(Some(hello @ AgentMessage::Hello { .. })) => {
+                    self.hello = Some(hello);
+                    return Ok(());
+                }
+                Ok(_) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                let log = std::fs::read_to_string(self.run_dir.path().join("qemu.log"))
+                    .unwrap_or_default();
+                return Err(format!("QEMU exited ({status}) {}", log.trim()));
+            }
+            let status = self.qmp.status().await.map_err(|e| e.to_string())?;
+            if matches!(
+                status.as_str(),
+                "internal-error" | "guest-panicked" | "shutdown"
+            ) {
+                return Err(format!("the VM stopped in state {status}"));
+            }
+            let len = std::fs::metadata(&console).map_or(0, |m| m.len());
+            if len != console_len {
+                console_len = len;
+                console_moved = Instant::now();
+            } else if console_moved.elapsed() > stall {
+                return Err(format!(
+                    "the boot stalled: no console output for {} s",
+                    stall.as_secs()
+                ));
+            }
+            if started.elapsed() > limit {
+                return Err(format!("no agent hello within {} s", limit.as_secs()));
+            }
+        }
+    }
+
+    /// The agent channel.
+    pub fn agent(&mut self) -> &mut AgentChannel {
+        &mut self.agent
+    }
+
+    /// The last `lines` lines of the guest console.
+    pub fn console_tail(&self, lines: usize) -> String {
+        tail(
+            &std::fs::read_to_string(self.run_dir.path().join("console.log")).unwrap_or_default(),
+            lines,
+        )
+    }
+
+    /// QEMU's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Flushes the guest's filesystems, stops the VM and writes its device and CPU state to
+    /// `snapshot_dir/state` (the RAM stays in its file), then ends QEMU. The disk is not
+    /// written after this.
+    pub async fn snapshot(mut self, snapshot_dir: &Path) -> Result<(), VmError> {
+        self.agent
+            .request(
+                &HostMessage::Sync,
+                Duration::from_secs(120),
+                |m| matches!(m, AgentMessage::Synced).then_some(()),
+                |_| {},
+            )
+            .await?;
+        self.qmp.execute("stop", json!({})).await?;
+        self.qmp
+            .execute("migrate-set-capabilities", ignore_shared())
+            .await?;
+        let state = snapshot_dir.join(files::STATE);
+        self.qmp
+            .execute(
+                "migrate",
+                json!({"uri": format!("file:{}", state.display())}),
+            )
+            .await?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let info = self.qmp.execute("query-migrate", json!({})).await?;
+            match info.get("status").and_then(|s| s.as_str()).unwrap_or("") {
+                "completed" => break,
+                "failed" | "cancelled" => {
+                    return Err(VmError::Qmp(format!(
+                        "migration to {} failed: {}",
+                        state.display(),
+                        info.get("error-desc")
+                            .and_then(|s| s.as_str())
+                            .unwrap_or("no reason given")
+                    )))
+                }
+                _ if Instant::now() > deadline => {
+                    return Err(VmError::TimedOut {
+                        what: "writing the snapshot state".into(),
+                        seconds: 120,
+                    })
+                }
+                _ => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+        let _ = self.qmp.execute("quit", json!({})).await;
+        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .is_err()
+        {
+            self.kill().await;
+        }
+        Ok(())
+    }
+
+    /// The kernel command line it booted with.
+    pub fn cmdline(&self) -> &str {
+        &self.cmdline
+    }
+
+    /// Its size.
+    pub fn size(&self) -> MachineSize {
+        self.size
+    }
+
+    /// Ends QEMU at once.
+    pub async fn kill(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> BootSpec {
+        BootSpec {
+            kernel: "/k/vmlinuz".into(),
+            initramfs: "/k/initramfs".into(),
+            disk: Disk {
+                path: "/t/rootfs.ext4".into(),
+                discard_writes: false,
+            },
+            memory_file: "/t/snapshot/memory".into(),
+            size: MachineSize {
+                cpu_count: 2,
+                memory_mb: 768,
+            },
+        }
+    }
+
+    fn joined(args: &[OsString]) -> String {
+        args.iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[test]
+    fn a_build_vm_shares_its_ram_file_and_has_no_network() {
+        let args = joined(&Qemu::args(
+            &spec(),
+            Accel::Tcg,
+            "console=ttyS0",
+            Path::new("/r"),
+            false,
+        ));
+        assert!(
+            args.contains("-M microvm,acpi=on,memory-backend=ram0 -accel tcg"),
+            "{args}"
+        );
+        assert!(args.contains("-smp 2 -m 768M"), "{args}");
+        assert!(
+            args.contains("size=768M,mem-path=/t/snapshot/memory,share=on"),
+            "{args}"
+        );
+        assert!(
+            args.contains("file=/t/rootfs.ext4,format=raw,if=none,cache=writeback,snapshot=off")
+        );
+        assert!(args.contains("virtserialport,chardev=agent,name=org.nullspace.agent"));
+        assert!(
+            args.starts_with("-nodefaults"),
+            "no default NIC or devices: {args}"
+        );
+        for network in ["-nic", "-netdev", "user", "hostfwd"] {
+            assert!(
+                !args.split(' ').any(|a| a == network),
+                "{network} in {args}"
+            );
+        }
+        assert!(!args.contains("-incoming"));
+    }
+
+    #[test]
+    fn a_restore_maps_ram_privately_and_waits_for_its_state() {
+        let mut spec = spec();
+        spec.disk.discard_writes = true;
+        let args = joined(&Qemu::args(&spec, Accel::Tcg, "c", Path::new("/r"), true));
+        assert!(args.contains("share=off,readonly=on,rom=off"), "{args}");
+        assert!(args.ends_with("-incoming defer"), "{args}");
+        assert!(args.contains("snapshot=on"), "{args}");
+    }
+}
