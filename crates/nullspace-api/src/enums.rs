@@ -107,6 +107,14 @@ wire_enum! {
         BaseImageImport = "base_image_import",
         /// Running build steps (BuildKit evaluating a Dockerfile).
         BuildSteps = "build_steps",
+        /// Booting the build VM.
+        VmCreate = "vm_create",
+        /// Starting the start command (or it exited).
+        Startup = "startup",
+        /// Waiting for readiness.
+        Readiness = "readiness",
+        /// Snapshotting the ready VM.
+        Snapshot = "snapshot",
         /// The build as a whole (interrupted by a server restart).
         Build = "build",
         /// Writing the artifact and recording it.

@@ -334,6 +334,24 @@ pub struct BuildPlan {
     pub ignored_instruction_warnings: Vec<serde_json::Value>,
     /// The resources asked for.
     pub build_config: BuildConfig,
+    /// The build VM that runs the start command and readiness, with the defaults filled in.
+    pub build_vm: BuildVmPlan,
+}
+
+/// The build VM of a plan: what it gets and when it runs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct BuildVmPlan {
+    /// When a VM boots: `start_cmd_or_readiness` (the template has either, an imported image's
+    /// Entrypoint/Cmd included), `always` (the server requires snapshots).
+    pub runs_when: String,
+    /// vCPUs.
+    pub cpu_count: u32,
+    /// Guest RAM in MiB.
+    pub memory_mb: u32,
+    /// Rootfs size in MiB (at least; larger contents grow it).
+    pub disk_mb: u64,
+    /// Without readiness: how long the start command may settle before the snapshot.
+    pub settle_ms_without_readiness: u64,
 }
 
 /// `POST /v1/templates/plan`.

@@ -105,6 +105,9 @@ pub struct TemplateDocument {
     pub build_config: BuildConfigRecord,
     /// Things skipped during import.
     pub warnings: Vec<String>,
+    /// The snapshot of the ready VM (`None`: a rootfs-only template).
+    #[serde(default)]
+    pub snapshot: Option<crate::build_vm::SnapshotRecord>,
     /// RFC 3339 time of publication.
     pub created_at: String,
 }

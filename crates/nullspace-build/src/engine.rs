@@ -21,11 +21,12 @@ use crate::artifact::{
     BuildConfigRecord, LayerRecord, RootfsRecord, SourceRecord, Staging, TemplateDocument,
     ROOTFS_FILE, TEMPLATE_FILE,
 };
+use crate::build_vm::{VmRuntime, VmSupport};
 use crate::data_dir::DataDir;
 use crate::error::BuildError;
 use crate::events::{BuildEvent, EventSink};
 use crate::ids;
-use crate::request::BuildRequest;
+use crate::request::{BuildRequest, DEFAULT_DISK_MB};
 use crate::store::{Store, LOCAL_NAMESPACE};
 
 /// Layers downloaded at once.
@@ -166,6 +167,8 @@ pub struct Engine {
     pub(crate) registry: RegistryClient,
     buildkit_driver: DockerBuildx,
     buildkit_options: BuildkitOptions,
+    vm: VmSupport,
+    require_snapshots: bool,
 }
 
 impl Engine {
@@ -181,7 +184,33 @@ impl Engine {
             registry,
             buildkit_driver: DockerBuildx::new(DockerBuildxConfig::default()),
             buildkit_options: BuildkitOptions::default(),
+            vm: VmSupport::default(),
+            require_snapshots: false,
         })
+    }
+
+    /// Where the VM runtime (QEMU, guest kernel) comes from; detected at the first build that
+    /// needs it.
+    pub fn with_vm(mut self, config: crate::build_vm::VmConfig) -> Engine {
+        self.vm = VmSupport::new(config);
+        self
+    }
+
+    /// Makes every build boot a VM and publish a snapshot, even without a start command or
+    /// readiness (a server option): without a VM runtime, such builds fail.
+    pub fn require_snapshots(mut self, required: bool) -> Engine {
+        self.require_snapshots = required;
+        self
+    }
+
+    /// Whether every build boots a VM and publishes a snapshot.
+    pub fn requires_snapshots(&self) -> bool {
+        self.require_snapshots
+    }
+
+    /// The VM runtime, or why there is none.
+    pub fn vm_runtime(&self) -> Result<Arc<VmRuntime>, BuildError> {
+        self.vm.get(self.data.root())
     }
 
     /// The BuildKit that Dockerfile and declarative builds use: `docker buildx` with `driver`'s
@@ -386,8 +415,22 @@ impl Engine {
             ),
             None => None,
         };
+        let runtime_defaults = {
+            let mut runtime = imported.runtime.clone();
+            request.apply_runtime_overrides(&mut runtime);
+            runtime
+        };
+        let needs_vm = runtime_defaults.start_cmd.is_some()
+            || runtime_defaults.readiness.is_some()
+            || self.require_snapshots;
+        // Without a VM runtime, fail before any download or write.
+        let vm_runtime = if needs_vm {
+            Some(self.vm_runtime()?)
+        } else {
+            None
+        };
         let options = RootfsOptions {
-            min_size_bytes: request.disk_mb.map(|mb| mb * 1024 * 1024),
+            min_size_bytes: Some(request.disk_mb.unwrap_or(DEFAULT_DISK_MB) * 1024 * 1024),
             ..RootfsOptions::default()
         };
         let cache_key = rootfs_cache_key(&layers, &options);
@@ -456,6 +499,30 @@ impl Engine {
                 (summary.size_bytes, summary.entries)
             }
         };
+        let mut warnings = imported.warnings;
+        let snapshot = match &vm_runtime {
+            Some(vm) => Some(
+                crate::build_vm::snapshot_stage(
+                    vm,
+                    self.data.root(),
+                    build_id,
+                    request,
+                    &runtime_defaults,
+                    staging.path(),
+                    &cache_key,
+                    events.clone(),
+                )
+                .await?,
+            ),
+            None => {
+                let warning = "rootfs-only template (snapshot: null): it has no start command or readiness, so no build VM ran".to_string();
+                events.event(BuildEvent::Warning {
+                    message: warning.clone(),
+                });
+                warnings.push(warning);
+                None
+            }
+        };
         let canonical_ref = format!(
             "{LOCAL_NAMESPACE}/{}:{}",
             request.name,
@@ -480,11 +547,7 @@ impl Engine {
                 platform,
                 layers,
             },
-            runtime_defaults: {
-                let mut runtime = imported.runtime;
-                request.apply_runtime_overrides(&mut runtime);
-                runtime
-            },
+            runtime_defaults,
             oci_metadata: imported.metadata,
             rootfs: RootfsRecord {
                 path: ROOTFS_FILE.into(),
@@ -503,7 +566,8 @@ impl Engine {
                 base_image_auth_kind: (!matches!(credentials, Credentials::Anonymous))
                     .then(|| credentials.kind().to_string()),
             },
-            warnings: imported.warnings,
+            warnings,
+            snapshot,
             created_at: ids::now_rfc3339(),
         };
         let destination = self.data.templates().join(build_id);

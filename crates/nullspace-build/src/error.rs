@@ -94,6 +94,47 @@ pub enum BuildError {
         /// The budget in seconds.
         seconds: u64,
     },
+    /// No VM runtime here, and the template needs one (a start command, readiness, or a
+    /// server that requires snapshots).
+    #[error("this template needs a build VM (it has a start command or readiness, or the server requires snapshots), but {reason}")]
+    VmUnavailable {
+        /// What is missing.
+        reason: String,
+    },
+    /// The build VM failed.
+    #[error("build VM ({phase}): {source}")]
+    Vm {
+        /// When.
+        phase: Phase,
+        /// What failed.
+        source: nullspace_vm::VmError,
+    },
+    /// The start command could not be started.
+    #[error("the start command could not start: {message}")]
+    StartFailed {
+        /// Why (the runtime user, workdir or shell at fault).
+        message: String,
+    },
+    /// The start command ended before it was ready (or with a failure status).
+    #[error("the start command exited {} before the template was ready; its last output:\n{output}", describe_exit(*.code, *.signal))]
+    StartExited {
+        /// Exit status.
+        code: Option<i32>,
+        /// Signal that ended it.
+        signal: Option<i32>,
+        /// Its last lines of output.
+        output: String,
+    },
+    /// The readiness probe failed or never passed.
+    #[error("the template never became ready: the readiness probe failed after {attempts} attempt(s), last result: {detail}; the start command's last output:\n{output}")]
+    NotReady {
+        /// Attempts made.
+        attempts: u32,
+        /// The last attempt's result.
+        detail: String,
+        /// The start command's last lines of output.
+        output: String,
+    },
     /// A background task died.
     #[error("internal: {0}")]
     Internal(String),
@@ -113,6 +154,10 @@ impl BuildError {
             }
             BuildError::Buildkit(_) => Phase::BuildSteps,
             BuildError::TimedOut { .. } => Phase::Build,
+            BuildError::VmUnavailable { .. } => Phase::VmCreate,
+            BuildError::Vm { phase, .. } => *phase,
+            BuildError::StartFailed { .. } | BuildError::StartExited { .. } => Phase::Startup,
+            BuildError::NotReady { .. } => Phase::Readiness,
             _ => Phase::Finalize,
         }
     }
@@ -136,6 +181,11 @@ impl BuildError {
                 "buildkit_unavailable"
             }
             BuildError::TimedOut { .. } => "build_timeout",
+            BuildError::VmUnavailable { .. } => "vm_unavailable",
+            BuildError::Vm { source, .. } => source.code(),
+            BuildError::StartFailed { .. } => "start_command_failed",
+            BuildError::StartExited { .. } => "start_command_exited",
+            BuildError::NotReady { .. } => "readiness_failed",
             _ => "build_error",
         }
     }
@@ -147,6 +197,15 @@ impl From<nullspace_api::FieldError> for BuildError {
             field: error.field,
             message: error.message,
         }
+    }
+}
+
+/// `with status 3`, `on signal 9`.
+fn describe_exit(code: Option<i32>, signal: Option<i32>) -> String {
+    match (code, signal) {
+        (Some(code), _) => format!("with status {code}"),
+        (None, Some(signal)) => format!("on signal {signal}"),
+        (None, None) => "for an unknown reason".into(),
     }
 }
 

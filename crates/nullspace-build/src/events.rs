@@ -81,6 +81,23 @@ pub enum BuildEvent {
         /// The line.
         message: String,
     },
+    /// What the build VM is doing, in a VM phase (`vm_create`, `startup`, `readiness`,
+    /// `sync`, `snapshot`).
+    Vm {
+        /// The phase.
+        phase: nullspace_api::LogPhase,
+        /// How much it matters.
+        level: nullspace_api::LogLevel,
+        /// The message.
+        message: String,
+    },
+    /// A line the start command printed in the build VM.
+    GuestOutput {
+        /// `stdout` or `stderr`.
+        stream: &'static str,
+        /// The line.
+        line: String,
+    },
     /// A step of the build in plain words.
     Message {
         /// The message.

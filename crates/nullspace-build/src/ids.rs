@@ -24,3 +24,15 @@ pub fn new_template_id() -> String {
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string()
 }
+
+/// Whether `id` has the shape of a build id (`tb_` + lower-case letters and digits): safe as a
+/// path component.
+pub fn is_build_id(id: &str) -> bool {
+    id.strip_prefix("tb_").is_some_and(|rest| {
+        !rest.is_empty()
+            && rest.len() <= 64
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    })
+}

@@ -8,6 +8,7 @@
 #![deny(missing_docs)]
 
 pub mod artifact;
+pub mod build_vm;
 pub mod buildkit;
 pub mod context;
 pub mod data_dir;

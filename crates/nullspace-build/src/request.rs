@@ -168,19 +168,22 @@ impl BuildRequest {
     }
 }
 
-/// The largest `disk_mb`: what the ext4 writer can write (1 TiB).
-pub const MAX_DISK_MB: u64 = nullspace_ext4::MAX_IMAGE_BYTES >> 20;
+/// The smallest `disk_mb` (spec §3.3: sandboxes take 512–131072 MiB).
+pub const MIN_DISK_MB: u64 = 512;
+/// The largest `disk_mb`.
+pub const MAX_DISK_MB: u64 = 131_072;
+/// The rootfs size without `disk_mb`: room for real work (a pip or npm tree); the image is
+/// sparse, so unused space costs no host disk. A larger image grows to fit its contents.
+pub const DEFAULT_DISK_MB: u64 = 2048;
 
-/// Checks a rootfs size in MiB: 1 to [`MAX_DISK_MB`].
+/// Checks a rootfs size in MiB: [`MIN_DISK_MB`] to [`MAX_DISK_MB`].
 pub fn check_disk_mb(disk_mb: u64) -> Result<(), BuildError> {
-    if (1..=MAX_DISK_MB).contains(&disk_mb) {
+    if (MIN_DISK_MB..=MAX_DISK_MB).contains(&disk_mb) {
         return Ok(());
     }
     Err(BuildError::InvalidRequest {
         field: "disk_mb".into(),
-        message: format!(
-            "{disk_mb} is out of range 1..={MAX_DISK_MB} (the largest rootfs written is 1 TiB)"
-        ),
+        message: format!("{disk_mb} is out of range {MIN_DISK_MB}..={MAX_DISK_MB} MiB"),
     })
 }
 

@@ -8,16 +8,20 @@
 //! | `NULLSPACE_DOCKER`, `DOCKER_HOST`, `DOCKER_CONFIG`, `NULLSPACE_BUILDX_BUILDER`, `NULLSPACE_BUILDKIT_PROGRESS` | the `docker buildx` driver |
 //! | `NULLSPACE_BUILDKIT_ALLOW_SSH`, `NULLSPACE_BUILDKIT_COMPRESSION` | BuildKit policy and export |
 //! | `NULLSPACE_MAX_CONTEXT_BYTES`, `NULLSPACE_MAX_UPLOAD_BYTES` | the server's limits |
+//! | `NULLSPACE_KERNEL`, `NULLSPACE_QEMU`, `NULLSPACE_VM_ACCEL` | the build VM ([`vm`]) |
+//! | `NULLSPACE_REQUIRE_SNAPSHOTS=1` | every build boots a VM and publishes a snapshot |
 
 use std::path::PathBuf;
 
 use anyhow::Context;
+use nullspace_build::build_vm::VmConfig;
 use nullspace_build::buildkit::{Compression, DockerBuildxConfig, ProgressFormat};
 use nullspace_build::dockerfile::BuildkitPolicy;
 use nullspace_build::engine_dockerfile::BuildkitOptions;
 use nullspace_build::{DataDir, Engine};
 use nullspace_oci::{AddressPolicy, RegistryConfig};
 use nullspace_server::config::ServerSettings;
+use nullspace_vm::AccelChoice;
 
 fn var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
@@ -28,6 +32,19 @@ fn docker_config_dir() -> Option<PathBuf> {
     var("DOCKER_CONFIG")
         .map(PathBuf::from)
         .or_else(|| dirs::home_dir().map(|h| h.join(".docker")))
+}
+
+/// The VM runtime: `NULLSPACE_KERNEL` (an unpacked kernel package; default `<data>/kernel`),
+/// `NULLSPACE_QEMU` (default `qemu-system-x86_64` on `PATH`), `NULLSPACE_VM_ACCEL`
+/// (`auto`, `kvm` or `tcg`).
+pub fn vm() -> anyhow::Result<VmConfig> {
+    let accel = AccelChoice::parse(&var("NULLSPACE_VM_ACCEL").unwrap_or_default())
+        .map_err(|e| anyhow::anyhow!("NULLSPACE_VM_ACCEL: {e}"))?;
+    Ok(VmConfig {
+        kernel_dir: var("NULLSPACE_KERNEL").map(PathBuf::from),
+        qemu: var("NULLSPACE_QEMU").map(PathBuf::from),
+        accel: Some(accel),
+    })
 }
 
 /// The `docker buildx` driver's configuration.
@@ -120,7 +137,10 @@ pub fn server_buildkit() -> BuildkitOptions {
 
 /// The engine on `data`, configured from the environment.
 pub fn engine(data: DataDir) -> anyhow::Result<Engine> {
-    Ok(Engine::open(data, RegistryConfig::from_env())?.with_buildkit(buildx(), buildkit()))
+    Ok(Engine::open(data, RegistryConfig::from_env())?
+        .with_buildkit(buildx(), buildkit())
+        .with_vm(vm()?)
+        .require_snapshots(var("NULLSPACE_REQUIRE_SNAPSHOTS").as_deref() == Some("1")))
 }
 
 /// The server's limits: `NULLSPACE_MAX_CONTEXT_BYTES` (default 16 GiB),

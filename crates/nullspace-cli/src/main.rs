@@ -381,6 +381,18 @@ fn build(data: DataDir, mut args: BuildArgs, json_output: bool) -> anyhow::Resul
                 ""
             }
         );
+        match &t.snapshot {
+            Some(snapshot) => println!(
+                "  snapshot  {} ({}, {} vCPU, {} MiB; {} MiB of RAM on disk; booted in {:.1}s)",
+                outcome.artifact_dir.join(&snapshot.path).display(),
+                snapshot.machine.accel.as_str(),
+                snapshot.machine.size.cpu_count,
+                snapshot.machine.size.memory_mb,
+                snapshot.machine.memory_allocated_bytes / (1024 * 1024),
+                snapshot.boot_ms as f64 / 1000.0
+            ),
+            None => println!("  snapshot  none (rootfs-only template)"),
+        }
         println!("  template  {}", outcome.template_json_path.display());
         println!("  took      {:.2}s", outcome.seconds);
     }

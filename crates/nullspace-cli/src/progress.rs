@@ -140,6 +140,8 @@ fn line(event: &BuildEvent) -> String {
         BuildEvent::Message { message } => message.clone(),
         BuildEvent::Step { name, .. } => format!("step {name}"),
         BuildEvent::Log { message, .. } => format!("  | {message}"),
+        BuildEvent::Vm { phase, message, .. } => format!("vm {phase}: {message}"),
+        BuildEvent::GuestOutput { line, .. } => format!("  > {line}"),
         BuildEvent::Downloaded { index, cached } => format!(
             "layer {}: {}",
             index + 1,

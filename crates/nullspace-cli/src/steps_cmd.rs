@@ -71,7 +71,7 @@ pub struct StepArgs {
     /// An env for later build steps only (`KEY=VALUE`); repeatable.
     #[arg(long = "build-env", value_name = "KEY=VALUE")]
     pub build_env: Vec<String>,
-    /// The template's start command (recorded; run before a snapshot by a build VM).
+    /// The template's start command: run in the build VM, kept running in its snapshot.
     #[arg(long = "start-cmd", value_name = "CMD")]
     pub start_cmd: Option<String>,
     /// Readiness: something listens on this TCP port.

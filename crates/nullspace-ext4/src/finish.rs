@@ -541,7 +541,8 @@ impl Writer {
                 });
             }
             let total = groups * BLOCKS_PER_GROUP;
-            let wanted = (total * BLOCK_SIZE / INODE_RATIO).max(last_ino + last_ino / 4 + 64);
+            let wanted = (total * BLOCK_SIZE / inode_ratio(total * BLOCK_SIZE))
+                .max(last_ino + last_ino / 4 + 64);
             let ipg = wanted.div_ceil(groups).next_multiple_of(INODES_PER_BLOCK);
             if ipg > BLOCKS_PER_GROUP {
                 groups = wanted.div_ceil(BLOCKS_PER_GROUP).max(groups + 1);
@@ -579,6 +580,16 @@ impl Writer {
             }
             groups = need.div_ceil(BLOCKS_PER_GROUP).max(groups + 1);
         }
+    }
+}
+
+/// Bytes of image per inode: mke2fs's ratios (`small` below 512 MiB, `default` above), so a
+/// guest that creates many small files runs out of blocks before inodes.
+fn inode_ratio(image_bytes: u64) -> u64 {
+    if image_bytes < 512 << 20 {
+        SMALL_INODE_RATIO
+    } else {
+        INODE_RATIO
     }
 }
 

@@ -22,8 +22,10 @@ pub(crate) const MAX_GROUPS: u64 = 8192;
 pub(crate) const GDT_RESERVED_BLOCKS: u64 = MAX_GROUPS * DESC_SIZE / BLOCK_SIZE;
 /// Longest initialised extent.
 pub(crate) const MAX_EXTENT_LEN: u64 = 32768;
-/// One inode per this many bytes of image, at least.
+/// One inode per this many bytes of an image of 512 MiB or more, at least (mke2fs `default`).
 pub(crate) const INODE_RATIO: u64 = 16384;
+/// One inode per this many bytes of a smaller image, at least (mke2fs `small`).
+pub(crate) const SMALL_INODE_RATIO: u64 = 4096;
 /// Smallest free space left in the image: 64 MiB (see [`crate::sizing`]).
 pub(crate) const MIN_HEADROOM_BLOCKS: u64 = 16384;
 

@@ -42,7 +42,8 @@
 //!   them live anywhere).
 //! - Size: everything used plus headroom of max(20 %, 64 MiB), at least
 //!   [`Options::min_size_bytes`], rounded up to whole groups (128 MiB). Inodes: one per
-//!   16 KiB, and at least the tree's count plus 25 %.
+//!   4 KiB below 512 MiB and one per 16 KiB above (mke2fs's `small` and `default`), and at
+//!   least the tree's count plus 25 %.
 //! - Directories that fit one block are linear; larger ones are htrees (half-MD4, unsigned,
 //!   seeded), one or two index levels: up to 259,588 leaf blocks, i.e. millions of entries even
 //!   with 255-byte names. `lost+found` is inode 11 with four blocks.
@@ -88,7 +89,7 @@ pub use writer::Writer;
 
 /// Version of the on-disk output. Bumped whenever the bytes written for the same input change;
 /// part of cache keys.
-pub const WRITER_VERSION: &str = "nullspace-ext4/1";
+pub const WRITER_VERSION: &str = "nullspace-ext4/2";
 
 /// The largest image the writer produces: 1 TiB (`layout::MAX_GROUPS` groups).
 pub const MAX_IMAGE_BYTES: u64 = layout::MAX_GROUPS * layout::BLOCKS_PER_GROUP * layout::BLOCK_SIZE;

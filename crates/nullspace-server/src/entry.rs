@@ -14,10 +14,6 @@ pub fn entry(kind: LogKind, level: LogLevel, message: impl Into<String>) -> LogE
     LogEntry::new(kind, level, message, nullspace_build::ids::now_rfc3339())
 }
 
-/// Said wherever a start command or readiness is accepted: this server records them, it does
-/// not boot a build VM to run them.
-pub const START_CMD_WARNING: &str = "start_cmd and readiness are recorded as the template's runtime defaults; this server builds rootfs templates without a build VM, so they did not run and no snapshot was taken";
-
 /// Steps of an image import, as the log numbers them.
 pub const IMPORT_STEPS: u32 = 3;
 
@@ -144,6 +140,17 @@ impl EventMapper {
             BuildEvent::Warning { message } => {
                 entry(LogKind::Warning, LogLevel::Warn, message.clone()).phase(LogPhase::Preparing)
             }
+            BuildEvent::Vm {
+                phase,
+                level,
+                message,
+            } => entry(LogKind::Message, *level, message.clone()).phase(*phase),
+            BuildEvent::GuestOutput { stream, line } => entry(
+                LogKind::Message,
+                LogLevel::Info,
+                format!("[{stream}] {line}"),
+            )
+            .phase(LogPhase::Startup),
             BuildEvent::Message { message } => {
                 entry(LogKind::Message, LogLevel::Info, message.clone())
                     .phase(LogPhase::Preparing)

@@ -1,15 +1,11 @@
 //! The guest kernel: an unpacked Debian kernel package (`boot/vmlinuz-RELEASE` and
-//! `lib/modules/RELEASE/` with its `modules.dep`), found through `NULLSPACE_KERNEL` or
-//! `<data>/kernel`.
+//! `lib/modules/RELEASE/` with its `modules.dep`).
 
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
 use crate::error::{io_at, VmError};
-
-/// Environment variable naming the kernel dir.
-pub const KERNEL_ENV: &str = "NULLSPACE_KERNEL";
 
 /// A guest kernel and its modules.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,14 +67,6 @@ impl GuestKernel {
             modules,
             release,
         })
-    }
-
-    /// The kernel in `NULLSPACE_KERNEL`, else in `fallback` (the data dir's `kernel`).
-    pub fn from_env_or(fallback: &Path) -> Result<GuestKernel, VmError> {
-        match std::env::var_os(KERNEL_ENV) {
-            Some(dir) if !dir.is_empty() => GuestKernel::find(Path::new(&dir)),
-            _ => GuestKernel::find(fallback),
-        }
     }
 
     /// `sha256:` digest of the kernel image.

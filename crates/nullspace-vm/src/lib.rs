@@ -15,7 +15,7 @@ pub mod qmp;
 
 pub use error::VmError;
 pub use machine::{Accel, MachineDescription, MachineSize};
-pub use qemu::{BootSpec, Disk, Qemu, RunningVm};
+pub use qemu::{AccelChoice, BootSpec, Disk, Qemu, RunningVm};
 
 /// A virtual machine monitor: boots a guest until its agent answers, restores a snapshot.
 #[allow(async_fn_in_trait)]

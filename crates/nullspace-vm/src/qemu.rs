@@ -19,10 +19,6 @@ use crate::error::{io_at, VmError};
 use crate::machine::{files, Accel, MachineDescription, MachineSize};
 use crate::qmp::Qmp;
 
-/// Environment variable naming the QEMU binary (default: `qemu-system-x86_64` on `PATH`).
-pub const QEMU_ENV: &str = "NULLSPACE_QEMU";
-/// Environment variable choosing acceleration: `auto` (default), `kvm` or `tcg`.
-pub const ACCEL_ENV: &str = "NULLSPACE_VM_ACCEL";
 /// The machine type.
 pub const MACHINE: &str = "microvm,acpi=on,memory-backend=ram0";
 
@@ -51,16 +47,13 @@ pub enum AccelChoice {
 }
 
 impl AccelChoice {
-    /// From `NULLSPACE_VM_ACCEL`.
-    pub fn from_env() -> Result<AccelChoice, VmError> {
-        match std::env::var(ACCEL_ENV).unwrap_or_default().as_str() {
+    /// `auto` (or empty), `kvm` or `tcg`.
+    pub fn parse(text: &str) -> Result<AccelChoice, String> {
+        match text {
             "" | "auto" => Ok(AccelChoice::Auto),
             "kvm" => Ok(AccelChoice::Only(Accel::Kvm)),
             "tcg" => Ok(AccelChoice::Only(Accel::Tcg)),
-            other => Err(VmError::QemuMissing {
-                binary: ACCEL_ENV.into(),
-                reason: format!("{other:?} is not auto, kvm or tcg"),
-            }),
+            other => Err(format!("{other:?} is not auto, kvm or tcg")),
         }
     }
 }
@@ -123,12 +116,12 @@ fn find_on_path(name: &str) -> Option<PathBuf> {
 }
 
 impl Qemu {
-    /// Finds QEMU (`NULLSPACE_QEMU` or `qemu-system-x86_64` on `PATH`) and reads its version.
-    pub fn locate() -> Result<Qemu, VmError> {
+    /// Finds QEMU (`binary`, else `qemu-system-x86_64` on `PATH`) and reads its version.
+    pub fn locate(binary: Option<PathBuf>, accel: AccelChoice) -> Result<Qemu, VmError> {
         let name = "qemu-system-x86_64";
-        let binary = match std::env::var_os(QEMU_ENV) {
-            Some(b) if !b.is_empty() => PathBuf::from(b),
-            _ => find_on_path(name).ok_or_else(|| VmError::QemuMissing {
+        let binary = match binary {
+            Some(b) => b,
+            None => find_on_path(name).ok_or_else(|| VmError::QemuMissing {
                 binary: name.into(),
                 reason: "not on PATH".into(),
             })?,
@@ -156,7 +149,7 @@ impl Qemu {
         Ok(Qemu {
             binary,
             version,
-            accel: AccelChoice::from_env()?,
+            accel,
         })
     }
 

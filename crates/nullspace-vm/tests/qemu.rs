@@ -11,7 +11,7 @@ use nullspace_init::protocol::{
 };
 use nullspace_vm::kernel::GuestKernel;
 use nullspace_vm::machine::{files, MachineDescription, MachineSize};
-use nullspace_vm::{initramfs, BootSpec, Disk, Qemu};
+use nullspace_vm::{initramfs, AccelChoice, BootSpec, Disk, Qemu};
 
 fn fixture_rootfs() -> &'static Path {
     static ROOTFS: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
@@ -59,7 +59,15 @@ fn fixture_rootfs() -> &'static Path {
 }
 
 fn kernel() -> GuestKernel {
-    GuestKernel::from_env_or(Path::new("/nonexistent")).expect("NULLSPACE_KERNEL (scripts/devenv)")
+    let dir = std::env::var("NULLSPACE_KERNEL")
+        .expect("NULLSPACE_KERNEL is unset: run the tests with scripts/test");
+    GuestKernel::find(Path::new(&dir)).unwrap()
+}
+
+fn qemu() -> Qemu {
+    let accel =
+        AccelChoice::parse(&std::env::var("NULLSPACE_VM_ACCEL").unwrap_or_default()).unwrap();
+    Qemu::locate(None, accel).unwrap()
 }
 
 async fn next(
@@ -81,7 +89,7 @@ async fn next(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_snapshot_restores_with_the_start_command_still_running_and_the_agent_answering() {
-    let qemu = Qemu::locate().unwrap();
+    let qemu = qemu();
     let kernel = kernel();
     let dir = tempfile::tempdir().unwrap();
     let initramfs = initramfs::cached(&kernel, &dir.path().join("cache")).unwrap();

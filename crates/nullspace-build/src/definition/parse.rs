@@ -33,10 +33,22 @@ pub fn definition_from_body(
     if let Some(disk) = body.disk_mb {
         check_disk_mb(disk).map_err(request_error)?;
     }
-    for (field, value) in [("cpu_count", body.cpu_count), ("memory_mb", body.memory_mb)] {
-        if value == Some(0) {
-            return Err(RequestError::invalid(field, "must be at least 1"));
-        }
+    use crate::build_vm::{MAX_CPU_COUNT, MEMORY_MB_RANGE};
+    if let Some(cpus) = body.cpu_count.filter(|c| !(1..=MAX_CPU_COUNT).contains(c)) {
+        return Err(RequestError::invalid(
+            "cpu_count",
+            format!("{cpus} is out of range 1..={MAX_CPU_COUNT}"),
+        ));
+    }
+    if let Some(memory) = body.memory_mb.filter(|m| !MEMORY_MB_RANGE.contains(m)) {
+        return Err(RequestError::invalid(
+            "memory_mb",
+            format!(
+                "{memory} is out of range {}..={} MiB",
+                MEMORY_MB_RANGE.start(),
+                MEMORY_MB_RANGE.end()
+            ),
+        ));
     }
     let steps = declared_steps(&body);
     let requested_backend = body.build_backend;

@@ -55,6 +55,11 @@ impl AppState {
         definition_from_body(body, &self.config.limits, self.policy())
     }
 
+    /// Whether every build must publish a VM snapshot.
+    pub fn require_snapshots(&self) -> bool {
+        self.runner.engine().requires_snapshots()
+    }
+
     /// What Dockerfiles may do on this server.
     pub fn policy(&self) -> &nullspace_build::dockerfile::BuildkitPolicy {
         &self.runner.engine().buildkit_options().policy

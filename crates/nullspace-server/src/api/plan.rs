@@ -12,7 +12,6 @@ use nullspace_build::context::parse_digest;
 use nullspace_build::definition::{checked_buildkit_spec, Base, BuildDefinition};
 use nullspace_rootfs::runtime::RuntimeDefaults;
 
-use crate::entry::START_CMD_WARNING;
 use crate::error::ApiError;
 use crate::refs::resolve_ref;
 
@@ -23,20 +22,11 @@ use super::{ApiResult, AppState};
 
 fn validation_warnings(definition: &BuildDefinition) -> Vec<String> {
     let mut warnings = Vec::new();
-    if definition.cpu_count.is_some() || definition.memory_mb.is_some() {
-        warnings.push(
-            "cpu_count and memory_mb are recorded but unused: image imports boot no build VM yet"
-                .to_string(),
-        );
-    }
     if !definition.internet_access && definition.build_backend == BuildBackend::Native {
         warnings.push(
             "internet_access=false has no effect on an image import (the base image is still pulled)"
                 .to_string(),
         );
-    }
-    if definition.start_cmd.is_some() || definition.readiness.is_some() {
-        warnings.push(START_CMD_WARNING.to_string());
     }
     warnings
 }
@@ -242,6 +232,23 @@ pub async fn plan(
             readiness: defaults.and_then(|d| d.readiness.clone()),
             ignored_instruction_warnings: Vec::new(),
             build_config: crate::view::build_config(&definition),
+            build_vm: nullspace_api::response::BuildVmPlan {
+                runs_when: if state.require_snapshots() {
+                    "always".into()
+                } else {
+                    "start_cmd_or_readiness".into()
+                },
+                cpu_count: definition
+                    .cpu_count
+                    .unwrap_or(nullspace_build::build_vm::DEFAULT_CPU_COUNT),
+                memory_mb: definition
+                    .memory_mb
+                    .unwrap_or(nullspace_build::build_vm::DEFAULT_MEMORY_MB),
+                disk_mb: definition
+                    .disk_mb
+                    .unwrap_or(nullspace_build::request::DEFAULT_DISK_MB),
+                settle_ms_without_readiness: nullspace_build::build_vm::SETTLE_MS,
+            },
         },
         warnings,
         requires_base_image_auth: secrets.base_image_auth.is_some(),

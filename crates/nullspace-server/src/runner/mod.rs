@@ -438,17 +438,6 @@ impl Runner {
                 )
                 .phase(LogPhase::Finalize)
                 .step(IMPORT_STEPS, IMPORT_STEPS);
-                if record.definition.start_cmd.is_some() || record.definition.readiness.is_some() {
-                    let warning = entry(
-                        LogKind::Warning,
-                        LogLevel::Warn,
-                        crate::entry::START_CMD_WARNING,
-                    )
-                    .phase(LogPhase::Finalize);
-                    if let Err(error) = self.store.append_entry(id, &with_ids(warning, &record)) {
-                        tracing::warn!("build {id}: log entry lost: {error}");
-                    }
-                }
                 let mut end = entry(LogKind::End, LogLevel::Info, "build ended: ready")
                     .phase(LogPhase::Finalize);
                 end.result = Some(BuildStatus::Ready);
