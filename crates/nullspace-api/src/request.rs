@@ -88,6 +88,10 @@ pub struct BuildRequestBody {
     /// The start command, replacing the image's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_cmd: Option<String>,
+    /// `true`: no start command, not even the image's `Entrypoint`/`Cmd` (a rootfs-only
+    /// template unless readiness is given or the server requires snapshots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_start_cmd: Option<bool>,
     /// A readiness command (exit 0 means ready); or `readiness`, not both.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_cmd: Option<String>,

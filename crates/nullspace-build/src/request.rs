@@ -107,6 +107,8 @@ pub struct BuildRequest {
     /// needs a build VM.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_cmd: Option<String>,
+    /// No start command, not even the image's `Entrypoint`/`Cmd`.
+    pub no_start_cmd: bool,
     /// The readiness check, replacing one mapped from the image's healthcheck.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub readiness: Option<nullspace_rootfs::runtime::Readiness>,
@@ -120,6 +122,9 @@ impl BuildRequest {
     ) {
         if let Some(cmd) = &self.start_cmd {
             runtime.start_cmd = Some(cmd.clone());
+        }
+        if self.no_start_cmd {
+            runtime.start_cmd = None;
         }
         if let Some(readiness) = &self.readiness {
             runtime.readiness = Some(readiness.clone());
@@ -138,6 +143,7 @@ impl BuildRequest {
             internet_access: true,
             skip_cache: false,
             start_cmd: None,
+            no_start_cmd: false,
             readiness: None,
         }
     }
@@ -399,13 +405,17 @@ mod tests {
     }
 
     #[test]
-    fn disk_sizes_stop_where_the_writer_does() {
-        assert!(check_disk_mb(1).is_ok() && check_disk_mb(MAX_DISK_MB).is_ok());
+    fn disk_sizes_are_those_sandboxes_take() {
+        assert!(check_disk_mb(MIN_DISK_MB).is_ok() && check_disk_mb(MAX_DISK_MB).is_ok());
         let err = check_disk_mb(MAX_DISK_MB + 1).unwrap_err().to_string();
-        assert!(err.contains("disk_mb") && err.contains("1 TiB"), "{err}");
-        // 16 TiB was accepted before although the writer stops at 1 TiB.
+        assert!(
+            err.contains("disk_mb") && err.contains("512..=131072"),
+            "{err}"
+        );
         assert!(check_disk_mb(16 * 1024 * 1024).is_err());
+        assert!(check_disk_mb(MIN_DISK_MB - 1).is_err());
         assert!(check_disk_mb(0).is_err());
+        const { assert!(DEFAULT_DISK_MB >= MIN_DISK_MB) };
     }
 
     #[test]

@@ -89,6 +89,20 @@ struct Env {
     events: Arc<Mutex<Vec<BuildEvent>>>,
 }
 
+/// The test environment's VM runtime (`NULLSPACE_KERNEL` from `scripts/devenv`).
+fn vm_config() -> nullspace_build::build_vm::VmConfig {
+    nullspace_build::build_vm::VmConfig {
+        kernel_dir: std::env::var_os("NULLSPACE_KERNEL").map(std::path::PathBuf::from),
+        qemu: None,
+        accel: Some(
+            nullspace_vm::AccelChoice::parse(
+                &std::env::var("NULLSPACE_VM_ACCEL").unwrap_or_default(),
+            )
+            .unwrap(),
+        ),
+    }
+}
+
 impl Env {
     fn new() -> Env {
         devenv();
@@ -101,7 +115,8 @@ impl Env {
             RegistryConfig::from_env(),
         )
         .unwrap()
-        .with_buildkit(driver().config().clone(), options());
+        .with_buildkit(driver().config().clone(), options())
+        .with_vm(vm_config());
         Env {
             data,
             engine,

@@ -47,6 +47,11 @@ pub fn vm() -> anyhow::Result<VmConfig> {
     })
 }
 
+/// `NULLSPACE_REQUIRE_SNAPSHOTS=1`: every build boots a VM and publishes a snapshot.
+pub fn require_snapshots() -> bool {
+    var("NULLSPACE_REQUIRE_SNAPSHOTS").as_deref() == Some("1")
+}
+
 /// The `docker buildx` driver's configuration.
 pub fn buildx() -> DockerBuildxConfig {
     DockerBuildxConfig {
@@ -140,7 +145,7 @@ pub fn engine(data: DataDir) -> anyhow::Result<Engine> {
     Ok(Engine::open(data, RegistryConfig::from_env())?
         .with_buildkit(buildx(), buildkit())
         .with_vm(vm()?)
-        .require_snapshots(var("NULLSPACE_REQUIRE_SNAPSHOTS").as_deref() == Some("1")))
+        .require_snapshots(require_snapshots()))
 }
 
 /// The server's limits: `NULLSPACE_MAX_CONTEXT_BYTES` (default 16 GiB),

@@ -308,6 +308,7 @@ fn build(data: DataDir, mut args: BuildArgs, json_output: bool) -> anyhow::Resul
     let start_cmd = args.steps.start_cmd.take();
     let mut request = BuildRequest::new(&args.name, base_selector(args.base)?);
     request.start_cmd = start_cmd;
+    request.no_start_cmd = args.steps.no_start_cmd;
     request.readiness = readiness;
     if !args.tags.is_empty() {
         request.tags = args.tags;

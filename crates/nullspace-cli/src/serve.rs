@@ -28,6 +28,8 @@ pub fn serve(data: DataDir, args: ServeArgs) -> anyhow::Result<ExitCode> {
         registry: crate::config::server_registry(),
         buildx: crate::config::buildx(),
         buildkit: crate::config::server_buildkit(),
+        vm: crate::config::vm()?,
+        require_snapshots: crate::config::require_snapshots(),
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(nullspace_server::serve(

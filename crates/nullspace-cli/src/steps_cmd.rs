@@ -72,8 +72,16 @@ pub struct StepArgs {
     #[arg(long = "build-env", value_name = "KEY=VALUE")]
     pub build_env: Vec<String>,
     /// The template's start command: run in the build VM, kept running in its snapshot.
-    #[arg(long = "start-cmd", value_name = "CMD")]
+    #[arg(
+        long = "start-cmd",
+        value_name = "CMD",
+        conflicts_with = "no_start_cmd"
+    )]
     pub start_cmd: Option<String>,
+    /// No start command, not even the image's Entrypoint/Cmd: a rootfs-only template (no
+    /// build VM) unless readiness is given.
+    #[arg(long = "no-start-cmd")]
+    pub no_start_cmd: bool,
     /// Readiness: something listens on this TCP port.
     #[arg(long = "ready-port", value_name = "PORT", conflicts_with = "ready_cmd")]
     pub ready_port: Option<u16>,

@@ -52,6 +52,10 @@ pub struct ServerConfig {
     pub buildx: DockerBuildxConfig,
     /// BuildKit policy (what Dockerfiles may do) and export options.
     pub buildkit: BuildkitOptions,
+    /// Where the build VM's QEMU and guest kernel come from.
+    pub vm: nullspace_build::build_vm::VmConfig,
+    /// Every build boots a VM and publishes a snapshot.
+    pub require_snapshots: bool,
 }
 
 /// Why the server could not start or stopped.
@@ -91,7 +95,9 @@ pub fn open(config: &ServerConfig) -> Result<api::AppState, ServerError> {
     }
     let engine = Engine::open(config.data.clone(), config.registry.clone())
         .map_err(|e| ServerError::Engine(Box::new(e)))?
-        .with_buildkit(config.buildx.clone(), config.buildkit.clone());
+        .with_buildkit(config.buildx.clone(), config.buildkit.clone())
+        .with_vm(config.vm.clone())
+        .require_snapshots(config.require_snapshots);
     let engine = Arc::new(engine);
     let store: Arc<dyn BuildStore> = Arc::new(SqliteStore::open(&config.data.database())?);
     let runner = runner::Runner::new(store, engine, config.workers, &config.settings);

@@ -107,6 +107,9 @@ pub struct BuildDefinition {
     /// The start command, replacing the image's (recorded in the runtime defaults).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_cmd: Option<String>,
+    /// No start command at all, not even the image's.
+    #[serde(default)]
+    pub no_start_cmd: bool,
     /// The readiness check (`readiness`, or `ready_cmd` as a `command` check).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub readiness: Option<Readiness>,
@@ -130,6 +133,7 @@ impl BuildDefinition {
         request.internet_access = self.internet_access;
         request.skip_cache = self.skip_cache;
         request.start_cmd = self.start_cmd.clone();
+        request.no_start_cmd = self.no_start_cmd;
         request.readiness = self.readiness.clone();
         request
     }

@@ -108,6 +108,12 @@ pub fn definition_from_body(
     }
     let build_context = checked_build_context(body.build_context, &base, &steps, limits)?;
     let named_contexts = checked_named_contexts(body.build_contexts, &base, limits)?;
+    if body.no_start_cmd == Some(true) && body.start_cmd.is_some() {
+        return Err(RequestError::invalid(
+            "no_start_cmd",
+            "cannot be combined with start_cmd",
+        ));
+    }
     if let Some(cmd) = &body.start_cmd {
         if cmd.trim().is_empty() || cmd.contains('\0') {
             return Err(RequestError::invalid(
@@ -164,6 +170,7 @@ pub fn definition_from_body(
         build_context,
         named_contexts,
         start_cmd: body.start_cmd,
+        no_start_cmd: body.no_start_cmd.unwrap_or(false),
         readiness,
     };
     let secrets = RequestSecrets {

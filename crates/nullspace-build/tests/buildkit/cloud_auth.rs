@@ -88,7 +88,8 @@ impl Env {
             RegistryConfig::from_env(),
         )
         .unwrap()
-        .with_buildkit(super::driver().config().clone(), super::options());
+        .with_buildkit(super::driver().config().clone(), super::options())
+        .with_vm(super::vm_config());
         Env {
             data,
             engine,

@@ -237,6 +237,7 @@ pub(crate) fn build_body(mut args: BuildArgs) -> anyhow::Result<RequestBody> {
         body.steps = Some(steps);
     }
     body.start_cmd = args.steps.start_cmd.take();
+    body.no_start_cmd = args.steps.no_start_cmd.then_some(true);
     body.readiness = crate::steps_cmd::readiness_request(&args.steps);
     body.name = Some(args.name);
     body.base = base_spec(args.base);

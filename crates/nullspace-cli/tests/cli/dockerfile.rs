@@ -195,9 +195,9 @@ fn step_flags_build_in_order_and_from_template_reuses_the_rootfs() {
             "--env",
             "MODE=prod",
             "--start-cmd",
-            "python3 -m http.server 8080",
-            "--ready-port",
-            "8080",
+            "exec sleep 600",
+            "--ready-cmd",
+            "test -f /srv/order",
         ]);
     let out = command.output().unwrap();
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
@@ -216,9 +216,9 @@ fn step_flags_build_in_order_and_from_template_reuses_the_rootfs() {
     let defaults = &outcome["template"]["runtime_defaults"];
     assert_eq!(defaults["workdir"], "/srv", "{defaults}");
     assert_eq!(defaults["env"]["MODE"], "prod", "{defaults}");
-    assert_eq!(defaults["start_cmd"], "python3 -m http.server 8080");
-    assert_eq!(defaults["readiness"]["kind"], "tcp");
-    assert_eq!(defaults["readiness"]["port"], 8080);
+    assert_eq!(defaults["start_cmd"], "exec sleep 600");
+    assert_eq!(defaults["readiness"]["kind"], "command");
+    assert_eq!(outcome["template"]["snapshot"]["start"]["state"], "running");
 
     // A template on that template: the same rootfs, its defaults, a new name.
     let child = cli.build_json(&["--from-template", "flags", "--name", "child"]);

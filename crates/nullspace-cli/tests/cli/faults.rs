@@ -148,6 +148,8 @@ fn a_hard_link_to_a_lower_layer_imports() {
         &env["NULLSPACE_FIXTURE_EDGE_HARDLINK_REF"],
         "--name",
         "hl",
+        // Its Cmd is /bin/sh, which this image does not have.
+        "--no-start-cmd",
     ]);
     let rootfs = built["rootfs_path"].as_str().unwrap();
     crate::harness::assert_fsck_clean(Path::new(rootfs));

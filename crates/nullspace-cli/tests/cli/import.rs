@@ -266,7 +266,36 @@ fn multilayer_fixture_matches_an_independent_extraction_file_by_file() {
     let env = devenv();
     let cli = Cli::new();
     let reference = &env["NULLSPACE_FIXTURE_MULTILAYER_REF"];
-    let built = cli.build_json(&["--from-image", reference, "--name", "multi"]);
+    // The image has no shell to run its Entrypoint: the build without `--no-start-cmd` fails
+    // when the build VM starts it, naming the command derived from Entrypoint + Cmd.
+    let failed = cli.run(&[
+        "template",
+        "build",
+        "--from-image",
+        reference,
+        "--name",
+        "multi",
+    ]);
+    assert!(!failed.status.success());
+    let log = stderr(&failed);
+    assert!(
+        stdout(&failed).contains("start_command_failed"),
+        "{}",
+        stdout(&failed)
+    );
+    let start_cmd = log
+        .lines()
+        .find_map(|l| l.strip_prefix("vm startup: start command: "))
+        .unwrap_or_else(|| panic!("no start command in the log:\n{log}"))
+        .to_string();
+    let built = cli.build_json(&[
+        "--from-image",
+        reference,
+        "--name",
+        "multi",
+        "--no-start-cmd",
+    ]);
+    assert!(built["template"]["snapshot"].is_null(), "rootfs-only");
     let rootfs = path_of(&built, "rootfs_path");
     assert_fsck_clean(&rootfs);
 
@@ -278,7 +307,7 @@ fn multilayer_fixture_matches_an_independent_extraction_file_by_file() {
         template["source"]["manifest_digest"],
         expected["manifest_digest"]
     );
-    check_runtime_defaults(template, &expected["config"]);
+    check_runtime_defaults(template, &expected["config"], &start_cmd);
 
     // The oracle: umoci unpacks the same image as root, applying the same OCI layer rules.
     // Debian's umoci reads no zstd layers, so skopeo first recompresses them to gzip.
@@ -383,7 +412,11 @@ fn multilayer_fixture_matches_an_independent_extraction_file_by_file() {
     }
 }
 
-fn check_runtime_defaults(template: &serde_json::Value, config: &serde_json::Value) {
+fn check_runtime_defaults(
+    template: &serde_json::Value,
+    config: &serde_json::Value,
+    start_cmd: &str,
+) {
     let runtime = &template["runtime_defaults"];
     assert_eq!(runtime["user"], config["User"].as_str().unwrap().trim());
     assert_eq!(
@@ -415,7 +448,7 @@ fn check_runtime_defaults(template: &serde_json::Value, config: &serde_json::Val
         .chain(config["Cmd"].as_array().into_iter().flatten())
         .map(|v| v.as_str().unwrap().to_string())
         .collect();
-    let start_cmd = runtime["start_cmd"].as_str().unwrap();
+    assert!(runtime["start_cmd"].is_null(), "--no-start-cmd clears it");
     let script = format!("set -- {start_cmd}; for a in \"$@\"; do printf '%s\\0' \"$a\"; done");
     let out = Command::new("sh").arg("-c").arg(script).output().unwrap();
     let mut words: Vec<String> = out
