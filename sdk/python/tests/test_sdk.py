@@ -29,6 +29,7 @@ from nullspace import (
     Template,
     TemplateBuild,
     default_build_logger,
+    wait_for_file,
     wait_for_port,
     wait_for_url,
 )
@@ -94,9 +95,9 @@ def test_blocking_build_from_debian(server: Server) -> None:
     details = Template.get(name)
     assert details["canonical_ref"] == f"alice/{name}:default"
     assert details["build_id"] == build.build_id
-    # The same request again reuses the finished rootfs.
+    # The same request again reuses the finished rootfs and the VM snapshot (no boot).
     again = Template.build(Template().from_debian_image(), name)
-    assert again.cache_summary["final_artifact_hits"] == 1, again.cache_summary
+    assert again.cache_summary["final_artifact_hits"] == 2, again.cache_summary
     assert again.cache_summary["final_artifact_misses"] == 0
 
 
@@ -124,7 +125,7 @@ def test_private_registry_with_and_without_auth(server: Server, devenv: Dict[str
     record(build.raw)
     assert build.status == "ready"
     assert build.raw["base_image_auth_kind"] == "basic"
-    assert build.raw["cache_summary"]["final_artifact_bypasses"] == 1
+    assert build.raw["cache_summary"]["final_artifact_bypasses"] == 2, "rootfs and snapshot"
 
     with pytest.raises(BuildError) as failure:
         Template.build(Template.from_image(ref), unique("noauth"))
@@ -296,19 +297,30 @@ def test_history_filters(server: Server, blackhole: str) -> None:
     assert missing.value.code == "template_not_found"
 
 
-def test_start_cmd_and_readiness_are_recorded(server: Server) -> None:
+def test_start_cmd_runs_to_readiness_and_the_template_is_a_snapshot(server: Server) -> None:
     name = unique("started")
     builder = Template().from_debian_image().set_start_cmd(
-        "python3 -m http.server 8080", readiness=wait_for_url("http://localhost:8080/")
+        "echo warming up; sleep 1; touch /run/ready; exec sleep infinity",
+        readiness=wait_for_file("/run/ready"),
     )
     build = Template.build(builder, name)
     assert build.status == "ready", build.raw
     defaults = build.runtime_defaults or {}
-    assert defaults["start_cmd"] == "python3 -m http.server 8080"
-    assert defaults["readiness"]["kind"] == "http"
-    assert defaults["readiness"]["url"] == "http://localhost:8080/"
-    warnings = [e for e in TemplateBuild.connect(build.build_id).logs() if e.kind == "warning"]
-    assert any("no snapshot" in e.message for e in warnings), warnings
+    assert defaults["start_cmd"].startswith("echo warming up")
+    assert defaults["readiness"]["kind"] == "file"
+    entries = list(TemplateBuild.connect(build.build_id).logs())
+    phases = {e.phase for e in entries}
+    assert {"vm_create", "startup", "readiness", "snapshot"} <= phases, phases
+    assert any(e.message == "[stdout] warming up" and e.phase == "startup" for e in entries), entries
+    document = json.loads((server.data_dir / "templates" / build.build_id / "template.json").read_text())
+    assert document["snapshot"]["start"]["state"] == "running", document["snapshot"]
+    # A start command that cannot run fails the build in phase startup, naming the exit status.
+    with pytest.raises(BuildError) as failed:
+        Template.build(
+            Template().from_debian_image().set_start_cmd("python3 -m http.server 8080", readiness=wait_for_port(8080)),
+            unique("nopython"),
+        )
+    assert "status 127" in str(failed.value), failed.value
     # A ready_cmd is a command check; the template's start command stays the image's.
     checked = Template.build(Template().from_debian_image().set_ready_cmd("test -e /etc/os-release"), name)
     readiness = (checked.runtime_defaults or {})["readiness"]
@@ -347,7 +359,8 @@ def test_from_template(server: Server) -> None:
 def test_validate_and_plan(server: Server, devenv: Dict[str, str]) -> None:
     result = Template.validate(Template.from_debian_image(), "ok-name", cpu_count=2)
     assert result.valid and result.errors == []
-    assert any("cpu_count" in w for w in result.warnings)
+    assert not any("cpu_count" in w for w in result.warnings), "cpu_count sizes the build VM"
+    assert Template.plan(Template.from_debian_image(), "ok-name", cpu_count=2).build_plan["build_vm"]["cpu_count"] == 2
     steps = Template.from_debian_image().apt_install(["git"]).run_cmd("true")
     result = Template.validate(steps, "with-steps")
     assert result.valid, result.errors
@@ -358,8 +371,14 @@ def test_validate_and_plan(server: Server, devenv: Dict[str, str]) -> None:
     started = Template.from_debian_image().set_start_cmd("python -m http.server 8080", readiness=wait_for_port(8080))
     result = Template.validate(started, "start")
     assert result.valid, result.errors
-    assert any("no snapshot" in w for w in result.warnings), result.warnings
     planned = Template.plan(started, "start").build_plan
+    assert planned["build_vm"] == {
+        "runs_when": "start_cmd_or_readiness",
+        "cpu_count": 1,
+        "memory_mb": 512,
+        "disk_mb": 2048,
+        "settle_ms_without_readiness": 2000,
+    }, planned["build_vm"]
     assert planned["start_cmd"] == "python -m http.server 8080"
     assert planned["readiness"]["kind"] == "tcp" and planned["readiness"]["port"] == 8080
 
@@ -558,7 +577,7 @@ def test_copy_uploads_only_missing_blobs(server: Server, tmp_path: Path) -> None
 
     # The uploaded context is not part of the artifact, and no scratch dir is left.
     artifact = server.data_dir / "templates" / first.build_id
-    assert sorted(p.name for p in artifact.iterdir()) == ["rootfs.ext4", "template.json"]
+    assert sorted(p.name for p in artifact.iterdir()) == ["rootfs.ext4", "snapshot", "template.json"]
     assert not list((server.data_dir / "staging").glob("*.scratch"))
 
     second = Template.build(builder(), name)
