@@ -24,6 +24,7 @@ use nullspace_rootfs::runtime::{Readiness, RuntimeDefaults};
 use nullspace_vm::initramfs::{self, Initramfs};
 use nullspace_vm::kernel::GuestKernel;
 use nullspace_vm::machine::{allocated_bytes, files, MachineDescription, MachineSize};
+use nullspace_vm::network::GuestNetwork;
 use nullspace_vm::{BootSpec, Disk, Qemu, VmError};
 
 use crate::error::{io_at, BuildError, Phase};
@@ -157,6 +158,8 @@ pub struct VmJob<'a> {
     pub size: MachineSize,
     /// The rootfs cache key (the disk before boot).
     pub rootfs_key: &'a str,
+    /// A network card through passt, or none.
+    pub network: Option<GuestNetwork>,
 }
 
 /// The snapshot cache key: everything that changes the snapshot.
@@ -176,6 +179,10 @@ pub fn snapshot_key(runtime: &VmRuntime, job: &VmJob<'_>) -> String {
     part(
         "size",
         &format!("{}x{}", job.size.cpu_count, job.size.memory_mb),
+    );
+    part(
+        "network",
+        &serde_json::to_string(&job.network).unwrap_or_default(),
     );
     part("kernel", &runtime.kernel_digest);
     part("initramfs", &runtime.initramfs.digest);
@@ -363,6 +370,7 @@ pub async fn run(
         },
         memory_file: dir.join(files::MEMORY),
         size: job.size,
+        network: job.network,
     };
     let mut vm = runtime
         .qemu
@@ -394,6 +402,14 @@ pub async fn run(
         workdir: job.runtime.workdir.clone(),
         command: job.runtime.start_cmd.clone(),
         readiness: probe.clone(),
+        network: job
+            .network
+            .map(|n| nullspace_init::protocol::NetworkConfig {
+                address: n.address,
+                prefix: n.prefix,
+                gateway: n.gateway,
+                dns: n.dns,
+            }),
     };
     let started = Instant::now();
     vm.agent()
@@ -577,7 +593,7 @@ pub async fn run(
         initramfs_digest: runtime.initramfs.digest.clone(),
         kernel_cmdline: cmdline,
         agent_version: nullspace_init::AGENT_VERSION.into(),
-        network: false,
+        network: job.network,
         memory_allocated_bytes: allocated_bytes(&memory),
         state_bytes: std::fs::metadata(&state_path)
             .map_err(io_at(&state_path))?
@@ -606,6 +622,23 @@ pub async fn run(
     })
 }
 
+/// The build VM's network: none without `internet_access`; with it, a passt network where
+/// the operator allows build networks (passt cannot keep a guest from the host's private
+/// networks), else none and a warning.
+pub fn vm_network(
+    internet_access: bool,
+    allowed: bool,
+) -> (Option<GuestNetwork>, Option<&'static str>) {
+    match (internet_access, allowed) {
+        (false, _) => (None, None),
+        (true, true) => (Some(GuestNetwork::default()), None),
+        (true, false) => (
+            None,
+            Some("the build VM has no network: this server gives build VMs none unless its operator allows build networks (NULLSPACE_BUILD_HOST_NETWORK=allow), since they would reach the host's private networks"),
+        ),
+    }
+}
+
 /// Where the snapshot cache remembers which artifact holds the snapshot of a key.
 pub fn cache_index(data_root: &Path, key: &str) -> PathBuf {
     data_root
@@ -624,9 +657,16 @@ pub(crate) async fn snapshot_stage(
     runtime: &RuntimeDefaults,
     staging: &Path,
     rootfs_key: &str,
+    network_allowed: bool,
     events: Arc<dyn EventSink>,
 ) -> Result<SnapshotRecord, BuildError> {
     let rootfs = staging.join(crate::artifact::ROOTFS_FILE);
+    let (network, warning) = vm_network(request.internet_access, network_allowed);
+    if let Some(message) = warning {
+        events.event(BuildEvent::Warning {
+            message: message.into(),
+        });
+    }
     let job = VmJob {
         rootfs: &rootfs,
         staging,
@@ -637,6 +677,7 @@ pub(crate) async fn snapshot_stage(
             memory_mb: request.memory_mb.unwrap_or(DEFAULT_MEMORY_MB),
         },
         rootfs_key,
+        network,
     };
     let key = snapshot_key(vm, &job);
     let subject = format!("snapshot of {} ({key})", request.name);
@@ -747,6 +788,18 @@ mod tests {
             "holes kept: {} bytes",
             meta.blocks() * 512
         );
+    }
+
+    #[test]
+    fn a_build_vm_has_a_network_only_with_internet_access_where_the_operator_allows_it() {
+        assert_eq!(vm_network(false, true), (None, None));
+        assert_eq!(vm_network(false, false), (None, None));
+        let (network, warning) = vm_network(true, true);
+        assert_eq!(network, Some(GuestNetwork::default()));
+        assert!(warning.is_none());
+        let (network, warning) = vm_network(true, false);
+        assert!(network.is_none());
+        assert!(warning.is_some_and(|w| w.contains("NULLSPACE_BUILD_HOST_NETWORK=allow")));
     }
 
     #[test]

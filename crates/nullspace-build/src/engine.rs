@@ -510,6 +510,7 @@ impl Engine {
                     &runtime_defaults,
                     staging.path(),
                     &cache_key,
+                    self.buildkit_options.policy.allow_host_network,
                     events.clone(),
                 )
                 .await?,

@@ -70,6 +70,22 @@ pub struct StartSpec {
     pub command: Option<String>,
     /// When the start command counts as ready.
     pub readiness: Option<Probe>,
+    /// `eth0`'s configuration; no network when absent.
+    #[serde(default)]
+    pub network: Option<NetworkConfig>,
+}
+
+/// The guest's IPv4 network on `eth0`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkConfig {
+    /// Its address.
+    pub address: std::net::Ipv4Addr,
+    /// Prefix length.
+    pub prefix: u8,
+    /// Default route.
+    pub gateway: std::net::Ipv4Addr,
+    /// Resolver.
+    pub dns: std::net::Ipv4Addr,
 }
 
 /// A readiness probe with its timing (Docker HEALTHCHECK semantics: attempts every

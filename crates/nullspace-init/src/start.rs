@@ -170,6 +170,14 @@ impl Agent {
         if let Err(e) = rustix::system::sethostname(spec.hostname.as_bytes()) {
             crate::console(&format!("sethostname: {e}"));
         }
+        if let Some(network) = &spec.network {
+            if let Err(e) = crate::net::configure(network) {
+                self.host.send(AgentMessage::StartFailed {
+                    message: format!("configuring the network (eth0): {e}"),
+                });
+                return;
+            }
+        }
         let runtime = match Runtime::resolve(&spec) {
             Ok(runtime) => runtime,
             Err(message) => {

@@ -239,7 +239,7 @@ async fn the_start_command_runs_with_the_runtime_defaults_and_a_restore_does_not
     assert!(log_text(&status).contains("rootfs-only template (snapshot: null)"));
     let mut request = body(
         "defaults",
-        "echo \"uid=$(id -u) gid=$(id -g) pwd=$(pwd) greeting=$GREETING home=$HOME\" | tee /var/tmp/seen; exec busybox httpd -f -p 8080 -h /srv/www",
+        "cat /proc/net/route > /var/tmp/route; echo \"uid=$(id -u) gid=$(id -g) pwd=$(pwd) greeting=$GREETING home=$HOME\" | tee /var/tmp/seen; exec busybox httpd -f -p 8080 -h /srv/www",
         json!({"kind": "http", "url": "http://localhost:8080/index.html"}),
     );
     request.as_object_mut().unwrap().remove("dockerfile");
@@ -275,6 +275,20 @@ async fn the_start_command_runs_with_the_runtime_defaults_and_a_restore_does_not
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&seen.stdout).trim(), expected);
+    // With internet access (the devenv's operator allows build networks) the guest has eth0
+    // on passt with a default route; nothing here sends traffic through it.
+    let route = std::process::Command::new("debugfs")
+        .args(["-R", "cat /var/tmp/route"])
+        .arg(&rootfs)
+        .output()
+        .unwrap();
+    let route = String::from_utf8_lossy(&route.stdout);
+    assert!(
+        route
+            .lines()
+            .any(|l| l.starts_with("eth0\t00000000\t0202000A")),
+        "{route}"
+    );
     let fsck = std::process::Command::new("e2fsck")
         .arg("-fn")
         .arg(&rootfs)

@@ -67,6 +67,7 @@ async fn main() {
             },
             memory_file: scratch.path().join(format!("memory-{round}")),
             size: machine.size,
+            network: machine.network,
         };
         let started = Instant::now();
         let mut vm = qemu.boot(&spec).await.unwrap();

@@ -10,6 +10,7 @@ pub mod error;
 pub mod initramfs;
 pub mod kernel;
 pub mod machine;
+pub mod network;
 pub mod qemu;
 pub mod qmp;
 

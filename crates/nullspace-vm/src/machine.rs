@@ -75,8 +75,8 @@ pub struct MachineDescription {
     pub kernel_cmdline: String,
     /// The agent's version.
     pub agent_version: String,
-    /// Whether the VM has a network card.
-    pub network: bool,
+    /// The VM's network card, if it has one (a restore gets a new passt with it).
+    pub network: Option<crate::network::GuestNetwork>,
     /// Allocated bytes of the memory file (what it costs on disk).
     pub memory_allocated_bytes: u64,
     /// Bytes of the state file.

@@ -17,6 +17,7 @@ use nullspace_init::protocol::{AgentMessage, HostMessage};
 use crate::channel::AgentChannel;
 use crate::error::{io_at, VmError};
 use crate::machine::{files, Accel, MachineDescription, MachineSize};
+use crate::network::{GuestNetwork, Passt};
 use crate::qmp::Qmp;
 
 /// The machine type.
@@ -98,6 +99,8 @@ pub struct BootSpec {
     pub memory_file: PathBuf,
     /// Size.
     pub size: MachineSize,
+    /// A network card on passt, or none.
+    pub network: Option<GuestNetwork>,
 }
 
 /// A located QEMU.
@@ -235,6 +238,21 @@ impl Qemu {
                 run_dir.join("qmp.sock").display()
             ),
         ]);
+        if let Some(network) = &spec.network {
+            push(&[
+                "-netdev",
+                &format!(
+                    "stream,id=net0,server=off,addr.type=unix,addr.path={}",
+                    crate::network::socket_dir(run_dir)
+                        .join("passt.sock")
+                        .display()
+                ),
+            ]);
+            push(&[
+                "-device",
+                &format!("virtio-net-device,netdev=net0,mac={}", network.mac_text()),
+            ]);
+        }
         if incoming {
             push(&["-incoming", "defer"]);
         }
@@ -252,6 +270,10 @@ impl Qemu {
             .prefix("nsvm-")
             .tempdir_in(short_tmp())
             .map_err(io_at(Path::new("/tmp")))?;
+        let passt = match &spec.network {
+            Some(network) => Some(Passt::start(run_dir.path(), network).await?),
+            None => None,
+        };
         let log_path = run_dir.path().join("qemu.log");
         let log = std::fs::File::create(&log_path).map_err(io_at(&log_path))?;
         let child = Command::new(&self.binary)
@@ -270,6 +292,7 @@ impl Qemu {
             child,
             run_dir,
             accel,
+            passt,
         };
         let qmp = match Qmp::connect(
             &started.run_dir.path().join("qmp.sock"),
@@ -403,12 +426,17 @@ impl Qemu {
             disk,
             memory_file: snapshot_dir.join(files::MEMORY),
             size: machine.size,
+            network: machine.network,
         };
         let started = Instant::now();
         let run_dir = tempfile::Builder::new()
             .prefix("nsvm-")
             .tempdir_in(short_tmp())
             .map_err(io_at(Path::new("/tmp")))?;
+        let passt = match &spec.network {
+            Some(network) => Some(Passt::start(run_dir.path(), network).await?),
+            None => None,
+        };
         let log_path = run_dir.path().join("qemu.log");
         let log = std::fs::File::create(&log_path).map_err(io_at(&log_path))?;
         let child = Command::new(&self.binary)
@@ -433,6 +461,7 @@ impl Qemu {
             child,
             run_dir,
             accel: machine.accel,
+            passt,
         };
         let result = async {
             let mut qmp = Qmp::connect(
@@ -517,6 +546,7 @@ struct Started {
     child: Child,
     run_dir: tempfile::TempDir,
     accel: Accel,
+    passt: Option<Passt>,
 }
 
 impl Started {
@@ -542,6 +572,7 @@ impl Started {
             child: self.child,
             qmp,
             agent,
+            _passt: self.passt,
             run_dir: self.run_dir,
             accel: self.accel,
             boot_time: Duration::ZERO,
@@ -565,6 +596,8 @@ pub struct RunningVm {
     child: Child,
     qmp: Qmp,
     agent: AgentChannel,
+    /// Ends with the VM.
+    _passt: Option<Passt>,
     run_dir: tempfile::TempDir,
     /// Acceleration in use.
     pub accel: Accel,
@@ -737,6 +770,7 @@ mod tests {
                 cpu_count: 2,
                 memory_mb: 768,
             },
+            network: None,
         }
     }
 
@@ -780,6 +814,24 @@ mod tests {
             );
         }
         assert!(!args.contains("-incoming"));
+    }
+
+    #[test]
+    fn a_network_is_a_virtio_nic_on_passts_socket_never_user_mode_networking() {
+        let mut spec = spec();
+        spec.network = Some(GuestNetwork::default());
+        let args = joined(&Qemu::args(&spec, Accel::Tcg, "c", Path::new("/r"), false));
+        assert!(
+            args.contains(
+                "-netdev stream,id=net0,server=off,addr.type=unix,addr.path=/r/passt/passt.sock"
+            ),
+            "{args}"
+        );
+        assert!(
+            args.contains("virtio-net-device,netdev=net0,mac=52:54:00:12:34:56"),
+            "{args}"
+        );
+        assert!(!args.contains("user,") && !args.contains("hostfwd") && !args.contains("-nic"));
     }
 
     #[test]

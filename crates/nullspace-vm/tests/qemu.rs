@@ -112,6 +112,7 @@ async fn a_snapshot_restores_with_the_start_command_still_running_and_the_agent_
         },
         memory_file: snapshot.join(files::MEMORY),
         size,
+        network: None,
     };
     let t0 = std::time::Instant::now();
     let mut vm = qemu.boot(&spec).await.unwrap();
@@ -174,7 +175,7 @@ async fn a_snapshot_restores_with_the_start_command_still_running_and_the_agent_
         initramfs_digest: initramfs.digest.clone(),
         kernel_cmdline: cmdline,
         agent_version: nullspace_init::AGENT_VERSION.into(),
-        network: false,
+        network: None,
         memory_allocated_bytes: nullspace_vm::machine::allocated_bytes(
             &snapshot.join(files::MEMORY),
         ),
