@@ -88,8 +88,9 @@ pub struct BuildRequestBody {
     /// The start command, replacing the image's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_cmd: Option<String>,
-    /// `true`: no start command, not even the image's `Entrypoint`/`Cmd` (a rootfs-only
-    /// template unless readiness is given or the server requires snapshots).
+    /// `true`: no start command, not even the image's `Entrypoint`/`Cmd`, and so no readiness
+    /// (not even the image's HEALTHCHECK): a rootfs-only template unless the server requires
+    /// snapshots. Not combined with `start_cmd`, `ready_cmd` or `readiness`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub no_start_cmd: Option<bool>,
     /// A readiness command (exit 0 means ready); or `readiness`, not both.

@@ -124,7 +124,9 @@ impl BuildRequest {
             runtime.start_cmd = Some(cmd.clone());
         }
         if self.no_start_cmd {
+            // The image's HEALTHCHECK checks its main process; with none, it has nothing to check.
             runtime.start_cmd = None;
+            runtime.readiness = None;
         }
         if let Some(readiness) = &self.readiness {
             runtime.readiness = Some(readiness.clone());

@@ -385,10 +385,10 @@ ENV APP_HOME=/srv/app GREETING="hello world"
 WORKDIR /srv/app
 EXPOSE 8080/tcp 9090/udp
 VOLUME ["/data"]
-HEALTHCHECK --interval=5s --timeout=2s --start-period=1s --retries=4 CMD ["test", "-f", "/tmp/ready now"]
+HEALTHCHECK --interval=1s --timeout=2s --start-period=1s --retries=4 CMD ["test", "-f", "/tmp/ready now"]
 USER app:app
-ENTRYPOINT ["/usr/bin/env", "python3"]
-CMD ["-m", "http.server", "8080"]
+ENTRYPOINT ["/usr/bin/env", "sh"]
+CMD ["-c", "touch '/tmp/ready now'; exec sleep 600"]
 "#;
     let spec = DockerfileSpec::new(DockerfileSource::Content(dockerfile.into()));
     let outcome = env.build("config", &spec).await.unwrap();
@@ -403,9 +403,14 @@ CMD ["-m", "http.server", "8080"]
         .as_str()
         .unwrap()
         .contains("/usr/bin"));
+    // Entrypoint + Cmd, shell-escaped; the build VM ran it as app:app in /srv/app until the
+    // HEALTHCHECK passed, and the snapshot holds it running.
+    let start_cmd = runtime["start_cmd"].as_str().unwrap();
+    assert!(start_cmd.starts_with("/usr/bin/env sh -c "), "{start_cmd}");
     assert_eq!(
-        runtime["start_cmd"],
-        "/usr/bin/env python3 -m http.server 8080"
+        json["snapshot"]["start"]["state"], "running",
+        "{}",
+        json["snapshot"]
     );
     let meta = &json["oci_metadata"];
     assert_eq!(meta["labels"]["org.example.team"], "platform");
@@ -420,11 +425,11 @@ CMD ["-m", "http.server", "8080"]
         hc["test"],
         serde_json::json!(["CMD", "test", "-f", "/tmp/ready now"])
     );
-    assert_eq!(hc["interval_ns"], 5_000_000_000i64);
+    assert_eq!(hc["interval_ns"], 1_000_000_000i64);
     assert_eq!(
         hc["mapped_readiness"],
         serde_json::json!({"kind": "command", "command": "test -f '/tmp/ready now'",
-            "interval_ms": 5000, "timeout_ms": 2000, "start_period_ms": 1000, "retries": 4})
+            "interval_ms": 1000, "timeout_ms": 2000, "start_period_ms": 1000, "retries": 4})
     );
     assert_eq!(runtime["readiness"], hc["mapped_readiness"]);
     assert_eq!(json["source"]["kind"], "dockerfile");

@@ -78,9 +78,9 @@ pub struct StepArgs {
         conflicts_with = "no_start_cmd"
     )]
     pub start_cmd: Option<String>,
-    /// No start command, not even the image's Entrypoint/Cmd: a rootfs-only template (no
-    /// build VM) unless readiness is given.
-    #[arg(long = "no-start-cmd")]
+    /// No start command, not even the image's Entrypoint/Cmd, and no readiness (not even its
+    /// HEALTHCHECK): a rootfs-only template, no build VM.
+    #[arg(long = "no-start-cmd", conflicts_with_all = ["ready_port", "ready_cmd"])]
     pub no_start_cmd: bool,
     /// Readiness: something listens on this TCP port.
     #[arg(long = "ready-port", value_name = "PORT", conflicts_with = "ready_cmd")]

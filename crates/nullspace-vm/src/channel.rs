@@ -13,8 +13,9 @@ use tokio::sync::mpsc;
 use crate::error::VmError;
 use crate::qmp::connect_unix;
 
-/// Messages buffered from the agent.
-const QUEUE: usize = 1024;
+/// Messages buffered from the agent: with frames of at most 1 MiB, a guest that floods the
+/// channel holds at most 64 MiB of the host's memory until the host reads.
+const QUEUE: usize = 64;
 
 /// A connected agent channel.
 pub struct AgentChannel {

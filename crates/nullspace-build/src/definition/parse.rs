@@ -108,10 +108,12 @@ pub fn definition_from_body(
     }
     let build_context = checked_build_context(body.build_context, &base, &steps, limits)?;
     let named_contexts = checked_named_contexts(body.build_contexts, &base, limits)?;
-    if body.no_start_cmd == Some(true) && body.start_cmd.is_some() {
+    if body.no_start_cmd == Some(true)
+        && (body.start_cmd.is_some() || body.ready_cmd.is_some() || body.readiness.is_some())
+    {
         return Err(RequestError::invalid(
             "no_start_cmd",
-            "cannot be combined with start_cmd",
+            "cannot be combined with start_cmd, ready_cmd or readiness (nothing would run to become ready)",
         ));
     }
     if let Some(cmd) = &body.start_cmd {

@@ -265,8 +265,8 @@ fn step_flags_build_in_order_and_from_template_reuses_the_rootfs() {
     assert_eq!(defaults["env"]["MODE"], "prod", "{defaults}");
     assert_eq!(defaults["env"]["LEVEL"], "2", "{defaults}");
     assert_eq!(defaults["workdir"], "/srv");
-    assert_eq!(defaults["start_cmd"], "python3 -m http.server 8080");
-    assert_eq!(defaults["readiness"]["port"], 8080);
+    assert_eq!(defaults["start_cmd"], "exec sleep 600");
+    assert_eq!(defaults["readiness"]["command"], "test -f /srv/order");
 
     // A scope modifier anywhere but right after its install flag is a usage error.
     let out = cli.run(&[

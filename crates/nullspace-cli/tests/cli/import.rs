@@ -278,16 +278,20 @@ fn multilayer_fixture_matches_an_independent_extraction_file_by_file() {
     ]);
     assert!(!failed.status.success());
     let log = stderr(&failed);
-    assert!(
-        stdout(&failed).contains("start_command_failed"),
-        "{}",
-        stdout(&failed)
-    );
-    let start_cmd = log
-        .lines()
-        .find_map(|l| l.strip_prefix("vm startup: start command: "))
+    assert!(log.contains("the start command could not start"), "{log}");
+    // The command may hold newlines: it runs up to the next log line of the CLI.
+    let prefix = "vm startup: start command: ";
+    let at = log
+        .find(prefix)
         .unwrap_or_else(|| panic!("no start command in the log:\n{log}"))
-        .to_string();
+        + prefix.len();
+    let rest = &log[at..];
+    let end = ["\nvm ", "\nerror", "\nwarning", "\ncache"]
+        .iter()
+        .filter_map(|marker| rest.find(marker))
+        .min()
+        .unwrap_or(rest.len());
+    let start_cmd = rest[..end].to_string();
     let built = cli.build_json(&[
         "--from-image",
         reference,
@@ -468,7 +472,9 @@ fn check_runtime_defaults(
         .collect();
     assert_eq!(metadata["exposed_ports"], serde_json::json!(ports));
     let check = &config["Healthcheck"];
-    let readiness = &runtime["readiness"];
+    // The HEALTHCHECK's readiness is kept as metadata; `--no-start-cmd` drops it as readiness.
+    assert!(runtime["readiness"].is_null());
+    let readiness = &metadata["healthcheck"]["mapped_readiness"];
     assert_eq!(readiness["command"], check["Test"][1]);
     assert_eq!(
         readiness["interval_ms"],

@@ -53,13 +53,15 @@ pub struct HostileRegistry {
 }
 
 impl HostileRegistry {
-    /// Puts an image (gzip layers, amd64 linux config without diff_ids) at `repo:latest`;
+    /// Puts an image (gzip layers, amd64 linux config without diff_ids or Cmd) at `repo:latest`;
     /// returns the layer digests.
     pub fn put_image(&self, repo: &str, behaviour: Behaviour, layers: Vec<Vec<u8>>) -> Vec<String> {
         let config = serde_json::to_vec(&serde_json::json!({
             "architecture": "amd64",
             "os": "linux",
-            "config": {"Cmd": ["/bin/sh"]},
+            // No Cmd: these layer-only images have no shell to run one, so their templates
+            // are rootfs-only (no build VM).
+            "config": {},
             "rootfs": {"type": "layers", "diff_ids": []},
         }))
         .unwrap_or_default();
