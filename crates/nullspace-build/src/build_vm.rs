@@ -46,6 +46,9 @@ pub const MAX_LOGGED_LINES: usize = 5_000;
 const OUTPUT_TAIL: usize = 20;
 /// Extra time beyond the probe's own budget before the build stops waiting.
 const PROBE_SLACK: Duration = Duration::from_secs(30);
+/// Said when a template gets no VM snapshot.
+pub const ROOTFS_ONLY_WARNING: &str = "rootfs-only template (snapshot: null): it has no start command or readiness, so no build VM ran";
+
 /// Directory of the snapshot inside an artifact.
 pub const SNAPSHOT_DIR: &str = "snapshot";
 

@@ -516,7 +516,7 @@ impl Engine {
                 .await?,
             ),
             None => {
-                let warning = "rootfs-only template (snapshot: null): it has no start command or readiness, so no build VM ran".to_string();
+                let warning = crate::build_vm::ROOTFS_ONLY_WARNING.to_string();
                 events.event(BuildEvent::Warning {
                     message: warning.clone(),
                 });

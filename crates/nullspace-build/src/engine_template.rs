@@ -34,8 +34,10 @@ pub struct ParentTemplate {
 impl Engine {
     /// Publishes `request` on `parent`'s rootfs in the build `context` (from `begin`/
     /// `begin_with`; the caller calls `end`). The request's start command and readiness
-    /// replace the parent's; its `disk_mb` may not exceed the parent's rootfs.
-    pub fn build_on_template(
+    /// replace the parent's; its `disk_mb` may not exceed the parent's rootfs. With a start
+    /// command or readiness, the new template gets its own snapshot (the parent's VM state is
+    /// the parent's: its host name, runtime defaults and command differ).
+    pub async fn build_on_template(
         &self,
         request: &BuildRequest,
         parent: &ParentTemplate,
@@ -96,6 +98,33 @@ impl Engine {
         document.build_config.skip_cache = request.skip_cache;
         document.build_config.base_image_auth_kind = None;
         request.apply_runtime_overrides(&mut document.runtime_defaults);
+        document.snapshot = None;
+        let needs_vm = document.runtime_defaults.start_cmd.is_some()
+            || document.runtime_defaults.readiness.is_some()
+            || self.requires_snapshots();
+        if needs_vm {
+            let vm = self.vm_runtime()?;
+            document.snapshot = Some(
+                crate::build_vm::snapshot_stage(
+                    &vm,
+                    self.data_dir().root(),
+                    &context.build_id,
+                    request,
+                    &document.runtime_defaults,
+                    context.staging.path(),
+                    &document.rootfs.cache_key,
+                    self.buildkit_options().policy.allow_host_network,
+                    events.clone(),
+                )
+                .await?,
+            );
+        } else {
+            let warning = crate::build_vm::ROOTFS_ONLY_WARNING.to_string();
+            events.event(BuildEvent::Warning {
+                message: warning.clone(),
+            });
+            document.warnings.push(warning);
+        }
         document.created_at = ids::now_rfc3339();
         let destination = self.data_dir().templates().join(&context.build_id);
         let published = context.staging.publish(&document, &destination)?;
@@ -139,7 +168,7 @@ impl Engine {
     }
 
     /// `from_template` on this machine: `reference` resolves in the local store.
-    pub fn build_on_local_template(
+    pub async fn build_on_local_template(
         &self,
         request: &BuildRequest,
         reference: &str,
@@ -148,13 +177,15 @@ impl Engine {
         request.validate_common()?;
         let parent = self.local_parent(reference)?;
         let mut build = self.begin(request)?;
-        let result = self.build_on_template(
-            request,
-            &parent,
-            crate::store::LOCAL_NAMESPACE,
-            events,
-            &mut build,
-        );
+        let result = self
+            .build_on_template(
+                request,
+                &parent,
+                crate::store::LOCAL_NAMESPACE,
+                events,
+                &mut build,
+            )
+            .await;
         self.end(build, result)
     }
 

@@ -335,7 +335,7 @@ fn build(data: DataDir, mut args: BuildArgs, json_output: bool) -> anyhow::Resul
         ))?,
         None if from_template.is_some() && steps.is_empty() => {
             let reference = from_template.as_deref().unwrap_or_default();
-            engine.build_on_local_template(&request, reference, sink)?
+            runtime.block_on(engine.build_on_local_template(&request, reference, sink))?
         }
         None if !steps.is_empty() => {
             // Copies read the current directory (its .dockerignore applies, in BuildKit).

@@ -227,6 +227,15 @@ fn step_flags_build_in_order_and_from_template_reuses_the_rootfs() {
         "{child}"
     );
     assert_eq!(child["template"]["runtime_defaults"]["workdir"], "/srv");
+    // The child runs the inherited start command in its own build VM: its own snapshot, in
+    // its own artifact.
+    assert_eq!(
+        child["template"]["snapshot"]["start"]["state"], "running",
+        "{child}"
+    );
+    let child_dir = Path::new(child["artifact_dir"].as_str().unwrap());
+    assert!(child_dir.join("snapshot/machine.json").is_file());
+    assert!(child_dir.join("snapshot/state").is_file());
     let child_image = Path::new(child["rootfs_path"].as_str().unwrap());
     assert_eq!(
         debugfs_cat(child_image, "/srv/order").unwrap(),

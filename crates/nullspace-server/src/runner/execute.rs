@@ -96,6 +96,7 @@ impl Runner {
             }
             (None, Base::Template { reference }) => {
                 self.build_on_template(record, reference, events.clone(), &mut context)
+                    .await
             }
         };
         self.engine.end(context, result)
@@ -150,7 +151,7 @@ impl Runner {
     /// `from_template`: the parent (resolved in the owner's namespace) and the engine's
     /// [`Engine::build_on_template`].
     #[allow(clippy::result_large_err)] // `BuildError` is the engine's error type.
-    fn build_on_template(
+    async fn build_on_template(
         &self,
         record: &BuildRecord,
         reference: &str,
@@ -158,13 +159,15 @@ impl Runner {
         context: &mut BuildContext,
     ) -> Result<BuildOutcome, BuildError> {
         let parent = self.parent_template(record, reference)?;
-        self.engine.build_on_template(
-            &record.definition.engine_request(),
-            &parent,
-            &record.owner,
-            events,
-            context,
-        )
+        self.engine
+            .build_on_template(
+                &record.definition.engine_request(),
+                &parent,
+                &record.owner,
+                events,
+                context,
+            )
+            .await
     }
 
     /// The published template `reference` names in the build owner's namespace.
