@@ -96,7 +96,8 @@ impl VmRuntime {
         let qemu = Qemu::locate(
             config.qemu.clone(),
             config.accel.unwrap_or(nullspace_vm::AccelChoice::Auto),
-        )?;
+        )?
+        .remember_kvm_in(data_root.join("vm/kvm-verdict"));
         let kernel_dir = config
             .kernel_dir
             .clone()

@@ -109,6 +109,8 @@ pub struct Qemu {
     binary: PathBuf,
     version: String,
     accel: AccelChoice,
+    /// Where `auto` remembers that KVM failed on this host (see [`Qemu::remember_kvm_in`]).
+    kvm_verdict: Option<PathBuf>,
 }
 
 fn find_on_path(name: &str) -> Option<PathBuf> {
@@ -153,7 +155,42 @@ impl Qemu {
             binary,
             version,
             accel,
+            kvm_verdict: None,
         })
+    }
+
+    /// Under `auto`, remembers in `file` that KVM did not boot a guest on this host (with
+    /// this QEMU and host kernel), so later processes go straight to TCG instead of spending
+    /// the KVM probe again.
+    pub fn remember_kvm_in(mut self, file: PathBuf) -> Qemu {
+        self.kvm_verdict = Some(file);
+        self
+    }
+
+    /// What the verdict file says of this host: it applies only to the same QEMU and host
+    /// kernel.
+    fn host_fingerprint(&self) -> String {
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        format!("kvm-failed {} | {}", self.version, kernel.trim())
+    }
+
+    fn kvm_known_broken(&self) -> bool {
+        KVM_BROKEN.load(Ordering::Relaxed)
+            || self
+                .kvm_verdict
+                .as_ref()
+                .and_then(|f| std::fs::read_to_string(f).ok())
+                .is_some_and(|text| text.trim() == self.host_fingerprint())
+    }
+
+    fn record_kvm_broken(&self) {
+        KVM_BROKEN.store(true, Ordering::Relaxed);
+        if let Some(file) = &self.kvm_verdict {
+            if let Some(parent) = file.parent() {
+                let _ = std::fs::create_dir_all(parent);
+            }
+            let _ = std::fs::write(file, self.host_fingerprint());
+        }
     }
 
     /// `--version`'s first line.
@@ -320,7 +357,7 @@ impl Qemu {
     pub async fn boot(&self, spec: &BootSpec) -> Result<RunningVm, VmError> {
         let accels: &[Accel] = match self.accel {
             AccelChoice::Only(accel) => &[accel][..],
-            AccelChoice::Auto if kvm_present() && !KVM_BROKEN.load(Ordering::Relaxed) => {
+            AccelChoice::Auto if kvm_present() && !self.kvm_known_broken() => {
                 &[Accel::Kvm, Accel::Tcg]
             }
             AccelChoice::Auto => &[Accel::Tcg],
@@ -346,7 +383,7 @@ impl Qemu {
                     }
                     Err(e @ VmError::BootFailed { .. }) if falls_back => {
                         tracing::warn!(error = %e, "KVM did not boot the guest here; using TCG");
-                        KVM_BROKEN.store(true, Ordering::Relaxed);
+                        self.record_kvm_broken();
                         last = Some(e);
                         break;
                     }
@@ -832,6 +869,30 @@ mod tests {
             "{args}"
         );
         assert!(!args.contains("user,") && !args.contains("hostfwd") && !args.contains("-nic"));
+    }
+
+    #[test]
+    fn a_kvm_verdict_holds_only_for_the_same_qemu_and_host_kernel() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("vm/kvm-verdict");
+        let qemu = Qemu {
+            binary: "/usr/bin/qemu-system-x86_64".into(),
+            version: "QEMU emulator version 10.0.2".into(),
+            accel: AccelChoice::Auto,
+            kvm_verdict: None,
+        }
+        .remember_kvm_in(file.clone());
+        assert!(!qemu.kvm_verdict.as_ref().unwrap().exists());
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, qemu.host_fingerprint()).unwrap();
+        let other = Qemu {
+            version: "QEMU emulator version 11.0.0".into(),
+            ..qemu.clone()
+        };
+        assert!(!other.kvm_known_broken(), "another QEMU probes KVM again");
+        assert!(qemu.kvm_known_broken() || KVM_BROKEN.load(Ordering::Relaxed));
+        std::fs::write(&file, "kvm-failed something else").unwrap();
+        assert!(!other.kvm_known_broken());
     }
 
     #[test]
