@@ -555,19 +555,7 @@ pub async fn run(
             ),
         });
     }
-    let state = vm
-        .agent()
-        .request(
-            &HostMessage::Status,
-            Duration::from_secs(30),
-            |m| match m {
-                AgentMessage::Status { start } => Some(start.clone()),
-                _ => None,
-            },
-            |_| {},
-        )
-        .await
-        .map_err(vm_error(Phase::Snapshot))?;
+    let state = vm.start_state().await.map_err(vm_error(Phase::Snapshot))?;
     let accel = vm.accel;
     let boot_ms = vm.boot_time.as_millis() as u64;
     let cmdline = vm.cmdline().to_string();

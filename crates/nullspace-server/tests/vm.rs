@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{call, registry, wait_status, Server, ALICE};
-use nullspace_init::protocol::{AgentMessage, HostMessage};
 use serde_json::{json, Value};
 
 /// The fixture with busybox installed (BuildKit caches this step across builds and tests).
@@ -331,34 +330,12 @@ async fn the_start_command_runs_with_the_runtime_defaults_and_a_restore_does_not
         .unwrap();
     let before: nullspace_init::protocol::StartState =
         serde_json::from_value(snapshot["start"].clone()).unwrap();
-    let after = vm
-        .agent()
-        .request(
-            &HostMessage::Status,
-            Duration::from_secs(30),
-            |m| match m {
-                AgentMessage::Status { start } => Some(start.clone()),
-                _ => None,
-            },
-            |_| {},
-        )
-        .await
-        .unwrap();
+    let after = vm.start_state().await.unwrap();
     assert_eq!(after, before, "same pid and start time: not run again");
     let (code, stdout) = vm
-        .agent()
-        .request(
-            &HostMessage::Exec {
-                id: 1,
-                command: "busybox wget -qO- http://127.0.0.1:8080/index.html".into(),
-                timeout_ms: 10_000,
-            },
-            Duration::from_secs(30),
-            |m| match m {
-                AgentMessage::ExecResult { code, stdout, .. } => Some((*code, stdout.clone())),
-                _ => None,
-            },
-            |_| {},
+        .exec(
+            "busybox wget -qO- http://127.0.0.1:8080/index.html",
+            Duration::from_secs(10),
         )
         .await
         .unwrap();

@@ -9,7 +9,6 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use nullspace_init::protocol::{AgentMessage, HostMessage};
 use nullspace_vm::machine::{files, MachineDescription};
 use nullspace_vm::{AccelChoice, BootSpec, Disk, Qemu};
 
@@ -46,15 +45,7 @@ async fn main() {
             )
             .await
             .unwrap();
-        vm.agent()
-            .request(
-                &HostMessage::Status,
-                Duration::from_secs(30),
-                |m| matches!(m, AgentMessage::Status { .. }).then_some(()),
-                |_| {},
-            )
-            .await
-            .unwrap();
+        vm.start_state().await.unwrap();
         restores.push(started.elapsed());
         vm.kill().await;
 

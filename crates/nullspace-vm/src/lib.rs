@@ -13,10 +13,12 @@ pub mod machine;
 pub mod network;
 pub mod qemu;
 pub mod qmp;
+pub mod running;
 
 pub use error::VmError;
 pub use machine::{Accel, MachineDescription, MachineSize};
-pub use qemu::{AccelChoice, BootSpec, Disk, Qemu, RunningVm};
+pub use qemu::{AccelChoice, BootSpec, Disk, Qemu};
+pub use running::RunningVm;
 
 /// A virtual machine monitor: boots a guest until its agent answers, restores a snapshot.
 #[allow(async_fn_in_trait)]

@@ -10,15 +10,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tokio::process::{Child, Command};
-
-use nullspace_init::protocol::{AgentMessage, HostMessage};
+use tokio::process::Command;
 
 use crate::channel::AgentChannel;
 use crate::error::{io_at, VmError};
 use crate::machine::{files, Accel, MachineDescription, MachineSize};
 use crate::network::{GuestNetwork, Passt};
 use crate::qmp::Qmp;
+use crate::running::{RunningVm, Started};
 
 /// The machine type.
 pub const MACHINE: &str = "microvm,acpi=on,memory-backend=ram0";
@@ -296,12 +295,14 @@ impl Qemu {
         args
     }
 
-    async fn spawn(
+    /// Starts QEMU (and passt for a network) for `spec`, connects QMP, loads the snapshot
+    /// state `incoming` names, and connects the agent channel. The caller waits for the hello.
+    async fn start(
         &self,
         spec: &BootSpec,
         accel: Accel,
         cmdline: &str,
-        incoming: bool,
+        incoming: Option<&Path>,
     ) -> Result<RunningVm, VmError> {
         let run_dir = tempfile::Builder::new()
             .prefix("nsvm-")
@@ -314,7 +315,13 @@ impl Qemu {
         let log_path = run_dir.path().join("qemu.log");
         let log = std::fs::File::create(&log_path).map_err(io_at(&log_path))?;
         let child = Command::new(&self.binary)
-            .args(Qemu::args(spec, accel, cmdline, run_dir.path(), incoming))
+            .args(Qemu::args(
+                spec,
+                accel,
+                cmdline,
+                run_dir.path(),
+                incoming.is_some(),
+            ))
             .env_clear()
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
@@ -331,25 +338,21 @@ impl Qemu {
             accel,
             passt,
         };
-        let qmp = match Qmp::connect(
-            &started.run_dir.path().join("qmp.sock"),
-            Duration::from_secs(10),
-        )
-        .await
-        {
-            Ok(qmp) => qmp,
-            Err(e) => return Err(started.failure(e.to_string(), 1).await),
-        };
-        let agent = match AgentChannel::connect(
-            &started.run_dir.path().join("agent.sock"),
-            Duration::from_secs(10),
-        )
-        .await
-        {
-            Ok(agent) => agent,
-            Err(e) => return Err(started.failure(e.to_string(), 1).await),
-        };
-        started.qmp_agent(qmp, agent).await
+        let connected = async {
+            let run_dir = started.run_dir.path();
+            let mut qmp = Qmp::connect(&run_dir.join("qmp.sock"), Duration::from_secs(10)).await?;
+            if let Some(state) = incoming {
+                load_state(&mut qmp, state).await?;
+            }
+            let agent =
+                AgentChannel::connect(&run_dir.join("agent.sock"), Duration::from_secs(10)).await?;
+            Ok::<_, VmError>((qmp, agent))
+        }
+        .await;
+        match connected {
+            Ok((qmp, agent)) => Ok(started.running(qmp, agent, cmdline, spec.size)),
+            Err(e) => Err(started.failure(e.to_string(), 1).await),
+        }
     }
 
     /// Boots `spec` until the agent answers: KVM first under `auto` (unless it failed here
@@ -410,18 +413,14 @@ impl Qemu {
         probing: bool,
         attempt: u32,
     ) -> Result<RunningVm, VmError> {
-        let mut vm = self.spawn(spec, accel, cmdline, false).await?;
+        let mut vm = self.start(spec, accel, cmdline, None).await?;
         let (limit, stall) = if probing {
             (KVM_PROBE_LIMIT, KVM_PROBE_STALL)
         } else {
             (BOOT_LIMIT, STALL)
         };
         match vm.wait_for_agent(limit, stall).await {
-            Ok(()) => {
-                vm.cmdline = cmdline.to_string();
-                vm.size = spec.size;
-                Ok(vm)
-            }
+            Ok(()) => Ok(vm),
             Err(reason) => {
                 let console = vm.console_tail(30);
                 vm.kill().await;
@@ -466,78 +465,10 @@ impl Qemu {
             network: machine.network,
         };
         let started = Instant::now();
-        let run_dir = tempfile::Builder::new()
-            .prefix("nsvm-")
-            .tempdir_in(short_tmp())
-            .map_err(io_at(Path::new("/tmp")))?;
-        let passt = match &spec.network {
-            Some(network) => Some(Passt::start(run_dir.path(), network).await?),
-            None => None,
-        };
-        let log_path = run_dir.path().join("qemu.log");
-        let log = std::fs::File::create(&log_path).map_err(io_at(&log_path))?;
-        let child = Command::new(&self.binary)
-            .args(Qemu::args(
-                &spec,
-                machine.accel,
-                &machine.kernel_cmdline,
-                run_dir.path(),
-                true,
-            ))
-            .env_clear()
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| VmError::QemuMissing {
-                binary: self.binary.display().to_string(),
-                reason: e.to_string(),
-            })?;
-        let started_vm = Started {
-            child,
-            run_dir,
-            accel: machine.accel,
-            passt,
-        };
-        let result = async {
-            let mut qmp = Qmp::connect(
-                &started_vm.run_dir.path().join("qmp.sock"),
-                Duration::from_secs(10),
-            )
+        let state = snapshot_dir.join(files::STATE);
+        let mut vm = self
+            .start(&spec, machine.accel, &machine.kernel_cmdline, Some(&state))
             .await?;
-            qmp.execute("migrate-set-capabilities", ignore_shared())
-                .await?;
-            let state = snapshot_dir.join(files::STATE);
-            qmp.execute(
-                "migrate-incoming",
-                json!({"uri": format!("file:{}", state.display())}),
-            )
-            .await?;
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while qmp.status().await? == "inmigrate" {
-                if Instant::now() > deadline {
-                    return Err(VmError::TimedOut {
-                        what: "loading the snapshot state".into(),
-                        seconds: 60,
-                    });
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            qmp.execute("cont", json!({})).await?;
-            let agent = AgentChannel::connect(
-                &started_vm.run_dir.path().join("agent.sock"),
-                Duration::from_secs(10),
-            )
-            .await?;
-            Ok((qmp, agent))
-        }
-        .await;
-        let (qmp, agent) = match result {
-            Ok(pair) => pair,
-            Err(e) => return Err(started_vm.failure(e.to_string(), 1).await),
-        };
-        let mut vm = started_vm.qmp_agent(qmp, agent).await?;
         if let Err(reason) = vm
             .wait_for_agent(Duration::from_secs(30), Duration::from_secs(30))
             .await
@@ -551,8 +482,6 @@ impl Qemu {
             });
         }
         vm.boot_time = started.elapsed();
-        vm.cmdline = machine.kernel_cmdline.clone();
-        vm.size = machine.size;
         Ok(vm)
     }
 }
@@ -564,7 +493,31 @@ fn cpu_model(accel: Accel) -> &'static str {
     }
 }
 
-fn ignore_shared() -> serde_json::Value {
+/// Loads a snapshot's device and CPU state into a QEMU started with `-incoming defer`, then
+/// lets it run.
+async fn load_state(qmp: &mut Qmp, state: &Path) -> Result<(), VmError> {
+    qmp.execute("migrate-set-capabilities", ignore_shared())
+        .await?;
+    qmp.execute(
+        "migrate-incoming",
+        json!({"uri": format!("file:{}", state.display())}),
+    )
+    .await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while qmp.status().await? == "inmigrate" {
+        if Instant::now() > deadline {
+            return Err(VmError::TimedOut {
+                what: "loading the snapshot state".into(),
+                seconds: 60,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    qmp.execute("cont", json!({})).await?;
+    Ok(())
+}
+
+pub(crate) fn ignore_shared() -> serde_json::Value {
     json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]})
 }
 
@@ -575,218 +528,6 @@ fn short_tmp() -> PathBuf {
         tmp
     } else {
         std::env::temp_dir()
-    }
-}
-
-/// A QEMU process before its agent answered.
-struct Started {
-    child: Child,
-    run_dir: tempfile::TempDir,
-    accel: Accel,
-    passt: Option<Passt>,
-}
-
-impl Started {
-    async fn failure(mut self, reason: String, attempts: u32) -> VmError {
-        let _ = self.child.start_kill();
-        let _ = self.child.wait().await;
-        let log = std::fs::read_to_string(self.run_dir.path().join("qemu.log")).unwrap_or_default();
-        let console =
-            std::fs::read_to_string(self.run_dir.path().join("console.log")).unwrap_or_default();
-        VmError::BootFailed {
-            reason: if log.trim().is_empty() {
-                reason
-            } else {
-                format!("{reason}; QEMU said: {}", log.trim())
-            },
-            attempts,
-            console: tail(&console, 30),
-        }
-    }
-
-    async fn qmp_agent(self, qmp: Qmp, agent: AgentChannel) -> Result<RunningVm, VmError> {
-        Ok(RunningVm {
-            child: self.child,
-            qmp,
-            agent,
-            _passt: self.passt,
-            run_dir: self.run_dir,
-            accel: self.accel,
-            boot_time: Duration::ZERO,
-            cmdline: String::new(),
-            size: MachineSize {
-                cpu_count: 0,
-                memory_mb: 0,
-            },
-            hello: None,
-        })
-    }
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-/// A running VM whose agent answered.
-pub struct RunningVm {
-    child: Child,
-    qmp: Qmp,
-    agent: AgentChannel,
-    /// Ends with the VM.
-    _passt: Option<Passt>,
-    run_dir: tempfile::TempDir,
-    /// Acceleration in use.
-    pub accel: Accel,
-    /// From start to the agent's hello.
-    pub boot_time: Duration,
-    cmdline: String,
-    size: MachineSize,
-    /// The agent's hello.
-    pub hello: Option<AgentMessage>,
-}
-
-impl RunningVm {
-    /// Sends hellos until the agent answers, watching for QEMU exiting, a broken run state and
-    /// a silent console.
-    async fn wait_for_agent(&mut self, limit: Duration, stall: Duration) -> Result<(), String> {
-        let started = Instant::now();
-        let console = self.run_dir.path().join("console.log");
-        let mut console_len = 0u64;
-        let mut console_moved = Instant::now();
-        let mut last_hello = None::<Instant>;
-        loop {
-            if last_hello.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
-                self.agent
-                    .send(&HostMessage::Hello)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                last_hello = Some(Instant::now());
-            }
-            match self.agent.next(Duration::from_millis(200)).await {
-                Ok(Some(hello @ AgentMessage::Hello { .. })) => {
-                    self.hello = Some(hello);
-                    return Ok(());
-                }
-                Ok(_) => {}
-                Err(e) => return Err(e.to_string()),
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                let log = std::fs::read_to_string(self.run_dir.path().join("qemu.log"))
-                    .unwrap_or_default();
-                return Err(format!("QEMU exited ({status}) {}", log.trim()));
-            }
-            let status = self.qmp.status().await.map_err(|e| e.to_string())?;
-            if matches!(
-                status.as_str(),
-                "internal-error" | "guest-panicked" | "shutdown"
-            ) {
-                return Err(format!("the VM stopped in state {status}"));
-            }
-            let len = std::fs::metadata(&console).map_or(0, |m| m.len());
-            if len != console_len {
-                console_len = len;
-                console_moved = Instant::now();
-            } else if console_moved.elapsed() > stall {
-                return Err(format!(
-                    "the boot stalled: no console output for {} s",
-                    stall.as_secs()
-                ));
-            }
-            if started.elapsed() > limit {
-                return Err(format!("no agent hello within {} s", limit.as_secs()));
-            }
-        }
-    }
-
-    /// The agent channel.
-    pub fn agent(&mut self) -> &mut AgentChannel {
-        &mut self.agent
-    }
-
-    /// The last `lines` lines of the guest console.
-    pub fn console_tail(&self, lines: usize) -> String {
-        tail(
-            &std::fs::read_to_string(self.run_dir.path().join("console.log")).unwrap_or_default(),
-            lines,
-        )
-    }
-
-    /// QEMU's process id.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.id()
-    }
-
-    /// Flushes the guest's filesystems, stops the VM and writes its device and CPU state to
-    /// `snapshot_dir/state` (the RAM stays in its file), then ends QEMU. The disk is not
-    /// written after this.
-    pub async fn snapshot(mut self, snapshot_dir: &Path) -> Result<(), VmError> {
-        self.agent
-            .request(
-                &HostMessage::Sync,
-                Duration::from_secs(120),
-                |m| matches!(m, AgentMessage::Synced).then_some(()),
-                |_| {},
-            )
-            .await?;
-        self.qmp.execute("stop", json!({})).await?;
-        self.qmp
-            .execute("migrate-set-capabilities", ignore_shared())
-            .await?;
-        let state = snapshot_dir.join(files::STATE);
-        self.qmp
-            .execute(
-                "migrate",
-                json!({"uri": format!("file:{}", state.display())}),
-            )
-            .await?;
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let info = self.qmp.execute("query-migrate", json!({})).await?;
-            match info.get("status").and_then(|s| s.as_str()).unwrap_or("") {
-                "completed" => break,
-                "failed" | "cancelled" => {
-                    return Err(VmError::Qmp(format!(
-                        "migration to {} failed: {}",
-                        state.display(),
-                        info.get("error-desc")
-                            .and_then(|s| s.as_str())
-                            .unwrap_or("no reason given")
-                    )))
-                }
-                _ if Instant::now() > deadline => {
-                    return Err(VmError::TimedOut {
-                        what: "writing the snapshot state".into(),
-                        seconds: 120,
-                    })
-                }
-                _ => tokio::time::sleep(Duration::from_millis(5)).await,
-            }
-        }
-        let _ = self.qmp.execute("quit", json!({})).await;
-        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
-            .await
-            .is_err()
-        {
-            self.kill().await;
-        }
-        Ok(())
-    }
-
-    /// The kernel command line it booted with.
-    pub fn cmdline(&self) -> &str {
-        &self.cmdline
-    }
-
-    /// Its size.
-    pub fn size(&self) -> MachineSize {
-        self.size
-    }
-
-    /// Ends QEMU at once.
-    pub async fn kill(&mut self) {
-        let _ = self.child.start_kill();
-        let _ = self.child.wait().await;
     }
 }
 

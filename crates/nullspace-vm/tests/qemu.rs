@@ -114,9 +114,7 @@ async fn a_snapshot_restores_with_the_start_command_still_running_and_the_agent_
         size,
         network: None,
     };
-    let t0 = std::time::Instant::now();
     let mut vm = qemu.boot(&spec).await.unwrap();
-    eprintln!("booted in {:?}", t0.elapsed());
     vm.agent()
         .send(&HostMessage::Start(StartSpec {
             hostname: "probe".into(),
@@ -140,29 +138,16 @@ async fn a_snapshot_restores_with_the_start_command_still_running_and_the_agent_
         "{log:?}"
     );
     next(&mut vm, |m| matches!(m, AgentMessage::Ready { .. })).await;
-    vm.agent().send(&HostMessage::Status).await.unwrap();
-    let AgentMessage::Status { start: before } =
-        next(&mut vm, |m| matches!(m, AgentMessage::Status { .. })).await
-    else {
-        unreachable!()
-    };
+    let before = vm.start_state().await.unwrap();
     assert!(matches!(before, StartState::Running { .. }), "{before:?}");
-    vm.agent()
-        .send(&HostMessage::Exec {
-            id: 1,
-            command: "echo before".into(),
-            timeout_ms: 5_000,
-        })
+    let early = vm
+        .exec("echo before", Duration::from_secs(5))
         .await
         .unwrap();
-    let early = next(&mut vm, |m| matches!(m, AgentMessage::ExecResult { .. })).await;
-    eprintln!("exec before snapshot: {early:?}");
-    let console = vm.console_tail(5);
+    assert_eq!(early, (Some(0), "before\n".to_string()));
     let cmdline = vm.cmdline().to_string();
     let accel = vm.accel;
-    let t1 = std::time::Instant::now();
     vm.snapshot(&snapshot).await.unwrap();
-    eprintln!("ready at {:?}, snapshot took {:?}", t1 - t0, t1.elapsed());
     MachineDescription {
         vmm: "qemu".into(),
         vmm_version: qemu.version().into(),
@@ -185,7 +170,6 @@ async fn a_snapshot_restores_with_the_start_command_still_running_and_the_agent_
     }
     .write(&snapshot)
     .unwrap();
-    eprintln!("console before the snapshot: {console}");
 
     let mut restored = qemu
         .restore(
@@ -197,37 +181,19 @@ async fn a_snapshot_restores_with_the_start_command_still_running_and_the_agent_
         )
         .await
         .unwrap();
-    eprintln!("restored in {:?}", restored.boot_time);
-    restored.agent().send(&HostMessage::Status).await.unwrap();
-    let AgentMessage::Status { start: after } =
-        next(&mut restored, |m| matches!(m, AgentMessage::Status { .. })).await
-    else {
-        unreachable!()
-    };
+    let after = restored.start_state().await.unwrap();
     assert_eq!(
         after, before,
         "the start command must not run again after a restore"
     );
-    restored
-        .agent()
-        .send(&HostMessage::Exec {
-            id: 7,
-            command: "cat /proc/1/comm; hostname; cat /tmp/tick".into(),
-            timeout_ms: 10_000,
-        })
+    let (code, stdout) = restored
+        .exec(
+            "cat /proc/1/comm; hostname; cat /tmp/tick",
+            Duration::from_secs(10),
+        )
         .await
         .unwrap();
-    let result = next(&mut restored, |m| {
-        matches!(m, AgentMessage::ExecResult { .. })
-    })
-    .await;
-    let AgentMessage::ExecResult {
-        id, code, stdout, ..
-    } = result.clone()
-    else {
-        unreachable!()
-    };
-    assert_eq!((id, code), (7, Some(0)), "{result:?}");
+    assert_eq!(code, Some(0), "{stdout}");
     assert!(stdout.starts_with("init\nprobe\n"), "{stdout:?}");
     restored.kill().await;
 }
