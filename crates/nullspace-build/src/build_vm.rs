@@ -18,14 +18,15 @@ use sha2::{Digest, Sha256};
 
 use nullspace_api::{LogLevel, LogPhase};
 use nullspace_init::protocol::{
-    AgentMessage, HostMessage, Probe, ProbeCheck, StartSpec, StartState, Stream,
+    truncate_line, AgentMessage, HostMessage, Probe, ProbeCheck, StartSpec, StartState, Stream,
+    MAX_LOG_LINE_BYTES,
 };
 use nullspace_rootfs::runtime::{Readiness, RuntimeDefaults};
 use nullspace_vm::initramfs::{self, Initramfs};
 use nullspace_vm::kernel::GuestKernel;
 use nullspace_vm::machine::{allocated_bytes, files, MachineDescription, MachineSize};
 use nullspace_vm::network::GuestNetwork;
-use nullspace_vm::{BootSpec, Disk, Qemu, VmError};
+use nullspace_vm::{BootSpec, Disk, Qemu, RunningVm, VmError};
 
 use crate::error::{io_at, BuildError, Phase};
 use crate::events::{BuildEvent, EventSink};
@@ -40,7 +41,8 @@ pub const MAX_CPU_COUNT: u32 = 16;
 pub const MEMORY_MB_RANGE: std::ops::RangeInclusive<u32> = 128..=65536;
 /// Without a readiness probe: how long the start command may settle before the snapshot.
 pub const SETTLE_MS: u64 = 2_000;
-/// Lines of the start command's output kept in the build log; the rest is counted.
+/// Lines of the start command's output and readiness results kept in the build log; the
+/// rest is counted.
 pub const MAX_LOGGED_LINES: usize = 5_000;
 /// Lines of output quoted in a startup or readiness error.
 const OUTPUT_TAIL: usize = 20;
@@ -303,21 +305,46 @@ struct Output {
     dropped: u64,
 }
 
+/// Text from the guest (which may be hostile: any process in it can write to the agent's
+/// port), cut to the length the log keeps.
+fn guest_text(mut text: String) -> String {
+    truncate_line(&mut text, MAX_LOG_LINE_BYTES);
+    text
+}
+
 impl Output {
+    /// Whether one more guest-made log entry fits the build's budget (else it is counted).
+    fn admit(&mut self) -> bool {
+        if self.logged < MAX_LOGGED_LINES {
+            self.logged += 1;
+            true
+        } else {
+            self.dropped = self.dropped.saturating_add(1);
+            false
+        }
+    }
+
     fn line(&mut self, events: &dyn EventSink, stream: Stream, line: String) {
         let stream = match stream {
             Stream::Stdout => "stdout",
             Stream::Stderr => "stderr",
         };
+        let line = guest_text(line);
         if self.tail.len() == OUTPUT_TAIL {
             self.tail.pop_front();
         }
         self.tail.push_back(format!("[{stream}] {line}"));
-        if self.logged < MAX_LOGGED_LINES {
-            self.logged += 1;
+        if self.admit() {
             events.event(BuildEvent::GuestOutput { stream, line });
-        } else {
-            self.dropped += 1;
+        }
+    }
+
+    /// Takes the lines still on their way after the start command ended.
+    async fn drain(&mut self, vm: &mut RunningVm, events: &dyn EventSink) {
+        while let Ok(Some(AgentMessage::Log { stream, line })) =
+            vm.agent().next(Duration::from_millis(200)).await
+        {
+            self.line(events, stream, line);
         }
     }
 
@@ -472,9 +499,13 @@ pub async fn run(
                 })
             }
             Some(AgentMessage::Log { stream, line }) => output.line(events, stream, line),
-            Some(AgentMessage::LogsDropped { count }) => output.dropped += count,
+            Some(AgentMessage::LogsDropped { count }) => {
+                output.dropped = output.dropped.saturating_add(count)
+            }
             Some(AgentMessage::StartFailed { message }) => {
-                return Err(BuildError::StartFailed { message })
+                return Err(BuildError::StartFailed {
+                    message: guest_text(message),
+                })
             }
             Some(AgentMessage::Started { start }) => {
                 if let StartState::Running { pid, .. } = start {
@@ -491,22 +522,12 @@ pub async fn run(
                 let StartState::Exited { code, signal } = start else {
                     continue;
                 };
+                output.drain(&mut vm, events).await;
                 if probe.is_none() && code == Some(0) {
-                    // Let the last output lines arrive.
-                    while let Ok(Some(AgentMessage::Log { stream, line })) =
-                        vm.agent().next(Duration::from_millis(200)).await
-                    {
-                        output.line(events, stream, line);
-                    }
                     events.event(BuildEvent::Warning {
                         message: "the start command exited with status 0 before the snapshot, so nothing of it is left running in the template (an interactive program like a shell exits at once without a terminal)".into(),
                     });
                     break;
-                }
-                while let Ok(Some(AgentMessage::Log { stream, line })) =
-                    vm.agent().next(Duration::from_millis(200)).await
-                {
-                    output.line(events, stream, line);
                 }
                 return Err(BuildError::StartExited {
                     code,
@@ -518,15 +539,20 @@ pub async fn run(
                 attempt,
                 ok,
                 detail,
-            }) => vm_event(
-                events,
-                LogPhase::Readiness,
-                LogLevel::Debug,
-                format!(
-                    "readiness attempt {attempt}: {} ({detail})",
-                    if ok { "passed" } else { "not yet" }
-                ),
-            ),
+            }) => {
+                if output.admit() {
+                    vm_event(
+                        events,
+                        LogPhase::Readiness,
+                        LogLevel::Debug,
+                        format!(
+                            "readiness attempt {attempt}: {} ({})",
+                            if ok { "passed" } else { "not yet" },
+                            guest_text(detail)
+                        ),
+                    );
+                }
+            }
             Some(AgentMessage::Ready { after_ms }) => {
                 vm_event(
                     events,
@@ -539,7 +565,7 @@ pub async fn run(
             Some(AgentMessage::NotReady { attempts, detail }) => {
                 return Err(BuildError::NotReady {
                     attempts,
-                    detail,
+                    detail: guest_text(detail),
                     output: output.tail(),
                 })
             }
@@ -550,7 +576,7 @@ pub async fn run(
     if output.dropped > 0 {
         events.event(BuildEvent::Warning {
             message: format!(
-                "the start command wrote more than {MAX_LOGGED_LINES} lines; {} more were not logged",
+                "the build VM logged its limit of {MAX_LOGGED_LINES} lines of output and readiness results; {} more were not logged",
                 output.dropped
             ),
         });
@@ -792,6 +818,27 @@ mod tests {
         let (network, warning) = vm_network(true, false);
         assert!(network.is_none());
         assert!(warning.is_some_and(|w| w.contains("NULLSPACE_BUILD_HOST_NETWORK=allow")));
+    }
+
+    #[test]
+    fn a_flooding_guest_gets_a_bounded_log() {
+        let events = std::sync::Mutex::new(Vec::new());
+        let sink = |e: BuildEvent| events.lock().unwrap().push(e);
+        let mut output = Output {
+            tail: VecDeque::new(),
+            logged: 0,
+            dropped: 0,
+        };
+        for _ in 0..MAX_LOGGED_LINES + 10 {
+            output.line(&sink, Stream::Stdout, "x".repeat(1 << 20));
+        }
+        assert!(!output.admit(), "probe results share the spent budget");
+        let logged = events.lock().unwrap();
+        assert_eq!(logged.len(), MAX_LOGGED_LINES);
+        assert_eq!(output.dropped, 11);
+        assert!(logged.iter().all(|e| matches!(e,
+            BuildEvent::GuestOutput { line, .. } if line.len() <= MAX_LOG_LINE_BYTES + 8)));
+        assert!(output.tail().len() <= OUTPUT_TAIL * (MAX_LOG_LINE_BYTES + 20));
     }
 
     #[test]
