@@ -31,26 +31,9 @@ fn hostile_env(hosts: &[&str]) -> Vec<(&'static str, String)> {
     env
 }
 
-async fn submit(url: &str, key: &str, body: Value) -> (u16, Value) {
-    call(
-        reqwest::Method::POST,
-        &format!("{url}/v1/templates/builds"),
-        key,
-        Some(body),
-    )
-    .await
-}
-
-/// Submits a build that must be accepted; returns its id.
-async fn start(url: &str, key: &str, body: Value) -> String {
-    let (code, build) = submit(url, key, body).await;
-    assert_eq!(code, 202, "{build}");
-    build["build_id"].as_str().unwrap().to_string()
-}
-
 /// Runs a build to its end; returns (status, error message).
 async fn outcome(url: &str, key: &str, body: Value) -> (String, String) {
-    let id = start(url, key, body).await;
+    let id = start_build(url, key, body).await;
     let status = wait_status_as(url, key, &id, &["ready", "error", "cancelled"]).await;
     if std::env::var_os("NULLSPACE_TEST_VERBOSE").is_some() {
         for entry in status["entries"].as_array().into_iter().flatten() {
@@ -204,9 +187,9 @@ async fn hostile_registries_and_requests_end_in_clear_errors_and_the_server_keep
     let mut stalled_builds = Vec::new();
     for i in 0..4 {
         let body = json!({"name": format!("stall{i}"), "base_image": format!("{stalled}/a/b:1")});
-        stalled_builds.push(start(&url, BOB, body).await);
+        stalled_builds.push(start_build(&url, BOB, body).await);
     }
-    let (code, refused) = submit(
+    let (code, refused) = submit_build(
         &url,
         BOB,
         json!({"name": "stall5", "base_image": format!("{stalled}/a/b:1")}),
@@ -335,7 +318,7 @@ async fn build_steps_reach_neither_the_host_network_nor_the_client_environment()
     );
     // The host network is refused while the operator has not allowed it (internet_access
     // defaults to true).
-    let (code, refused) = submit(
+    let (code, refused) = submit_build(
         &url,
         ALICE,
         json!({"name": "net", "dockerfile": dockerfile}),
@@ -344,7 +327,7 @@ async fn build_steps_reach_neither_the_host_network_nor_the_client_environment()
     assert_eq!(code, 400, "{refused}");
     assert!(refused.to_string().contains("internet_access"), "{refused}");
     // BUILDKIT_* build args would steer the frontend around the Dockerfile checks.
-    let (code, refused) = submit(
+    let (code, refused) = submit_build(
         &url,
         ALICE,
         json!({"name": "net", "dockerfile": dockerfile, "internet_access": false,
@@ -353,7 +336,7 @@ async fn build_steps_reach_neither_the_host_network_nor_the_client_environment()
     .await;
     assert_eq!(code, 400, "{refused}");
     // Cache mounts are shared by every build of the daemon: refused.
-    let (code, refused) = submit(
+    let (code, refused) = submit_build(
         &url,
         ALICE,
         json!({"name": "net", "internet_access": false,
@@ -419,7 +402,7 @@ async fn a_submit_and_cancel_loop_never_runs_more_writers_than_workers() {
     let body = json!({"name": "churn", "base_image": format!("{}/library/debian:bookworm", registry()), "skip_cache": true});
     let mut writers_seen = false;
     for round in 0..12u64 {
-        let id = start(&url, ALICE, body.clone()).await;
+        let id = start_build(&url, ALICE, body.clone()).await;
         // Cancel at different points, most of them while the writer runs.
         let deadline = Instant::now() + Duration::from_secs(60);
         while threads_named(pid, "layer-decoder") == 0 && Instant::now() < deadline {
@@ -581,7 +564,7 @@ async fn killing_the_server_while_it_publishes_never_leaves_a_tag_on_an_unfinish
     }
     for step in 0..14u64 {
         let mut server = Server::start_with_env(data.path(), &hostile_env(&[]));
-        let id = start(
+        let id = start_build(
             &server.url,
             ALICE,
             json!({"name": "crashy", "base_image": image, "tags": ["default", format!("t{step}")]}),
@@ -686,7 +669,7 @@ async fn garbage_collection_keeps_what_templates_need_and_removes_the_rest() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // A build naming the collected blob fails with a clear code; the template still rebuilds.
-    let (code, body) = submit(
+    let (code, body) = submit_build(
         &url,
         ALICE,
         json!({"name": "ctx", "internet_access": false,

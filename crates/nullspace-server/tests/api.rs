@@ -236,20 +236,7 @@ async fn tenants_never_borrow_the_operators_registry_credentials() {
     }
     let server = Server::start_with_env(data.path(), &[("DOCKER_CONFIG", docker_config.path())]);
     let image = format!("{auth_registry}/library/debian:bookworm");
-    let start = |body: Value| {
-        let url = server.url.clone();
-        async move {
-            let (code, build) = call(
-                reqwest::Method::POST,
-                &format!("{url}/v1/templates/builds"),
-                ALICE,
-                Some(body),
-            )
-            .await;
-            assert_eq!(code, 202, "{build}");
-            build["build_id"].as_str().unwrap().to_string()
-        }
-    };
+    let start = |body: Value| start_build(&server.url, ALICE, body);
     let import = start(json!({"name": "borrowed", "base_image": image})).await;
     let dockerfile = start(json!({
         "name": "borrowed-df",

@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{call, registry, wait_status, Server, ALICE};
+use common::{call, registry, start_build, wait_status, Server, ALICE};
 use serde_json::{json, Value};
 
 /// The fixture with busybox installed (BuildKit caches this step across builds and tests).
@@ -36,18 +36,6 @@ fn body(name: &str, start_cmd: &str, readiness: Value) -> Value {
         body["readiness"] = readiness;
     }
     body
-}
-
-async fn submit(url: &str, body: Value) -> String {
-    let (code, build) = call(
-        reqwest::Method::POST,
-        &format!("{url}/v1/templates/builds"),
-        ALICE,
-        Some(body),
-    )
-    .await;
-    assert_eq!(code, 202, "{build}");
-    build["build_id"].as_str().unwrap().to_string()
 }
 
 fn log_text(status: &Value) -> String {
@@ -162,7 +150,8 @@ async fn every_readiness_kind_passes_and_fails_in_the_build_vm() {
     ];
     let mut builds = Vec::new();
     for (name, start_cmd, readiness, _) in &cases {
-        builds.push(submit(&server.url, body(name, start_cmd, readiness.clone())).await);
+        builds
+            .push(start_build(&server.url, ALICE, body(name, start_cmd, readiness.clone())).await);
     }
     for ((name, _, _, expected), build) in cases.iter().zip(&builds) {
         let status = wait_status(&server.url, build, &["ready", "error", "cancelled"]).await;
@@ -227,8 +216,7 @@ async fn the_start_command_runs_with_the_runtime_defaults_and_a_restore_does_not
     let server = Server::start(data.path());
     // A rootfs-only base (no start command, so no VM), then a template on it with runtime
     // defaults: env, a user by name and a workdir the image lacks.
-    let base = submit(
-        &server.url,
+    let base = start_build(&server.url, ALICE,
         json!({"name": "busybox", "dockerfile": dockerfile(), "internet_access": false, "no_start_cmd": true}),
     )
     .await;
@@ -248,7 +236,7 @@ async fn the_start_command_runs_with_the_runtime_defaults_and_a_restore_does_not
     request["user"] = json!("daemon");
     request["workdir"] = json!("/srv/work");
     request["memory_mb"] = json!(384);
-    let build = submit(&server.url, request).await;
+    let build = start_build(&server.url, ALICE, request).await;
     let status = wait_status(&server.url, &build, &["ready", "error"]).await;
     let log = log_text(&status);
     assert_eq!(status["build"]["status"], "ready", "{status}\n{log}");
@@ -361,8 +349,9 @@ async fn a_dockerfile_healthcheck_is_the_readiness_and_cancel_tears_the_vm_down(
          CMD [\"sh\", \"-c\", \"sleep 1; touch /run/healthy; exec sleep 600\"]\n",
         dockerfile()
     );
-    let build = submit(
+    let build = start_build(
         &server.url,
+        ALICE,
         json!({"name": "health", "dockerfile": healthy, "internet_access": false}),
     )
     .await;
@@ -371,7 +360,7 @@ async fn a_dockerfile_healthcheck_is_the_readiness_and_cancel_tears_the_vm_down(
         "exec sleep 600",
         json!({"kind": "file", "path": "/run/never", "retries": 10000, "interval_ms": 500}),
     );
-    let cancelled = submit(&server.url, never).await;
+    let cancelled = start_build(&server.url, ALICE, never).await;
 
     let status = wait_status(&server.url, &build, &["ready", "error"]).await;
     let log = log_text(&status);

@@ -25,8 +25,6 @@ pub use running::RunningVm;
 pub trait Vmm {
     /// A running guest.
     type Vm;
-    /// The monitor's name and version as recorded in snapshots.
-    fn describe(&self) -> (&'static str, String);
     /// Boots `spec`.
     async fn boot(&self, spec: &BootSpec) -> Result<Self::Vm, VmError>;
     /// Restores the snapshot in `snapshot_dir` onto `disk`.
@@ -39,9 +37,6 @@ pub trait Vmm {
 
 impl Vmm for Qemu {
     type Vm = RunningVm;
-    fn describe(&self) -> (&'static str, String) {
-        ("qemu", self.version().to_string())
-    }
     async fn boot(&self, spec: &BootSpec) -> Result<RunningVm, VmError> {
         Qemu::boot(self, spec).await
     }

@@ -12,7 +12,7 @@ use nullspace_init::protocol::{AgentMessage, HostMessage, StartState};
 
 use crate::channel::AgentChannel;
 use crate::error::VmError;
-use crate::machine::{files, Accel, MachineSize};
+use crate::machine::{files, Accel};
 use crate::network::Passt;
 use crate::qemu::ignore_shared;
 use crate::qmp::Qmp;
@@ -44,13 +44,7 @@ impl Started {
     }
 
     /// The VM with its monitor and agent channel connected (its hello still to come).
-    pub(crate) fn running(
-        self,
-        qmp: Qmp,
-        agent: AgentChannel,
-        cmdline: &str,
-        size: MachineSize,
-    ) -> RunningVm {
+    pub(crate) fn running(self, qmp: Qmp, agent: AgentChannel, cmdline: &str) -> RunningVm {
         RunningVm {
             child: self.child,
             qmp,
@@ -60,8 +54,7 @@ impl Started {
             accel: self.accel,
             boot_time: Duration::ZERO,
             cmdline: cmdline.to_string(),
-            size,
-            hello: None,
+            exec_id: 0,
         }
     }
 }
@@ -84,9 +77,8 @@ pub struct RunningVm {
     /// From start to the agent's hello.
     pub boot_time: Duration,
     cmdline: String,
-    size: MachineSize,
-    /// The agent's hello.
-    pub hello: Option<AgentMessage>,
+    /// The id of the last exec request.
+    exec_id: u64,
 }
 
 impl RunningVm {
@@ -111,10 +103,7 @@ impl RunningVm {
                 last_hello = Some(Instant::now());
             }
             match self.agent.next(Duration::from_millis(200)).await {
-                Ok(Some(hello @ AgentMessage::Hello { .. })) => {
-                    self.hello = Some(hello);
-                    return Ok(());
-                }
+                Ok(Some(AgentMessage::Hello { .. })) => return Ok(()),
                 Ok(_) => {}
                 Err(e) => return Err(e.to_string()),
             }
@@ -157,11 +146,6 @@ impl RunningVm {
             &std::fs::read_to_string(self.run_dir.path().join("console.log")).unwrap_or_default(),
             lines,
         )
-    }
-
-    /// QEMU's process id.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.id()
     }
 
     /// Flushes the guest's filesystems, stops the VM and writes its device and CPU state to
@@ -242,8 +226,11 @@ impl RunningVm {
         command: &str,
         timeout: Duration,
     ) -> Result<(Option<i32>, String), VmError> {
+        // Each request its own id: a late answer to an earlier one is not taken for this one.
+        self.exec_id += 1;
+        let wanted = self.exec_id;
         let request = HostMessage::Exec {
-            id: 1,
+            id: wanted,
             command: command.to_string(),
             timeout_ms: timeout.as_millis() as u64,
         };
@@ -252,7 +239,9 @@ impl RunningVm {
                 &request,
                 timeout + Duration::from_secs(10),
                 |m| match m {
-                    AgentMessage::ExecResult { code, stdout, .. } => Some((*code, stdout.clone())),
+                    AgentMessage::ExecResult {
+                        id, code, stdout, ..
+                    } if *id == wanted => Some((*code, stdout.clone())),
                     _ => None,
                 },
                 |_| {},
@@ -263,11 +252,6 @@ impl RunningVm {
     /// The kernel command line it booted with.
     pub fn cmdline(&self) -> &str {
         &self.cmdline
-    }
-
-    /// Its size.
-    pub fn size(&self) -> MachineSize {
-        self.size
     }
 
     /// Ends QEMU at once.

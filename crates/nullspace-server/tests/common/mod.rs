@@ -105,6 +105,24 @@ pub async fn call(
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+/// Submits a build as the owner of `key`: `(status, body)`.
+pub async fn submit_build(url: &str, key: &str, body: Value) -> (u16, Value) {
+    call(
+        reqwest::Method::POST,
+        &format!("{url}/v1/templates/builds"),
+        key,
+        Some(body),
+    )
+    .await
+}
+
+/// Submits a build that must be accepted; returns its id.
+pub async fn start_build(url: &str, key: &str, body: Value) -> String {
+    let (code, build) = submit_build(url, key, body).await;
+    assert_eq!(code, 202, "{build}");
+    build["build_id"].as_str().unwrap().to_string()
+}
+
 /// `(id, data)` of every SSE frame in `text`.
 pub fn frames(text: &str) -> Vec<(u64, Value)> {
     text.split("\n\n")
