@@ -12,6 +12,7 @@ pub mod json;
 pub mod log;
 pub mod request;
 pub mod response;
+pub mod sandbox;
 pub mod secret;
 pub mod steps;
 

@@ -20,6 +20,10 @@ pub enum Command {
     /// Build and inspect templates.
     #[command(subcommand)]
     Template(TemplateCommand),
+    /// Start sandboxes from templates and run commands and move files in them (on a
+    /// `nullspace serve` instance: set NULLSPACE_API_URL).
+    #[command(subcommand)]
+    Sandbox(crate::sandbox_cmd::SandboxCommand),
     /// Run the template build service (HTTP API) on this machine.
     Serve(ServeArgs),
 }

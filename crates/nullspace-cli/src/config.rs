@@ -52,6 +52,45 @@ pub fn require_snapshots() -> bool {
     var("NULLSPACE_REQUIRE_SNAPSHOTS").as_deref() == Some("1")
 }
 
+/// Sandbox limits (`NULLSPACE_SANDBOX_MAX_PER_OWNER`, `NULLSPACE_SANDBOX_MAX_MEMORY_MB`,
+/// `NULLSPACE_SANDBOX_DEFAULT_TIMEOUT_SECS`, `NULLSPACE_SANDBOX_MAX_TIMEOUT_SECS`) and the image
+/// of the builtin `base` template (`NULLSPACE_BASE_IMAGE`, Debian bookworm by default).
+pub fn sandbox_settings() -> anyhow::Result<nullspace_server::sandboxes::SandboxSettings> {
+    let mut settings = nullspace_server::sandboxes::SandboxSettings::default();
+    let number = |name: &str| -> anyhow::Result<Option<u64>> {
+        var(name)
+            .map(|v| {
+                let parsed: u64 = v
+                    .parse()
+                    .with_context(|| format!("{name}={v:?}: expected a whole number"))?;
+                anyhow::ensure!(parsed > 0, "{name}: must be more than 0");
+                Ok(parsed)
+            })
+            .transpose()
+    };
+    let limits = &mut settings.limits;
+    if let Some(count) = number("NULLSPACE_SANDBOX_MAX_PER_OWNER")? {
+        limits.max_per_owner = u32::try_from(count).unwrap_or(u32::MAX);
+    }
+    if let Some(mb) = number("NULLSPACE_SANDBOX_MAX_MEMORY_MB")? {
+        limits.max_memory_mb_per_owner = mb;
+    }
+    if let Some(seconds) = number("NULLSPACE_SANDBOX_DEFAULT_TIMEOUT_SECS")? {
+        limits.default_timeout = std::time::Duration::from_secs(seconds);
+    }
+    if let Some(seconds) = number("NULLSPACE_SANDBOX_MAX_TIMEOUT_SECS")? {
+        limits.max_timeout = std::time::Duration::from_secs(seconds);
+    }
+    anyhow::ensure!(
+        limits.default_timeout <= limits.max_timeout,
+        "NULLSPACE_SANDBOX_DEFAULT_TIMEOUT_SECS is over NULLSPACE_SANDBOX_MAX_TIMEOUT_SECS"
+    );
+    if let Some(image) = var("NULLSPACE_BASE_IMAGE") {
+        settings.base_image = image;
+    }
+    Ok(settings)
+}
+
 /// The `docker buildx` driver's configuration.
 pub fn buildx() -> DockerBuildxConfig {
     DockerBuildxConfig {

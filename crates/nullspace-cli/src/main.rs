@@ -11,6 +11,7 @@ mod config;
 mod dockerfile_cmd;
 mod progress;
 mod remote;
+mod sandbox_cmd;
 mod serve;
 mod steps_cmd;
 
@@ -103,8 +104,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if remote::handles(&cli) {
         return remote::run(cli);
     }
+    if let Command::Sandbox(command) = cli.command {
+        return remote::run_sandbox(command, cli.json);
+    }
     let data = DataDir::from_env()?;
     match cli.command {
+        // Taken above: sandboxes live in a server.
+        Command::Sandbox(_) => Err(remote::needs_server()),
         Command::Serve(args) => serve::serve(data, args),
         Command::Template(TemplateCommand::Build(args)) => build(data, *args, cli.json),
         Command::Template(TemplateCommand::List) => {

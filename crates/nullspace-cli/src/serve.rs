@@ -30,6 +30,7 @@ pub fn serve(data: DataDir, args: ServeArgs) -> anyhow::Result<ExitCode> {
         buildkit: crate::config::server_buildkit(),
         vm: crate::config::vm()?,
         require_snapshots: crate::config::require_snapshots(),
+        sandboxes: crate::config::sandbox_settings()?,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(nullspace_server::serve(

@@ -13,6 +13,7 @@ mod children;
 mod exec;
 mod net;
 mod readiness;
+mod sandbox;
 mod start;
 
 use std::sync::Arc;
@@ -43,6 +44,7 @@ fn run() -> Result<(), String> {
     net::loopback_up().map_err(|e| format!("bringing up lo: {e}"))?;
     let channel = channel::Channel::open()?;
     let agent = Arc::new(start::Agent::new(children.clone(), channel.sender()));
+    let runs = sandbox::Runs::default();
     console("ready for the host");
     for message in channel.incoming() {
         match message {
@@ -64,6 +66,44 @@ fn run() -> Result<(), String> {
             HostMessage::Status => channel.send(AgentMessage::Status {
                 start: agent.state(),
             }),
+            HostMessage::Run(spec) => sandbox::run(agent.clone(), runs.clone(), spec),
+            HostMessage::Kill { id } => runs.kill(id),
+            HostMessage::WriteFile {
+                id,
+                path,
+                data,
+                append,
+                user,
+            } => sandbox::file(
+                agent.clone(),
+                id,
+                path,
+                user,
+                sandbox::FileRequest::Write { data, append },
+            ),
+            HostMessage::ReadFile {
+                id,
+                path,
+                offset,
+                length,
+                user,
+            } => sandbox::file(
+                agent.clone(),
+                id,
+                path,
+                user,
+                sandbox::FileRequest::Read { offset, length },
+            ),
+            HostMessage::ListDir { id, path, user } => {
+                sandbox::file(agent.clone(), id, path, user, sandbox::FileRequest::List)
+            }
+            HostMessage::SetClock { unix_ms } => match sandbox::set_clock(unix_ms) {
+                Ok(()) => channel.send(AgentMessage::ClockSet),
+                Err(e) => {
+                    console(&e);
+                    channel.send(AgentMessage::ClockSet)
+                }
+            },
         }
     }
     Err("the agent channel's reader stopped".into())

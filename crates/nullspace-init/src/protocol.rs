@@ -17,6 +17,11 @@ pub const MAX_FRAME_BYTES: usize = 1 << 20;
 pub const MAX_LOG_LINE_BYTES: usize = 8 << 10;
 /// Most bytes of a command's stdout or stderr returned by [`HostMessage::Exec`].
 pub const MAX_EXEC_OUTPUT_BYTES: usize = 256 << 10;
+/// Most bytes of data in one [`AgentMessage::Output`], [`AgentMessage::FileData`] or
+/// [`HostMessage::WriteFile`] (base64 makes it 4/3 larger, still well inside a frame).
+pub const MAX_CHUNK_BYTES: usize = 256 << 10;
+/// Most entries one [`AgentMessage::DirListing`] carries.
+pub const MAX_DIR_ENTRIES: usize = 2000;
 
 /// What can go wrong reading or writing a frame.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +58,112 @@ pub enum HostMessage {
     Sync,
     /// Report the start command's state.
     Status,
+    /// Start a command of a sandbox; its output streams as [`AgentMessage::Output`] and it ends
+    /// with [`AgentMessage::RunEnded`].
+    Run(RunSpec),
+    /// Kill a command started by [`HostMessage::Run`] (its whole process group).
+    Kill {
+        /// The run's id.
+        id: u64,
+    },
+    /// Write a chunk of a file as `user` (parents created as needed); answered with
+    /// [`AgentMessage::FileWritten`] or [`AgentMessage::FileFailed`].
+    WriteFile {
+        /// Echoed in the answer.
+        id: u64,
+        /// Absolute, or relative to the runtime workdir.
+        path: String,
+        /// At most [`MAX_CHUNK_BYTES`].
+        #[serde(with = "base64_bytes")]
+        data: Vec<u8>,
+        /// Append to the file (the later chunks of one write) instead of replacing it.
+        append: bool,
+        /// Who writes; the runtime user when absent.
+        user: Option<String>,
+    },
+    /// Read up to `length` bytes of a file from `offset` as `user`; answered with
+    /// [`AgentMessage::FileData`] or [`AgentMessage::FileFailed`].
+    ReadFile {
+        /// Echoed in the answer.
+        id: u64,
+        /// Absolute, or relative to the runtime workdir.
+        path: String,
+        /// Where to start.
+        offset: u64,
+        /// At most [`MAX_CHUNK_BYTES`].
+        length: u32,
+        /// Who reads; the runtime user when absent.
+        user: Option<String>,
+    },
+    /// List a directory as `user`; answered with [`AgentMessage::DirListing`] or
+    /// [`AgentMessage::FileFailed`].
+    ListDir {
+        /// Echoed in the answer.
+        id: u64,
+        /// Absolute, or relative to the runtime workdir.
+        path: String,
+        /// Who lists; the runtime user when absent.
+        user: Option<String>,
+    },
+    /// Set the guest's wall clock (a restored guest wakes with the snapshot's time); answered
+    /// with [`AgentMessage::ClockSet`].
+    SetClock {
+        /// Milliseconds since the Unix epoch.
+        unix_ms: u64,
+    },
+}
+
+/// A command to run in a sandbox.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunSpec {
+    /// Names its output and end.
+    pub id: u64,
+    /// `/bin/sh -c command` when set, else `argv`.
+    pub shell: Option<String>,
+    /// Program and arguments, run directly (looked up on the command's `PATH`).
+    pub argv: Vec<String>,
+    /// Set over the runtime env, in order (a name given again replaces the earlier value).
+    pub env: Vec<(String, String)>,
+    /// Who runs it; the runtime user when absent.
+    pub user: Option<String>,
+    /// Where it runs; the runtime workdir when absent. Must exist.
+    pub cwd: Option<String>,
+    /// Killed (its process group) after this many milliseconds; 0 for no limit.
+    pub timeout_ms: u64,
+}
+
+/// One entry of a directory listing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirEntry {
+    /// The entry's name.
+    pub name: String,
+    /// `file`, `dir`, `symlink` or `other`.
+    pub kind: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Permission bits.
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+}
+
+/// Bytes as base64 text in JSON.
+mod base64_bytes {
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], out: S) -> Result<S::Ok, S::Error> {
+        out.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(input: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(input)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 /// The runtime defaults and start command of a template.
@@ -257,6 +368,74 @@ pub enum AgentMessage {
         /// The start command's state.
         start: StartState,
     },
+    /// A [`HostMessage::Run`] command started.
+    RunStarted {
+        /// The run's id.
+        id: u64,
+        /// Its process id in the guest.
+        pid: u32,
+    },
+    /// Output of a [`HostMessage::Run`] command, as it came.
+    Output {
+        /// The run's id.
+        id: u64,
+        /// Which stream.
+        stream: Stream,
+        /// The bytes (at most [`MAX_CHUNK_BYTES`]).
+        #[serde(with = "base64_bytes")]
+        data: Vec<u8>,
+    },
+    /// A [`HostMessage::Run`] command ended, or could not start.
+    RunEnded {
+        /// The run's id.
+        id: u64,
+        /// Exit status, when it exited.
+        code: Option<i32>,
+        /// Signal number, when a signal ended it.
+        signal: Option<i32>,
+        /// Killed at its timeout.
+        timed_out: bool,
+        /// Why it could not start, if it could not.
+        error: Option<String>,
+    },
+    /// A [`HostMessage::WriteFile`] chunk is written.
+    FileWritten {
+        /// The request's id.
+        id: u64,
+        /// The file's size now.
+        size: u64,
+    },
+    /// Answer to [`HostMessage::ReadFile`].
+    FileData {
+        /// The request's id.
+        id: u64,
+        /// The bytes read.
+        #[serde(with = "base64_bytes")]
+        data: Vec<u8>,
+        /// The file's whole size.
+        size: u64,
+    },
+    /// Answer to [`HostMessage::ListDir`].
+    DirListing {
+        /// The request's id.
+        id: u64,
+        /// Entries sorted by name, at most [`MAX_DIR_ENTRIES`].
+        entries: Vec<DirEntry>,
+        /// Whether entries were left off.
+        truncated: bool,
+    },
+    /// A file request failed.
+    FileFailed {
+        /// The request's id.
+        id: u64,
+        /// `not_found`, `permission_denied`, `is_a_directory`, `not_a_directory`, `too_large`
+        /// or `io`.
+        kind: String,
+        /// What went wrong, naming the path.
+        message: String,
+    },
+    /// The clock is set.
+    ClockSet,
 }
 
 /// Encodes one frame.

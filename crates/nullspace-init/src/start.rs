@@ -49,7 +49,18 @@ impl Default for Runtime {
 }
 
 impl Runtime {
+    /// The runtime `spec` describes; its workdir is created when absent (as Docker does).
     fn resolve(spec: &StartSpec) -> Result<Runtime, String> {
+        let runtime = Runtime::describe(spec)?;
+        if !std::path::Path::new(&runtime.workdir).is_dir() {
+            std::fs::create_dir_all(&runtime.workdir)
+                .map_err(|e| format!("creating workdir {}: {e}", runtime.workdir))?;
+        }
+        Ok(runtime)
+    }
+
+    /// The runtime `spec` describes (reads `/etc/passwd` and `/etc/group`, creates nothing).
+    pub fn describe(spec: &StartSpec) -> Result<Runtime, String> {
         let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
         let identity = user::resolve(
             spec.user.as_deref(),
@@ -69,10 +80,6 @@ impl Runtime {
             env.push(("HOSTNAME".into(), spec.hostname.clone()));
         }
         let workdir = spec.workdir.clone().unwrap_or_else(|| "/".into());
-        if !std::path::Path::new(&workdir).is_dir() {
-            std::fs::create_dir_all(&workdir)
-                .map_err(|e| format!("creating workdir {workdir}: {e}"))?;
-        }
         Ok(Runtime {
             env,
             identity,
@@ -81,12 +88,22 @@ impl Runtime {
     }
 
     /// `/bin/sh -c command` as this runtime, in a new session, stdin from `/dev/null`.
-    #[allow(unsafe_code)]
     pub fn shell(&self, command: &str) -> Command {
-        let mut shell = Command::new("/bin/sh");
+        self.command("/bin/sh", &["-c".to_string(), command.to_string()])
+    }
+
+    /// `program args` as this runtime, in a new session, stdin from `/dev/null`. A program
+    /// without a `/` is looked up on this runtime's `PATH` (not the agent's).
+    #[allow(unsafe_code)]
+    pub fn command(&self, program: &str, args: &[String]) -> Command {
+        let program = if program.contains('/') {
+            program.to_string()
+        } else {
+            self.lookup(program)
+        };
+        let mut shell = Command::new(program);
         shell
-            .arg("-c")
-            .arg(command)
+            .args(args)
             .env_clear()
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .current_dir(&self.workdir)
@@ -116,6 +133,23 @@ impl Runtime {
     }
 }
 
+impl Runtime {
+    /// `program` on this runtime's `PATH` (itself when not found, so the error names it).
+    fn lookup(&self, program: &str) -> String {
+        let path = self
+            .env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "PATH")
+            .map_or(DEFAULT_PATH, |(_, v)| v.as_str());
+        path.split(':')
+            .filter(|dir| !dir.is_empty())
+            .map(|dir| format!("{dir}/{program}"))
+            .find(|candidate| std::path::Path::new(candidate).is_file())
+            .unwrap_or_else(|| program.to_string())
+    }
+}
+
 /// The agent's state: the runtime and the start command.
 pub struct Agent {
     /// The reaper.
@@ -123,6 +157,8 @@ pub struct Agent {
     /// To the host.
     pub host: Sender,
     runtime: Mutex<Option<Runtime>>,
+    /// The runtime defaults as the host sent them (sandbox commands derive theirs from it).
+    spec: Mutex<Option<StartSpec>>,
     state: Mutex<StartState>,
     started: AtomicBool,
     /// Set when the start command ended (stops its readiness probe).
@@ -136,6 +172,7 @@ impl Agent {
             children,
             host,
             runtime: Mutex::new(None),
+            spec: Mutex::new(None),
             state: Mutex::new(StartState::NotStarted),
             started: AtomicBool::new(false),
             exited: Arc::new(AtomicBool::new(false)),
@@ -156,6 +193,15 @@ impl Agent {
             .lock()
             .ok()
             .and_then(|r| r.clone())
+            .unwrap_or_default()
+    }
+
+    /// The runtime defaults the host sent (an empty spec, root in `/`, before `Start`).
+    pub fn spec(&self) -> StartSpec {
+        self.spec
+            .lock()
+            .ok()
+            .and_then(|s| s.clone())
             .unwrap_or_default()
     }
 
@@ -187,6 +233,9 @@ impl Agent {
         };
         if let Ok(mut slot) = self.runtime.lock() {
             *slot = Some(runtime.clone());
+        }
+        if let Ok(mut slot) = self.spec.lock() {
+            *slot = Some(spec.clone());
         }
         let started_at = std::time::Instant::now();
         if let Some(command) = &spec.command {

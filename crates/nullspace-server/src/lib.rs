@@ -17,6 +17,7 @@ pub mod entry;
 pub mod error;
 pub mod refs;
 pub mod runner;
+pub mod sandboxes;
 pub mod store;
 pub mod view;
 
@@ -56,6 +57,8 @@ pub struct ServerConfig {
     pub vm: nullspace_build::build_vm::VmConfig,
     /// Every build boots a VM and publishes a snapshot.
     pub require_snapshots: bool,
+    /// Sandbox limits and the builtin base template's image.
+    pub sandboxes: sandboxes::SandboxSettings,
 }
 
 /// Why the server could not start or stopped.
@@ -102,7 +105,12 @@ pub fn open(config: &ServerConfig) -> Result<api::AppState, ServerError> {
     let store: Arc<dyn BuildStore> = Arc::new(SqliteStore::open(&config.data.database())?);
     let runner = runner::Runner::new(store, engine, config.workers, &config.settings);
     runner.recover()?;
+    let sandboxes = Arc::new(sandboxes::SandboxService::open(
+        runner.clone(),
+        config.sandboxes.clone(),
+    )?);
     Ok(api::AppState {
+        sandboxes,
         runner,
         keys: Arc::new(config.keys.clone()),
         open_owner: config.open_owner.clone(),
@@ -130,11 +138,14 @@ pub async fn serve(
         config.settings.retention.clone(),
         config.settings.gc_interval,
     ));
+    let sandboxes = state.sandboxes.clone();
     let served = axum::serve(listener, api::router(state))
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(io);
     collector.abort();
+    // Sandboxes end with the server, and are recorded as such.
+    sandboxes.shutdown().await;
     served
 }
 

@@ -311,7 +311,7 @@ async fn the_start_command_runs_with_the_runtime_defaults_and_a_restore_does_not
             &dir.join("snapshot"),
             nullspace_vm::Disk {
                 path: rootfs.clone(),
-                discard_writes: true,
+                overlay_dir: Some(std::env::temp_dir()),
             },
         )
         .await

@@ -40,7 +40,7 @@ async fn main() {
                 &snapshot,
                 Disk {
                     path: rootfs.clone(),
-                    discard_writes: true,
+                    overlay_dir: Some(std::env::temp_dir()),
                 },
             )
             .await
@@ -54,7 +54,7 @@ async fn main() {
             initramfs: snapshot.join(files::INITRAMFS),
             disk: Disk {
                 path: rootfs.clone(),
-                discard_writes: true,
+                overlay_dir: Some(std::env::temp_dir()),
             },
             memory_file: scratch.path().join(format!("memory-{round}")),
             size: machine.size,

@@ -17,10 +17,29 @@ use crate::qmp::connect_unix;
 /// channel holds at most 64 MiB of the host's memory until the host reads.
 const QUEUE: usize = 64;
 
+/// The agent's messages as they arrive (an error ends them: the channel closed or broke).
+pub type AgentMessages = mpsc::Receiver<Result<AgentMessage, String>>;
+
+/// The sending half of a channel split with [`AgentChannel::split`].
+pub struct AgentSender {
+    writer: OwnedWriteHalf,
+}
+
+impl AgentSender {
+    /// Sends a message to the agent.
+    pub async fn send(&mut self, message: &HostMessage) -> Result<(), VmError> {
+        let frame = encode(message).map_err(|e| VmError::Agent(e.to_string()))?;
+        self.writer
+            .write_all(&frame)
+            .await
+            .map_err(|e| VmError::Agent(format!("sending: {e}")))
+    }
+}
+
 /// A connected agent channel.
 pub struct AgentChannel {
-    writer: OwnedWriteHalf,
-    incoming: mpsc::Receiver<Result<AgentMessage, String>>,
+    sender: AgentSender,
+    incoming: AgentMessages,
 }
 
 impl AgentChannel {
@@ -52,16 +71,21 @@ impl AgentChannel {
                 }
             }
         });
-        Ok(AgentChannel { writer, incoming })
+        Ok(AgentChannel {
+            sender: AgentSender { writer },
+            incoming,
+        })
     }
 
     /// Sends a message to the agent.
     pub async fn send(&mut self, message: &HostMessage) -> Result<(), VmError> {
-        let frame = encode(message).map_err(|e| VmError::Agent(e.to_string()))?;
-        self.writer
-            .write_all(&frame)
-            .await
-            .map_err(|e| VmError::Agent(format!("sending: {e}")))
+        self.sender.send(message).await
+    }
+
+    /// Splits into a sender and the incoming messages, for a caller that serves several
+    /// requests at once and routes the answers itself.
+    pub fn split(self) -> (AgentSender, AgentMessages) {
+        (self.sender, self.incoming)
     }
 
     /// The next message, or `None` after `timeout`.

@@ -81,8 +81,10 @@ pub fn host_tsc_khz() -> Option<u64> {
 pub struct Disk {
     /// The raw image.
     pub path: PathBuf,
-    /// Writes go to a throw-away overlay, never to `path`.
-    pub discard_writes: bool,
+    /// When set, writes go to a throw-away copy-on-write overlay that QEMU creates (and
+    /// unlinks at once) in this directory, and `path` is opened read-only, so any number of
+    /// VMs can share it. When `None`, the VM writes to `path` itself.
+    pub overlay_dir: Option<PathBuf>,
 }
 
 /// What to boot.
@@ -244,7 +246,7 @@ impl Qemu {
             &format!(
                 "id=root,file={},format=raw,if=none,cache=writeback,snapshot={}",
                 spec.disk.path.display(),
-                if spec.disk.discard_writes {
+                if spec.disk.overlay_dir.is_some() {
                     "on"
                 } else {
                     "off"
@@ -314,7 +316,14 @@ impl Qemu {
         };
         let log_path = run_dir.path().join("qemu.log");
         let log = std::fs::File::create(&log_path).map_err(io_at(&log_path))?;
-        let child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        command.env_clear();
+        end_with_this_process(&mut command);
+        if let Some(dir) = &spec.disk.overlay_dir {
+            // QEMU puts `snapshot=on` overlays in its TMPDIR.
+            command.env("TMPDIR", dir);
+        }
+        let child = command
             .args(Qemu::args(
                 spec,
                 accel,
@@ -322,7 +331,6 @@ impl Qemu {
                 run_dir.path(),
                 incoming.is_some(),
             ))
-            .env_clear()
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(log)
@@ -486,6 +494,21 @@ impl Qemu {
     }
 }
 
+/// Makes the kernel kill the child when the thread that started it ends: a VM never outlives
+/// the server (or CLI) that ran it, even when that is killed with SIGKILL.
+#[allow(unsafe_code)]
+fn end_with_this_process(command: &mut Command) {
+    // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
+    // work is allowed: it makes one raw prctl(PR_SET_PDEATHSIG) system call through rustix and
+    // allocates nothing.
+    unsafe {
+        command.pre_exec(|| {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+                .map_err(std::io::Error::from)
+        });
+    }
+}
+
 fn cpu_model(accel: Accel) -> &'static str {
     match accel {
         Accel::Kvm => "host",
@@ -541,7 +564,7 @@ mod tests {
             initramfs: "/k/initramfs".into(),
             disk: Disk {
                 path: "/t/rootfs.ext4".into(),
-                discard_writes: false,
+                overlay_dir: None,
             },
             memory_file: "/t/snapshot/memory".into(),
             size: MachineSize {
@@ -638,7 +661,7 @@ mod tests {
     #[test]
     fn a_restore_maps_ram_privately_and_waits_for_its_state() {
         let mut spec = spec();
-        spec.disk.discard_writes = true;
+        spec.disk.overlay_dir = Some("/s".into());
         let args = joined(&Qemu::args(&spec, Accel::Tcg, "c", Path::new("/r"), true));
         assert!(args.contains("share=off,readonly=on,rom=off"), "{args}");
         assert!(args.ends_with("-incoming defer"), "{args}");

@@ -259,4 +259,62 @@ impl RunningVm {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
     }
+
+    /// Splits into the VM's process and its agent channel, for a caller (a sandbox) that
+    /// multiplexes the channel itself.
+    pub fn into_parts(self) -> (VmProcess, AgentChannel) {
+        (
+            VmProcess {
+                child: self.child,
+                _qmp: self.qmp,
+                _passt: self._passt,
+                run_dir: self.run_dir,
+                accel: self.accel,
+                boot_time: self.boot_time,
+            },
+            self.agent,
+        )
+    }
+}
+
+/// A VM's QEMU process (and its passt) without the agent channel. Dropping it kills QEMU.
+pub struct VmProcess {
+    child: Child,
+    /// Kept open: QEMU's monitor.
+    _qmp: Qmp,
+    _passt: Option<Passt>,
+    run_dir: tempfile::TempDir,
+    /// Acceleration in use.
+    pub accel: Accel,
+    /// From QEMU's start to the agent's hello.
+    pub boot_time: Duration,
+}
+
+impl VmProcess {
+    /// QEMU's process id (for memory accounting), while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Waits until QEMU ends and says how.
+    pub async fn wait(&mut self) -> String {
+        match self.child.wait().await {
+            Ok(status) => status.to_string(),
+            Err(e) => format!("waiting for QEMU: {e}"),
+        }
+    }
+
+    /// Ends QEMU at once.
+    pub async fn kill(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+
+    /// The last `lines` lines of the guest console.
+    pub fn console_tail(&self, lines: usize) -> String {
+        tail(
+            &std::fs::read_to_string(self.run_dir.path().join("console.log")).unwrap_or_default(),
+            lines,
+        )
+    }
 }

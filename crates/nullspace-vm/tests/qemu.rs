@@ -108,7 +108,7 @@ async fn a_snapshot_restores_with_the_start_command_still_running_and_the_agent_
         initramfs: snapshot.join(files::INITRAMFS),
         disk: Disk {
             path: disk.clone(),
-            discard_writes: false,
+            overlay_dir: None,
         },
         memory_file: snapshot.join(files::MEMORY),
         size,
@@ -176,7 +176,7 @@ async fn a_snapshot_restores_with_the_start_command_still_running_and_the_agent_
             &snapshot,
             Disk {
                 path: disk.clone(),
-                discard_writes: true,
+                overlay_dir: Some(std::env::temp_dir()),
             },
         )
         .await

@@ -31,6 +31,14 @@ from .readiness import (
     wait_for_timeout,
     wait_for_url,
 )
+from .sandbox import (
+    CommandExitError,
+    CommandHandle,
+    CommandResult,
+    EntryInfo,
+    Sandbox,
+    SandboxInfo,
+)
 from .template import Template
 
 __all__ = [
@@ -38,6 +46,10 @@ __all__ = [
     "AuthenticationError",
     "Build",
     "BuildError",
+    "CommandExitError",
+    "CommandHandle",
+    "CommandResult",
+    "EntryInfo",
     "BuildPlan",
     "BuildSnapshot",
     "ConflictError",
@@ -48,6 +60,8 @@ __all__ = [
     "NotFoundError",
     "NullspaceError",
     "Readiness",
+    "Sandbox",
+    "SandboxInfo",
     "Template",
     "TemplateBuild",
     "ValidationResult",

@@ -161,9 +161,11 @@ class Client:
         json_body: Optional[Mapping[str, Any]] = None,
         params: Optional[Mapping[str, Any]] = None,
         backoff: Optional[Backoff] = None,
+        timeout: Optional[float] = None,
     ) -> Any:
         """Sends a request and returns the decoded JSON, raising the matching error. With
-        ``backoff`` (for idempotent requests only), transient failures are retried under it."""
+        ``backoff`` (for idempotent requests only), transient failures are retried under it.
+        ``timeout`` (seconds) overrides the client's for this request."""
 
         def attempt() -> Any:
             response = httpx.request(
@@ -172,7 +174,7 @@ class Client:
                 json=json_body,
                 params=_params(params),
                 headers=self._headers(),
-                timeout=self._timeout,
+                timeout=self._timeout if timeout is None else timeout,
             )
             return _decode(response)
 
@@ -182,6 +184,34 @@ class Client:
             return attempt()
         except httpx.HTTPError as error:
             raise unreachable(self.api_url, error) from None
+
+    def request_bytes(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Optional[Mapping[str, Any]] = None,
+        content: Optional[bytes] = None,
+    ) -> httpx.Response:
+        """Sends raw bytes (``application/octet-stream``) and returns the response; an error
+        answer is raised as the matching error."""
+        headers = self._headers()
+        if content is not None:
+            headers["content-type"] = "application/octet-stream"
+        try:
+            response = httpx.request(
+                method,
+                self.api_url + path,
+                params=_params(params),
+                content=content,
+                headers=headers,
+                timeout=self._timeout,
+            )
+        except httpx.HTTPError as error:
+            raise unreachable(self.api_url, error) from None
+        if response.status_code >= 400:
+            _decode(response)
+        return response
 
     def upload_files(
         self, uploads: "List[Tuple[str, str]]", workers: int = 8

@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 
 use nullspace_api::{LogLevel, LogPhase};
 use nullspace_init::protocol::{
-    truncate_line, AgentMessage, HostMessage, Probe, ProbeCheck, StartSpec, StartState, Stream,
+    truncate_line, AgentMessage, HostMessage, Probe, ProbeCheck, StartState, Stream,
     MAX_LOG_LINE_BYTES,
 };
 use nullspace_rootfs::runtime::{Readiness, RuntimeDefaults};
@@ -124,6 +124,39 @@ impl VmRuntime {
     /// QEMU.
     pub fn qemu(&self) -> &Qemu {
         &self.qemu
+    }
+
+    /// The guest kernel image and our initramfs (what a cold boot needs).
+    pub fn boot_files(&self) -> (PathBuf, PathBuf) {
+        (self.kernel.image.clone(), self.initramfs.path.clone())
+    }
+}
+
+/// The agent's `Start` for a template: its runtime defaults, start command and probe, and
+/// the guest network when it has one.
+pub fn start_spec(
+    hostname: &str,
+    runtime: &nullspace_rootfs::runtime::RuntimeDefaults,
+    readiness: Option<Probe>,
+    network: Option<nullspace_vm::network::GuestNetwork>,
+) -> nullspace_init::protocol::StartSpec {
+    nullspace_init::protocol::StartSpec {
+        hostname: hostname.to_string(),
+        env: runtime
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        user: runtime.user.clone(),
+        workdir: runtime.workdir.clone(),
+        command: runtime.start_cmd.clone(),
+        readiness,
+        network: network.map(|n| nullspace_init::protocol::NetworkConfig {
+            address: n.address,
+            prefix: n.prefix,
+            gateway: n.gateway,
+            dns: n.dns,
+        }),
     }
 }
 

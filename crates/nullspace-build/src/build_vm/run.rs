@@ -151,7 +151,7 @@ pub async fn run(
         initramfs: dir.join(files::INITRAMFS),
         disk: Disk {
             path: job.rootfs.to_path_buf(),
-            discard_writes: false,
+            overlay_dir: None,
         },
         memory_file: dir.join(files::MEMORY),
         size: job.size,
@@ -175,27 +175,7 @@ pub async fn run(
             }
         ),
     );
-    let start = StartSpec {
-        hostname: job.name.to_string(),
-        env: job
-            .runtime
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-        user: job.runtime.user.clone(),
-        workdir: job.runtime.workdir.clone(),
-        command: job.runtime.start_cmd.clone(),
-        readiness: probe.clone(),
-        network: job
-            .network
-            .map(|n| nullspace_init::protocol::NetworkConfig {
-                address: n.address,
-                prefix: n.prefix,
-                gateway: n.gateway,
-                dns: n.dns,
-            }),
-    };
+    let start = super::start_spec(job.name, job.runtime, probe.clone(), job.network);
     let started = Instant::now();
     vm.agent()
         .send(&HostMessage::Start(start))

@@ -76,6 +76,16 @@ CREATE TABLE blob_access (
     PRIMARY KEY (owner, digest)
 );
 ",
+    "
+CREATE TABLE sandboxes (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    ended_at TEXT,
+    record TEXT NOT NULL
+);
+CREATE INDEX sandboxes_by_owner ON sandboxes (owner, created_at);
+",
 ];
 
 /// Brings the database on `connection` to the latest schema; the error says which step

@@ -27,7 +27,7 @@ pub fn needs_server() -> anyhow::Error {
     RemoteError::new(
         "invalid_request",
         format!(
-            "this command needs a build server: set {URL_ENV} (and {KEY_ENV}) to a `nullspace serve` URL"
+            "this command needs a server: set {URL_ENV} (and {KEY_ENV}) to a `nullspace serve` URL (sandboxes outlive the command that starts them, so they live in the server)"
         ),
     )
     .into()
@@ -60,14 +60,31 @@ pub fn handles(cli: &Cli) -> bool {
     }
 }
 
-/// Runs a client-mode command (see [`handles`]).
-pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+/// The client of the server `NULLSPACE_API_URL` names.
+fn client() -> anyhow::Result<nullspace_client::Client> {
     let base = match std::env::var(URL_ENV) {
         Ok(url) if !url.trim().is_empty() => url,
         _ => return Err(needs_server()),
     };
-    let client =
-        nullspace_client::Client::new(&base, std::env::var(KEY_ENV).ok().filter(|k| !k.is_empty()));
+    Ok(nullspace_client::Client::new(
+        &base,
+        std::env::var(KEY_ENV).ok().filter(|k| !k.is_empty()),
+    ))
+}
+
+/// Runs a client-mode command (see [`handles`]).
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let client = client()?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(commands::run(&client, cli))
+}
+
+/// Runs a `sandbox` subcommand against the server.
+pub fn run_sandbox(
+    command: crate::sandbox_cmd::SandboxCommand,
+    json_output: bool,
+) -> anyhow::Result<ExitCode> {
+    let client = client()?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(crate::sandbox_cmd::run(&client, command, json_output))
 }

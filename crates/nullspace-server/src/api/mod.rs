@@ -8,6 +8,7 @@ pub mod extract;
 pub mod logs;
 pub mod middleware;
 pub mod plan;
+pub mod sandboxes;
 pub mod templates;
 
 use std::sync::Arc;
@@ -44,6 +45,8 @@ pub struct AppState {
     pub open_owner: Option<String>,
     /// What the operator configured.
     pub config: Arc<ServerSettings>,
+    /// This host's sandboxes.
+    pub sandboxes: Arc<crate::sandboxes::SandboxService>,
 }
 
 impl AppState {
@@ -87,7 +90,7 @@ type ApiResult<T> = Result<T, ApiError>;
 #[openapi(
     info(
         title = "Nullspace templates",
-        description = "Build templates (rootfs + runtime defaults) from images, Dockerfiles and declarative steps; follow their logs; manage refs. Every endpoint but /healthz and /openapi.json needs `Authorization: Bearer <api key>`; every non-2xx response is an ErrorEnvelope.",
+        description = "Build templates (rootfs + runtime defaults + VM snapshot) from images, Dockerfiles and declarative steps; follow their logs; manage refs; start sandboxes from them and run commands and move files in them. Every endpoint but /healthz and /openapi.json needs `Authorization: Bearer <api key>`; every non-2xx response is an ErrorEnvelope.",
         license(name = "Apache-2.0")
     ),
     components(schemas(nullspace_api::ErrorEnvelope))
@@ -139,6 +142,17 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(templates::remove_tag))
         .routes(routes!(templates::add_alias))
         .routes(routes!(templates::remove_alias))
+        .routes(routes!(
+            sandboxes::create_sandbox,
+            sandboxes::list_sandboxes
+        ))
+        .routes(routes!(sandboxes::get_sandbox, sandboxes::kill_sandbox))
+        .routes(routes!(sandboxes::set_timeout))
+        .routes(routes!(sandboxes::run_command, sandboxes::list_commands))
+        .routes(routes!(sandboxes::get_command, sandboxes::kill_command))
+        .routes(routes!(sandboxes::stream_command))
+        .routes(routes!(sandboxes::write_file, sandboxes::read_file))
+        .routes(routes!(sandboxes::list_files))
         .layer(RequestBodyLimitLayer::new(REQUEST_BODY_LIMIT));
     // Blob uploads stream to disk under their own (larger) limit.
     let uploads = OpenApiRouter::new().routes(routes!(blobs::upload_blob, blobs::has_blob));
@@ -231,6 +245,22 @@ mod tests {
             ("/v1/templates/{template}/tags/{tag}", "delete"),
             ("/v1/templates/{template}/aliases", "post"),
             ("/v1/templates/{template}/aliases/{alias}", "delete"),
+            ("/v1/sandboxes", "post"),
+            ("/v1/sandboxes", "get"),
+            ("/v1/sandboxes/{sandbox_id}", "get"),
+            ("/v1/sandboxes/{sandbox_id}", "delete"),
+            ("/v1/sandboxes/{sandbox_id}/timeout", "post"),
+            ("/v1/sandboxes/{sandbox_id}/commands", "post"),
+            ("/v1/sandboxes/{sandbox_id}/commands", "get"),
+            ("/v1/sandboxes/{sandbox_id}/commands/{command_id}", "get"),
+            ("/v1/sandboxes/{sandbox_id}/commands/{command_id}", "delete"),
+            (
+                "/v1/sandboxes/{sandbox_id}/commands/{command_id}/stream",
+                "get",
+            ),
+            ("/v1/sandboxes/{sandbox_id}/files", "put"),
+            ("/v1/sandboxes/{sandbox_id}/files", "get"),
+            ("/v1/sandboxes/{sandbox_id}/files/list", "get"),
         ];
         let operations: usize = paths
             .values()

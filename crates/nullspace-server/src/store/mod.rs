@@ -222,6 +222,32 @@ pub trait BuildStore: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// Adds an alias to a template.
     fn add_alias(&self, owner: &str, template_id: &str, alias: &str) -> Result<(), StoreError>;
+    /// Records a sandbox (inserted, or replaced with its newer state).
+    fn put_sandbox(
+        &self,
+        record: &nullspace_api::sandbox::SandboxInfo,
+        owner: &str,
+    ) -> Result<(), StoreError>;
+    /// One of `owner`'s sandboxes.
+    fn sandbox(
+        &self,
+        owner: &str,
+        id: &str,
+    ) -> Result<Option<nullspace_api::sandbox::SandboxInfo>, StoreError>;
+    /// `owner`'s newest `limit` sandboxes, newest first.
+    fn sandboxes(
+        &self,
+        owner: &str,
+        limit: usize,
+    ) -> Result<Vec<nullspace_api::sandbox::SandboxInfo>, StoreError>;
+    /// Ends every sandbox still recorded as running (after a restart: their VMs died with the
+    /// process that ran them); returns how many.
+    fn end_running_sandboxes(
+        &self,
+        at: &str,
+        reason: &str,
+        detail: &str,
+    ) -> Result<usize, StoreError>;
     /// Removes an alias of a template; false when it had none such.
     fn remove_alias(&self, owner: &str, template_id: &str, alias: &str)
         -> Result<bool, StoreError>;

@@ -443,6 +443,77 @@ impl BuildStore for SqliteStore {
         self.with(|c| nullspace_build::store::remove_alias_row(c, owner, template_id, alias))
     }
 
+    fn put_sandbox(
+        &self,
+        record: &nullspace_api::sandbox::SandboxInfo,
+        owner: &str,
+    ) -> Result<(), StoreError> {
+        let text = self.encode("sandbox", record)?;
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO sandboxes (id, owner, created_at, ended_at, record) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (id) DO UPDATE SET ended_at = excluded.ended_at, record = excluded.record",
+                params![record.sandbox_id, owner, record.created_at, record.ended_at, text],
+            )
+        })?;
+        Ok(())
+    }
+
+    fn sandbox(
+        &self,
+        owner: &str,
+        id: &str,
+    ) -> Result<Option<nullspace_api::sandbox::SandboxInfo>, StoreError> {
+        let text: Option<String> = self.with(|c| {
+            c.query_row(
+                "SELECT record FROM sandboxes WHERE id = ?1 AND owner = ?2",
+                params![id, owner],
+                |r| r.get(0),
+            )
+            .optional()
+        })?;
+        text.map(|t| self.decode("sandbox", &t)).transpose()
+    }
+
+    fn sandboxes(
+        &self,
+        owner: &str,
+        limit: usize,
+    ) -> Result<Vec<nullspace_api::sandbox::SandboxInfo>, StoreError> {
+        let texts: Vec<String> = self.with(|c| {
+            let mut statement = c.prepare(
+                "SELECT record FROM sandboxes WHERE owner = ?1 ORDER BY created_at DESC, id LIMIT ?2",
+            )?;
+            let rows = statement.query_map(params![owner, limit as i64], |r| r.get(0))?;
+            rows.collect()
+        })?;
+        texts.iter().map(|t| self.decode("sandbox", t)).collect()
+    }
+
+    fn end_running_sandboxes(
+        &self,
+        at: &str,
+        reason: &str,
+        detail: &str,
+    ) -> Result<usize, StoreError> {
+        let running: Vec<(String, String)> = self.with(|c| {
+            let mut statement =
+                c.prepare("SELECT owner, record FROM sandboxes WHERE ended_at IS NULL")?;
+            let rows = statement.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        })?;
+        for (owner, text) in &running {
+            let mut record: nullspace_api::sandbox::SandboxInfo = self.decode("sandbox", text)?;
+            record.state = "ended".into();
+            record.end_at = None;
+            record.ended_at = Some(at.to_string());
+            record.end_reason = Some(reason.to_string());
+            record.end_detail = Some(detail.to_string());
+            self.put_sandbox(&record, owner)?;
+        }
+        Ok(running.len())
+    }
+
     fn active_builds(&self, owner: &str) -> Result<u64, StoreError> {
         self.with(|c| {
             c.query_row(
