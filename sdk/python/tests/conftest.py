@@ -173,7 +173,10 @@ def allowing(devenv: Dict[str, str], *hosts: str) -> Dict[str, str]:
 @pytest.fixture(scope="session")
 def server(devenv: Dict[str, str], blackhole: str) -> Iterator[Server]:
     data_dir = Path(tempfile.mkdtemp(prefix="nullspace-sdk-test-"))
-    srv = start_server(data_dir, extra_env=allowing(devenv, blackhole))
+    env = allowing(devenv, blackhole)
+    # The builtin `base` template comes from the fixtures' Debian bookworm image.
+    env["NULLSPACE_BASE_IMAGE"] = devenv["NULLSPACE_FIXTURE_LOCALAPT_REF"]
+    srv = start_server(data_dir, extra_env=env)
     os.environ["NULLSPACE_API_URL"] = srv.url
     os.environ["NULLSPACE_API_KEY"] = ALICE_KEY
     yield srv

@@ -692,3 +692,122 @@ fn logs_follow_resumes_after_the_server_restarts() {
     );
     assert!(stderr.contains("resuming from offset"), "{stderr}");
 }
+
+/// `nullspace sandbox ...` with stdin.
+fn run_with_stdin(cli: &Cli, server: &Server, args: &[&str], stdin: &[u8]) -> Output {
+    use std::io::Write as _;
+    let mut child = cli
+        .command()
+        .env("NULLSPACE_API_URL", &server.url)
+        .env("NULLSPACE_API_KEY", KEY)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn sandbox_commands_against_the_server() {
+    let cli = Cli::new();
+    let server = Server::start();
+    // The builtin base template (Debian bookworm through the devenv's mirror), built on first use.
+    let created = json(&run(
+        &cli,
+        &server,
+        KEY,
+        &["sandbox", "create", "--env", "GREETING=hi", "--json"],
+    ));
+    assert_eq!(created["template"], "base", "{created}");
+    assert_eq!(created["started_from"], "snapshot", "{created}");
+    let id = created["sandbox_id"].as_str().unwrap();
+
+    let out = run(
+        &cli,
+        &server,
+        KEY,
+        &["sandbox", "exec", id, "echo", "$GREETING", "&&", "pwd"],
+    );
+    assert_eq!(harness::stdout(ok(&out)), "hi\n/\n");
+    let out = run(
+        &cli,
+        &server,
+        KEY,
+        &["sandbox", "exec", id, "echo oops >&2; exit 5"],
+    );
+    assert_eq!(out.status.code(), Some(5));
+    assert_eq!(harness::stderr(&out), "oops\n");
+    let out = run(
+        &cli,
+        &server,
+        KEY,
+        &["sandbox", "exec", "--timeout", "1", id, "sleep 30"],
+    );
+    assert_eq!(out.status.code(), Some(124), "{}", harness::stderr(&out));
+
+    let payload: Vec<u8> = (0..=255u8).collect();
+    let written = run_with_stdin(
+        &cli,
+        &server,
+        &["sandbox", "write", id, "/srv/blob.bin", "--json"],
+        &payload,
+    );
+    assert_eq!(json(&written)["size"], 256);
+    let read = ok(&run(
+        &cli,
+        &server,
+        KEY,
+        &["sandbox", "read", id, "/srv/blob.bin"],
+    ))
+    .stdout
+    .clone();
+    assert_eq!(read, payload);
+    let listing = json(&run(
+        &cli,
+        &server,
+        KEY,
+        &["sandbox", "read", "--list", id, "/srv", "--json"],
+    ));
+    assert_eq!(listing["entries"][0]["name"], "blob.bin", "{listing}");
+    let missing = run(
+        &cli,
+        &server,
+        KEY,
+        &["sandbox", "read", id, "/no/such", "--json"],
+    );
+    assert_eq!(
+        missing.status.code(),
+        Some(3),
+        "{}",
+        harness::stdout(&missing)
+    );
+
+    let listed = json(&run(&cli, &server, KEY, &["sandbox", "list", "--json"]));
+    assert_eq!(listed["sandboxes"][0]["sandbox_id"], id);
+    let killed = json(&run(&cli, &server, KEY, &["sandbox", "kill", id, "--json"]));
+    assert_eq!(
+        (killed["state"].as_str(), killed["end_reason"].as_str()),
+        (Some("ended"), Some("killed"))
+    );
+    let gone = run(&cli, &server, KEY, &["sandbox", "exec", id, "true"]);
+    assert_eq!(gone.status.code(), Some(3), "{}", harness::stderr(&gone));
+    let got = json(&run(&cli, &server, KEY, &["sandbox", "get", id, "--json"]));
+    assert_eq!(got["state"], "ended");
+
+    // Without a server, the command says what it needs.
+    let out = cli
+        .command()
+        .args(["sandbox", "list"])
+        .env_remove("NULLSPACE_API_URL")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        harness::stderr(&out).contains("NULLSPACE_API_URL"),
+        "{}",
+        harness::stderr(&out)
+    );
+}
