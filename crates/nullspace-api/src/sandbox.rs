@@ -115,7 +115,7 @@ pub struct CommandInfo {
     pub signal: Option<i32>,
     /// Why it could not run or was lost.
     pub error: Option<String>,
-    /// Output so far (lossy UTF-8; the first 4 MiB of each stream are kept).
+    /// Output so far (lossy UTF-8; the first 1 MiB of each stream is kept).
     pub stdout: String,
     /// Output so far.
     pub stderr: String,

@@ -53,8 +53,7 @@ pub fn require_snapshots() -> bool {
 }
 
 /// Sandbox limits (`NULLSPACE_SANDBOX_MAX_PER_OWNER`, `NULLSPACE_SANDBOX_MAX_MEMORY_MB`,
-/// `NULLSPACE_SANDBOX_DEFAULT_TIMEOUT_SECS`, `NULLSPACE_SANDBOX_MAX_TIMEOUT_SECS`) and the image
-/// of the builtin `base` template (`NULLSPACE_BASE_IMAGE`, Debian bookworm by default).
+/// `NULLSPACE_SANDBOX_DEFAULT_TIMEOUT_SECS`, `NULLSPACE_SANDBOX_MAX_TIMEOUT_SECS`).
 pub fn sandbox_settings() -> anyhow::Result<nullspace_server::sandboxes::SandboxSettings> {
     let mut settings = nullspace_server::sandboxes::SandboxSettings::default();
     let number = |name: &str| -> anyhow::Result<Option<u64>> {
@@ -85,9 +84,6 @@ pub fn sandbox_settings() -> anyhow::Result<nullspace_server::sandboxes::Sandbox
         limits.default_timeout <= limits.max_timeout,
         "NULLSPACE_SANDBOX_DEFAULT_TIMEOUT_SECS is over NULLSPACE_SANDBOX_MAX_TIMEOUT_SECS"
     );
-    if let Some(image) = var("NULLSPACE_BASE_IMAGE") {
-        settings.base_image = image;
-    }
     Ok(settings)
 }
 
@@ -211,6 +207,10 @@ pub fn server_settings() -> anyhow::Result<ServerSettings> {
     };
     if let Some(limit) = bytes("NULLSPACE_MAX_CONTEXT_BYTES")? {
         settings.limits.max_context_bytes = limit;
+    }
+    // The builtin `base` template's image (sandboxes and `from_template("base")`).
+    if let Some(image) = var("NULLSPACE_BASE_IMAGE") {
+        settings.base_image = image;
     }
     if let Some(limit) = bytes("NULLSPACE_MAX_UPLOAD_BYTES")? {
         settings.max_upload_bytes = limit;

@@ -105,7 +105,12 @@ async fn main() {
         snapshot: None,
         ..image.clone()
     };
-    let qemu = Qemu::locate(None, AccelChoice::Only(nullspace_vm::Accel::Tcg)).unwrap();
+    // Cold boots use the snapshot's acceleration too, so both sides run alike.
+    let accel = match machine["accel"].as_str() {
+        Some("kvm") => nullspace_vm::Accel::Kvm,
+        _ => nullspace_vm::Accel::Tcg,
+    };
+    let qemu = Qemu::locate(None, AccelChoice::Only(accel)).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let limits = Limits {
         max_per_owner: 64,

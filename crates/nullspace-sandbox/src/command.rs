@@ -11,7 +11,7 @@ use crate::agent::{AgentMux, Answers};
 
 /// Bytes of each stream kept per command; output past it still streams to followers but is
 /// not kept (the command's record says how much was left off).
-pub const KEPT_OUTPUT_BYTES: usize = 4 << 20;
+pub const KEPT_OUTPUT_BYTES: usize = 1 << 20;
 
 /// What a command asks for.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

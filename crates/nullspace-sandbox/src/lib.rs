@@ -348,10 +348,16 @@ impl Sandboxes {
         }
         let _ = std::fs::remove_dir_all(&sandbox.dir);
         self.release(&sandbox.owner, u64::from(sandbox.size.memory_mb));
+        // Recorded before it leaves the live set, so a reader always finds it one way or the
+        // other.
+        {
+            // The ledger may write to a database: off the async workers.
+            let (ledger, ended, recorded) = (self.ledger.clone(), sandbox.clone(), state.clone());
+            let _ = tokio::task::spawn_blocking(move || ledger.ended(&ended, &recorded)).await;
+        }
         if let Ok(mut live) = self.live.lock() {
             live.remove(&sandbox.id);
         }
-        self.ledger.ended(&sandbox, &state);
         sandbox.state.send_replace(state);
     }
 

@@ -15,7 +15,9 @@ use crate::command::{self, CommandRecord, CommandSpec};
 use crate::error::SandboxError;
 
 /// Commands whose records a sandbox keeps; the oldest ended ones are forgotten past it.
-const KEPT_COMMANDS: usize = 256;
+const KEPT_COMMANDS: usize = 32;
+/// Commands running at once in one sandbox (each keeps up to 2 MiB of output on the host).
+pub const MAX_RUNNING_COMMANDS: usize = 32;
 /// Longest wait for one answer of a file request.
 const FILE_ANSWER: Duration = Duration::from_secs(60);
 
@@ -180,6 +182,12 @@ impl Sandbox {
                 field: "cmd",
                 message: "give a shell command or an argv".into(),
             });
+        }
+        let running = self.commands().iter().filter(|c| c.end().is_none()).count();
+        if running >= MAX_RUNNING_COMMANDS {
+            return Err(SandboxError::Quota(format!(
+                "{running} commands already run in this sandbox (the limit is {MAX_RUNNING_COMMANDS}); wait for one or kill one"
+            )));
         }
         let record = command::start(&self.agent, spec, &self.env).await?;
         if let Ok(mut commands) = self.commands.lock() {

@@ -23,12 +23,14 @@ pub struct ServerSettings {
     pub retention: nullspace_build::gc::Retention,
     /// Time between two sweeps of the stores.
     pub gc_interval: std::time::Duration,
+    /// The image the builtin `base` template is built from on first use.
+    pub base_image: String,
 }
 
 impl Default for ServerSettings {
     /// 16 GiB contexts, 4 GiB uploads, one hour per build, 8 active builds and 16 GiB of
     /// stored context files per owner, the
-    /// default retention swept every 10 minutes.
+    /// default retention swept every 10 minutes, `base` from Debian bookworm.
     fn default() -> ServerSettings {
         ServerSettings {
             limits: RequestLimits::default(),
@@ -38,6 +40,7 @@ impl Default for ServerSettings {
             max_context_bytes_per_owner: 16 << 30,
             retention: nullspace_build::gc::Retention::default(),
             gc_interval: std::time::Duration::from_secs(600),
+            base_image: "debian:bookworm".into(),
         }
     }
 }

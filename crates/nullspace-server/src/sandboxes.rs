@@ -3,7 +3,7 @@
 //! starts from, the builtin `base` template, and the durable record of every sandbox.
 
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use axum::http::StatusCode;
 use nullspace_api::sandbox::SandboxInfo;
@@ -20,28 +20,14 @@ use crate::refs::resolve_ref;
 use crate::runner::Runner;
 use crate::store::{BuildRecord, BuildStore};
 
-/// The owner of builtin templates: no API key can have it (owners never hold `@`).
-pub const BUILTIN_OWNER: &str = "@builtin";
-/// The ref a create without a template means.
-pub const BASE: &str = "base";
+pub use crate::runner::BASE;
 
-/// What the operator sets for sandboxes.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What the operator sets for sandboxes (the builtin `base` template's image is
+/// [`crate::config::ServerSettings::base_image`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SandboxSettings {
     /// Limits and timeouts.
     pub limits: Limits,
-    /// The image the builtin `base` template is built from on first use.
-    pub base_image: String,
-}
-
-impl Default for SandboxSettings {
-    /// The default limits; `base` from Debian bookworm.
-    fn default() -> SandboxSettings {
-        SandboxSettings {
-            limits: Limits::default(),
-            base_image: "debian:bookworm".into(),
-        }
-    }
 }
 
 fn rfc3339(at: SystemTime) -> String {
@@ -103,8 +89,6 @@ pub struct SandboxService {
     runner: Arc<Runner>,
     settings: SandboxSettings,
     host: OnceLock<Result<Arc<Sandboxes>, String>>,
-    /// Held while the builtin base template is looked up or built (one build at a time).
-    base: tokio::sync::Mutex<()>,
 }
 
 /// A sandbox error as the API reports it.
@@ -152,7 +136,6 @@ impl SandboxService {
             runner,
             settings,
             host: OnceLock::new(),
-            base: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -215,68 +198,9 @@ impl SandboxService {
         .map_err(ApiError::internal)?;
         match own {
             Err(e) if reference == BASE && e.status == StatusCode::NOT_FOUND => {
-                self.builtin_base().await
+                self.runner.builtin_base().await
             }
             other => other,
-        }
-    }
-
-    /// The builtin `base` template's ready build, building it first if there is none.
-    async fn builtin_base(&self) -> Result<BuildRecord, ApiError> {
-        let _one_at_a_time = self.base.lock().await;
-        let store = self.runner.store().clone();
-        let found = tokio::task::spawn_blocking(move || {
-            resolve_ref(store.as_ref(), BUILTIN_OWNER, BASE).map(|r| r.build)
-        })
-        .await
-        .map_err(ApiError::internal)?;
-        if let Ok(build) = found {
-            return Ok(build);
-        }
-        tracing::info!(
-            "building the builtin base template from {}",
-            self.settings.base_image
-        );
-        let body: nullspace_api::BuildRequestBody = serde_json::from_value(serde_json::json!({
-            "name": BASE,
-            "base_image": self.settings.base_image,
-            // Ready once the guest runs a command: the VM runs, so `base` gets a snapshot.
-            "ready_cmd": "true",
-        }))
-        .map_err(ApiError::internal)?;
-        let limits = nullspace_build::definition::RequestLimits::default();
-        let policy = &self.runner.engine().buildkit_options().policy;
-        let (definition, secrets) =
-            nullspace_build::definition::definition_from_body(body, &limits, policy)
-                .map_err(|e| ApiError::internal(format!("{e:?}")))?;
-        let record = self
-            .runner
-            .submit(BUILTIN_OWNER, definition, secrets, None)?;
-        let mut changes = self.runner.subscribe();
-        loop {
-            let store = self.runner.store().clone();
-            let id = record.id.clone();
-            let now = tokio::task::spawn_blocking(move || store.build(None, &id))
-                .await
-                .map_err(ApiError::internal)??;
-            match now {
-                Some(build) if build.status == BuildStatus::Ready => return Ok(build),
-                Some(build) if build.status.is_terminal() => {
-                    return Err(ApiError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "base_template_unavailable",
-                        format!(
-                            "the builtin base template (from {}) failed to build in {}: {}",
-                            self.settings.base_image,
-                            build.id,
-                            build.error_message.unwrap_or_default()
-                        ),
-                    ))
-                }
-                _ => {
-                    let _ = tokio::time::timeout(Duration::from_secs(2), changes.changed()).await;
-                }
-            }
         }
     }
 

@@ -8,7 +8,9 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{allowing, call, client, registry, start_build, wait_status, Server, ALICE, BOB};
+use common::{
+    allowing, call, client, registry, start_build, wait_status, wait_status_as, Server, ALICE, BOB,
+};
 use reqwest::Method;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -93,7 +95,7 @@ async fn sandboxes_restore_the_template_snapshot_with_their_own_disk_env_and_fil
     let data = tempfile::tempdir().unwrap();
     let mut server = Server::start(data.path());
     let url = server.url.clone();
-    let dockerfile = format!(
+    let web_dockerfile = format!(
         "{}RUN mkdir -p /srv/work && chown daemon /srv/work\n\
          ENV GREETING=from-the-template\nUSER daemon\nWORKDIR /srv/work\n",
         dockerfile()
@@ -103,7 +105,7 @@ async fn sandboxes_restore_the_template_snapshot_with_their_own_disk_env_and_fil
         ALICE,
         json!({
             "name": "web",
-            "dockerfile": dockerfile,
+            "dockerfile": web_dockerfile,
             "internet_access": false,
             "start_cmd": "exec busybox httpd -f -p 8080 -h /srv/www",
             "readiness": {"kind": "tcp", "port": 8080},
@@ -359,6 +361,31 @@ async fn sandboxes_restore_the_template_snapshot_with_their_own_disk_env_and_fil
     let (code, body) = run(&url, ALICE, &a, json!({"cmd": "true"})).await;
     assert_eq!(code, 404, "{body}");
 
+    // A rootfs-only template (no snapshot) cold-boots, and says so.
+    let plain = start_build(
+        &url,
+        ALICE,
+        json!({"name": "plain", "dockerfile": dockerfile(), "internet_access": false, "no_start_cmd": true}),
+    )
+    .await;
+    let status = wait_status(&url, &plain, &["ready", "error"]).await;
+    assert_eq!(status["build"]["status"], "ready", "{status}");
+    let (code, cold) = create(&url, ALICE, json!({"template": "plain"})).await;
+    assert_eq!(code, 201, "{cold}");
+    assert_eq!(cold["started_from"], "cold_boot", "{cold}");
+    let cold = cold["sandbox_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        sh(&url, &cold, "cat /srv/www/index.html").await,
+        "hello-from-the-vm\n"
+    );
+    call(
+        Method::DELETE,
+        &format!("{url}/v1/sandboxes/{cold}"),
+        ALICE,
+        None,
+    )
+    .await;
+
     // A restarted server records the sandboxes it had as ended.
     let (_, survivor) = create(&url, ALICE, json!({"template": "web"})).await;
     let survivor = survivor["sandbox_id"].as_str().unwrap().to_string();
@@ -387,6 +414,16 @@ async fn the_builtin_base_template_is_built_on_first_use_and_shared() {
     envs.push(("NULLSPACE_BASE_IMAGE", localapt()));
     envs.push(("NULLSPACE_SANDBOX_MAX_PER_OWNER", "1".into()));
     let server = Server::start_with_env(data.path(), &envs);
+    // First use through `from_template("base")`: an owner without a `base` builds on the
+    // builtin one, which is built first.
+    let on_base = start_build(
+        &server.url,
+        BOB,
+        json!({"name": "on-base", "base": {"kind": "template", "value": "base"}, "no_start_cmd": true}),
+    )
+    .await;
+    let status = wait_status_as(&server.url, BOB, &on_base, &["ready", "error"]).await;
+    assert_eq!(status["build"]["status"], "ready", "{status}");
     let (code, first) = create(&server.url, ALICE, json!({})).await;
     assert_eq!(code, 201, "{first}");
     assert_eq!(first["template"], "base");
@@ -409,7 +446,7 @@ async fn the_builtin_base_template_is_built_on_first_use_and_shared() {
     let (_, listed) = call(
         Method::GET,
         &format!("{}/v1/templates", server.url),
-        BOB,
+        ALICE,
         None,
     )
     .await;

@@ -187,7 +187,7 @@ class Commands:
         return handle.wait(on_stdout=on_stdout, on_stderr=on_stderr)
 
     def list(self) -> List[CommandResult]:
-        """The sandbox's commands (the last 256)."""
+        """The sandbox's commands (running ones and the last 32 ended)."""
         return [
             CommandResult.from_dict(c)
             for c in self._sandbox._client.request(

@@ -30,7 +30,10 @@ pub(super) fn check_base(
     definition: &BuildDefinition,
 ) -> ApiResult<()> {
     if let Base::Template { reference } = &definition.base {
-        resolve_ref(state.runner.store().as_ref(), owner, reference)?;
+        // An owner without a `base` builds on the builtin one (built first if need be).
+        if reference != crate::runner::BASE {
+            resolve_ref(state.runner.store().as_ref(), owner, reference)?;
+        }
     }
     let manifests = definition
         .build_context

@@ -180,7 +180,16 @@ pub async fn plan(
         Base::Template { reference } => {
             let (who, reference) = (owner.clone(), reference.clone());
             let parent = state
-                .blocking(move |state| resolve_ref(state.runner.store().as_ref(), &who, &reference))
+                .blocking(move |state| {
+                    let store = state.runner.store().as_ref();
+                    resolve_ref(store, &who, &reference).or_else(|own| match reference.as_str() {
+                        crate::runner::BASE => {
+                            resolve_ref(store, crate::runner::BUILTIN_OWNER, &reference)
+                                .map_err(|_| own)
+                        }
+                        _ => Err(own),
+                    })
+                })
                 .await?;
             let mut defaults = parent.build.result.map(|r| r.runtime_defaults);
             if rendered.is_some() {

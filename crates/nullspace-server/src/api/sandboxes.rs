@@ -433,7 +433,7 @@ fn command_of(
     Ok((sandbox, record))
 }
 
-/// A sandbox's commands (the last 256), oldest first.
+/// A sandbox's commands (running ones and the last 32 ended), oldest first.
 #[utoipa::path(
     get,
     path = "/v1/sandboxes/{sandbox_id}/commands",

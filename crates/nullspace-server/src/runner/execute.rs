@@ -177,12 +177,17 @@ impl Runner {
         record: &BuildRecord,
         reference: &str,
     ) -> Result<ParentTemplate, BuildError> {
-        let parent = resolve_ref(self.store.as_ref(), &record.owner, reference).map_err(|e| {
-            BuildError::InvalidRequest {
+        let parent = resolve_ref(self.store.as_ref(), &record.owner, reference)
+            .or_else(|own| match reference {
+                // An owner without a `base` of their own builds on the builtin one.
+                super::BASE => resolve_ref(self.store.as_ref(), super::BUILTIN_OWNER, reference)
+                    .map_err(|_| own),
+                _ => Err(own),
+            })
+            .map_err(|e| BuildError::InvalidRequest {
                 field: "base.value".into(),
                 message: e.message,
-            }
-        })?;
+            })?;
         let artifact_dir = parent
             .build
             .result

@@ -5,7 +5,10 @@
 //! the queue, until the build that needs them starts; they are never written anywhere.
 //! Dockerfile and declarative builds run with BuildKit inside the build's engine context.
 
+mod builtin;
 mod execute;
+
+pub use builtin::{BASE, BUILTIN_OWNER};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -34,6 +37,10 @@ pub struct Runner {
     changes: watch::Sender<u64>,
     build_timeout: std::time::Duration,
     max_active_builds_per_owner: u64,
+    /// The image of the builtin `base` template.
+    base_image: String,
+    /// Held while the builtin `base` template is looked up or built.
+    builtin_lock: tokio::sync::Mutex<()>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -54,6 +61,8 @@ impl Runner {
         Arc::new(Runner {
             build_timeout: settings.build_timeout,
             max_active_builds_per_owner: settings.max_active_builds_per_owner,
+            base_image: settings.base_image.clone(),
+            builtin_lock: tokio::sync::Mutex::new(()),
             store,
             engine,
             permits: Arc::new(Semaphore::new(workers.max(1))),
@@ -161,6 +170,22 @@ impl Runner {
         // sent before the build listens is kept).
         lock(&self.cancels).insert(id.clone(), Arc::new(tokio::sync::Notify::new()));
         let handle = tokio::spawn(async move {
+            // Before taking a worker: the builtin base may need a worker of its own.
+            let wanted = id.clone();
+            let needs_base = runner
+                .off_runtime(move |runner| {
+                    Ok(runner
+                        .store
+                        .build(None, &wanted)?
+                        .is_some_and(|record| runner.needs_builtin_base(&record)))
+                })
+                .await
+                .unwrap_or(false);
+            if needs_base {
+                if let Err(error) = runner.builtin_base().await {
+                    tracing::warn!("build {id}: {}", error.message);
+                }
+            }
             let permit = runner.permits.clone().acquire_owned().await;
             if permit.is_ok() {
                 if let Err(error) = runner.run(&id).await {

@@ -222,7 +222,8 @@ pub trait BuildStore: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// Adds an alias to a template.
     fn add_alias(&self, owner: &str, template_id: &str, alias: &str) -> Result<(), StoreError>;
-    /// Records a sandbox (inserted, or replaced with its newer state).
+    /// Records a sandbox (inserted, or replaced with its newer state; an ended one stays as it
+    /// ended).
     fn put_sandbox(
         &self,
         record: &nullspace_api::sandbox::SandboxInfo,

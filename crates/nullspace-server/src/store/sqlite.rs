@@ -452,7 +452,8 @@ impl BuildStore for SqliteStore {
         self.with(|c| {
             c.execute(
                 "INSERT INTO sandboxes (id, owner, created_at, ended_at, record) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (id) DO UPDATE SET ended_at = excluded.ended_at, record = excluded.record",
+                 ON CONFLICT (id) DO UPDATE SET ended_at = excluded.ended_at, record = excluded.record
+                 WHERE sandboxes.ended_at IS NULL",
                 params![record.sandbox_id, owner, record.created_at, record.ended_at, text],
             )
         })?;
