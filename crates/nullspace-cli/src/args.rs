@@ -20,8 +20,9 @@ pub enum Command {
     /// Build and inspect templates.
     #[command(subcommand)]
     Template(TemplateCommand),
-    /// Start sandboxes from templates and run commands and move files in them (on a
-    /// `nullspace serve` instance: set NULLSPACE_API_URL).
+    /// Start sandboxes from templates and run commands and move files in them (on the
+    /// `nullspace serve` NULLSPACE_API_URL names, else on a background server of the data dir
+    /// that also starts local templates).
     #[command(subcommand)]
     Sandbox(crate::sandbox_cmd::SandboxCommand),
     /// Run the template build service (HTTP API) on this machine.

@@ -80,6 +80,9 @@ pub fn sandbox_settings() -> anyhow::Result<nullspace_server::sandboxes::Sandbox
     if let Some(seconds) = number("NULLSPACE_SANDBOX_MAX_TIMEOUT_SECS")? {
         limits.max_timeout = std::time::Duration::from_secs(seconds);
     }
+    // Set by the CLI's own local sandbox server (`local_server.rs`), never on a shared one.
+    settings.local_templates = var("NULLSPACE_LOCAL_TEMPLATES").as_deref() == Some("1");
+    let limits = &settings.limits;
     anyhow::ensure!(
         limits.default_timeout <= limits.max_timeout,
         "NULLSPACE_SANDBOX_DEFAULT_TIMEOUT_SECS is over NULLSPACE_SANDBOX_MAX_TIMEOUT_SECS"

@@ -9,6 +9,7 @@
 mod args;
 mod config;
 mod dockerfile_cmd;
+mod local_server;
 mod progress;
 mod remote;
 mod sandbox_cmd;

@@ -10,6 +10,7 @@ use nullspace_api::sandbox::SandboxInfo;
 use nullspace_api::BuildStatus;
 use nullspace_build::artifact::read_document;
 use nullspace_build::build_vm::{probe, start_spec, DEFAULT_CPU_COUNT, DEFAULT_MEMORY_MB};
+use nullspace_build::store::LOCAL_NAMESPACE;
 use nullspace_sandbox::{
     Ledger, Limits, Sandbox, SandboxError, SandboxState, Sandboxes, TemplateImage,
 };
@@ -28,6 +29,9 @@ pub use crate::runner::BASE;
 pub struct SandboxSettings {
     /// Limits and timeouts.
     pub limits: Limits,
+    /// Owner `local` also starts the templates the CLI built on this data dir (the CLI's own
+    /// background server for local mode; never on a shared server).
+    pub local_templates: bool,
 }
 
 fn rfc3339(at: SystemTime) -> String {
@@ -60,6 +64,24 @@ pub fn info(sandbox: &Sandbox) -> SandboxInfo {
         cpu_count: sandbox.size.cpu_count,
         memory_mb: sandbox.size.memory_mb,
         env_keys: sandbox.env_names(),
+    }
+}
+
+/// A template build a sandbox can start from.
+#[derive(Clone, Debug)]
+pub struct ResolvedTemplate {
+    /// The build (`tb_...`).
+    pub build_id: String,
+    /// Its artifact.
+    pub artifact_dir: std::path::PathBuf,
+}
+
+impl ResolvedTemplate {
+    fn of(engine: &nullspace_build::Engine, build: &BuildRecord) -> ResolvedTemplate {
+        ResolvedTemplate {
+            build_id: build.id.clone(),
+            artifact_dir: engine.data_dir().templates().join(&build.id),
+        }
     }
 }
 
@@ -180,39 +202,65 @@ impl SandboxService {
             .ok_or_else(|| api_error(SandboxError::NotFound(id.to_string())))
     }
 
-    /// The ready build `reference` names for `owner`: the owner's own templates first; `base`
-    /// falls back to the builtin one, built on first use.
-    pub async fn resolve(&self, owner: &str, reference: &str) -> Result<BuildRecord, ApiError> {
+    /// The ready build `reference` names for `owner`: the owner's own templates first (with
+    /// local templates, those the CLI built on this data dir for owner `local`); `base` falls
+    /// back to the builtin one, built on first use.
+    pub async fn resolve(
+        &self,
+        owner: &str,
+        reference: &str,
+    ) -> Result<ResolvedTemplate, ApiError> {
         let store = self.runner.store().clone();
+        let engine = self.runner.engine().clone();
+        let local = self.settings.local_templates && owner == LOCAL_NAMESPACE;
         let (owner_text, wanted) = (owner.to_string(), reference.to_string());
         let own = tokio::task::spawn_blocking(move || {
-            if wanted.starts_with("tb_") {
-                return store
+            let api = if wanted.starts_with("tb_") {
+                store
                     .build(Some(&owner_text), &wanted)?
                     .filter(|b| b.status == BuildStatus::Ready)
-                    .ok_or_else(|| ApiError::template_not_found(&wanted));
+                    .ok_or_else(|| ApiError::template_not_found(&wanted))
+            } else {
+                resolve_ref(store.as_ref(), &owner_text, &wanted).map(|r| r.build)
+            };
+            match api {
+                Ok(build) => Ok(ResolvedTemplate::of(&engine, &build)),
+                Err(e) if local => engine
+                    .store()
+                    .resolve(&wanted)
+                    .map(|found| ResolvedTemplate {
+                        build_id: found.build_id,
+                        artifact_dir: found.artifact_dir,
+                    })
+                    .map_err(|_| e),
+                Err(e) => Err(e),
             }
-            resolve_ref(store.as_ref(), &owner_text, &wanted).map(|r| r.build)
         })
         .await
         .map_err(ApiError::internal)?;
         match own {
             Err(e) if reference == BASE && e.status == StatusCode::NOT_FOUND => {
-                self.runner.builtin_base().await
+                let build = self.runner.builtin_base().await?;
+                Ok(ResolvedTemplate::of(self.runner.engine(), &build))
             }
             other => other,
         }
     }
 
-    /// What a sandbox of `build` starts from.
-    pub fn image(&self, build: &BuildRecord, reference: &str) -> Result<TemplateImage, ApiError> {
+    /// What a sandbox of `template` starts from.
+    pub fn image(
+        &self,
+        template: &ResolvedTemplate,
+        reference: &str,
+    ) -> Result<TemplateImage, ApiError> {
         let engine = self.runner.engine();
-        let dir = engine.data_dir().templates().join(&build.id);
+        let dir = template.artifact_dir.clone();
+        let build = template;
         let document = read_document(&dir).map_err(|e| {
             ApiError::new(
                 StatusCode::CONFLICT,
                 "template_artifact_missing",
-                format!("template build {}: {e}", build.id),
+                format!("template build {}: {e}", build.build_id),
             )
         })?;
         let snapshot = document
@@ -236,7 +284,7 @@ impl SandboxService {
         let boot_files = engine.vm_runtime().ok().map(|r| r.boot_files());
         Ok(TemplateImage {
             reference: reference.to_string(),
-            build_id: build.id.clone(),
+            build_id: build.build_id.clone(),
             rootfs: dir.join(nullspace_build::artifact::ROOTFS_FILE),
             snapshot,
             size,

@@ -79,12 +79,22 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     runtime.block_on(commands::run(&client, cli))
 }
 
-/// Runs a `sandbox` subcommand against the server.
+/// Runs a `sandbox` subcommand against the server `NULLSPACE_API_URL` names, or without one
+/// against this data dir's local sandbox server (started on first use).
 pub fn run_sandbox(
     command: crate::sandbox_cmd::SandboxCommand,
     json_output: bool,
 ) -> anyhow::Result<ExitCode> {
-    let client = client()?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    runtime.block_on(crate::sandbox_cmd::run(&client, command, json_output))
+    runtime.block_on(async {
+        let client = match std::env::var(URL_ENV) {
+            Ok(url) if !url.trim().is_empty() => client()?,
+            _ => {
+                let data = nullspace_build::DataDir::from_env()?;
+                let (url, key) = crate::local_server::ensure(&data).await?;
+                nullspace_client::Client::new(&url, Some(key))
+            }
+        };
+        crate::sandbox_cmd::run(&client, command, json_output).await
+    })
 }

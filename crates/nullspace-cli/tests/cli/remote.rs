@@ -797,17 +797,45 @@ fn sandbox_commands_against_the_server() {
     let got = json(&run(&cli, &server, KEY, &["sandbox", "get", id, "--json"]));
     assert_eq!(got["state"], "ended");
 
-    // Without a server, the command says what it needs.
-    let out = cli
-        .command()
-        .args(["sandbox", "list"])
-        .env_remove("NULLSPACE_API_URL")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        harness::stderr(&out).contains("NULLSPACE_API_URL"),
-        "{}",
-        harness::stderr(&out)
-    );
+    // Without a server: local mode, on this data dir's own background server, which also
+    // starts the templates built locally.
+    let local = Cli::new();
+    let built = local.build_json(&[
+        "--from-debian-image",
+        "--name",
+        "local-web",
+        "--ready-cmd",
+        "true",
+    ]);
+    assert!(!built["template"]["snapshot"].is_null(), "{built}");
+    let run_local = |args: &[&str]| {
+        local
+            .command()
+            .env_remove("NULLSPACE_API_URL")
+            .env_remove("NULLSPACE_API_KEY")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let created = json(&run_local(&[
+        "sandbox",
+        "create",
+        "--template",
+        "local-web",
+        "--json",
+    ]));
+    assert_eq!(created["started_from"], "snapshot", "{created}");
+    let id = created["sandbox_id"].as_str().unwrap();
+    let out = run_local(&["sandbox", "exec", id, "cat", "/etc/debian_version"]);
+    assert!(harness::stdout(ok(&out)).starts_with("12"));
+    let listed = json(&run_local(&["sandbox", "list", "--json"]));
+    assert_eq!(listed["sandboxes"][0]["sandbox_id"], id);
+    let killed = json(&run_local(&["sandbox", "kill", id, "--json"]));
+    assert_eq!(killed["end_reason"], "killed");
+    let state: Value = serde_json::from_slice(
+        &std::fs::read(local.data.path().join("sandbox-server.json")).unwrap(),
+    )
+    .unwrap();
+    let pid = state["pid"].as_u64().unwrap();
+    let _ = Command::new("kill").arg(pid.to_string()).status();
 }

@@ -87,8 +87,8 @@ pub async fn create_sandbox(
         .template
         .filter(|t| !t.trim().is_empty())
         .unwrap_or_else(|| BASE.to_string());
-    let build = service.resolve(&owner, &reference).await?;
-    let image = service.image(&build, &reference)?;
+    let template = service.resolve(&owner, &reference).await?;
+    let image = service.image(&template, &reference)?;
     let sandbox = host
         .create(&owner, &image, env, timeout)
         .await
