@@ -62,8 +62,24 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The local server's URL and key, starting it when none answers.
+/// The local server's URL and key, starting it when none answers (one CLI at a time decides:
+/// the others wait on a lock, then find the one it started).
 pub async fn ensure(data: &DataDir) -> anyhow::Result<(String, String)> {
+    let lock_path = data.root().join("sandbox-server.lock");
+    let lock = std::fs::File::create(&lock_path)
+        .with_context(|| format!("creating {}", lock_path.display()))?;
+    let lock = tokio::task::spawn_blocking(move || {
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).map(|()| lock)
+    })
+    .await
+    .context("waiting for the local server lock")?
+    .with_context(|| format!("locking {}", lock_path.display()))?;
+    let found = find_or_start(data).await;
+    drop(lock);
+    found
+}
+
+async fn find_or_start(data: &DataDir) -> anyhow::Result<(String, String)> {
     let file = state_file(data);
     if let Ok(text) = std::fs::read_to_string(&file) {
         if let Ok(state) = serde_json::from_str::<State>(&text) {

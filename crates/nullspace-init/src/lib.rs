@@ -7,7 +7,7 @@ pub mod protocol;
 pub mod user;
 
 /// The agent's version as announced in its hello: the crate version plus the protocol number.
-pub const AGENT_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "+p", "2");
+pub const AGENT_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "+p", "3");
 
 /// Name of the virtio-serial port that carries the channel.
 pub const PORT_NAME: &str = "org.nullspace.agent";

@@ -97,13 +97,14 @@ fn run() -> Result<(), String> {
             HostMessage::ListDir { id, path, user } => {
                 sandbox::file(agent.clone(), id, path, user, sandbox::FileRequest::List)
             }
-            HostMessage::SetClock { unix_ms } => match sandbox::set_clock(unix_ms) {
-                Ok(()) => channel.send(AgentMessage::ClockSet),
-                Err(e) => {
-                    console(&e);
-                    channel.send(AgentMessage::ClockSet)
+            HostMessage::SetClock { unix_ms, entropy } => {
+                for outcome in [sandbox::set_clock(unix_ms), sandbox::reseed(&entropy)] {
+                    if let Err(e) = outcome {
+                        console(&e);
+                    }
                 }
-            },
+                channel.send(AgentMessage::ClockSet)
+            }
         }
     }
     Err("the agent channel's reader stopped".into())

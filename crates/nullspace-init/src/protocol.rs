@@ -105,11 +105,15 @@ pub enum HostMessage {
         /// Who lists; the runtime user when absent.
         user: Option<String>,
     },
-    /// Set the guest's wall clock (a restored guest wakes with the snapshot's time); answered
-    /// with [`AgentMessage::ClockSet`].
+    /// Set the guest's wall clock (a restored guest wakes with the snapshot's time) and reseed
+    /// its random number generator (every sandbox of a snapshot wakes with the same kernel RNG
+    /// state); answered with [`AgentMessage::ClockSet`].
     SetClock {
         /// Milliseconds since the Unix epoch.
         unix_ms: u64,
+        /// Fresh host randomness mixed into the guest's pool before a reseed.
+        #[serde(with = "base64_bytes")]
+        entropy: Vec<u8>,
     },
 }
 

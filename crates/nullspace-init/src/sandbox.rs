@@ -426,3 +426,30 @@ pub fn set_clock(unix_ms: u64) -> Result<(), String> {
     rustix::time::clock_settime(rustix::time::ClockId::Realtime, time)
         .map_err(|e| format!("setting the clock: {e}"))
 }
+
+/// `RNDRESEEDCRNG` (`_IO('R', 0x07)`): reseed the kernel's CRNG from its pool now.
+const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
+
+/// Mixes `entropy` into the kernel's pool and reseeds its CRNG, so that sandboxes restored from
+/// one snapshot stop sharing the random numbers the guest hands out from now on.
+#[allow(unsafe_code)]
+pub fn reseed(entropy: &[u8]) -> Result<(), String> {
+    let mut random = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/urandom")
+        .map_err(|e| format!("opening /dev/urandom: {e}"))?;
+    random
+        .write_all(entropy)
+        .map_err(|e| format!("mixing in entropy: {e}"))?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: RNDRESEEDCRNG takes no argument and only reads the descriptor, which is open
+    // (`random` lives until the end of this function).
+    let done = unsafe { libc::ioctl(random.as_raw_fd(), RNDRESEEDCRNG as _) };
+    if done != 0 {
+        return Err(format!(
+            "reseeding the CRNG: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}

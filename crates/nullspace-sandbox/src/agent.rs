@@ -17,7 +17,15 @@ const ROUTE_QUEUE: usize = 256;
 /// The route of messages that carry no id (hello, clock set).
 const CONTROL: u64 = 0;
 
-type Routes = Arc<Mutex<HashMap<u64, mpsc::Sender<AgentMessage>>>>;
+/// The routes, and why the channel closed once it has (both under one lock, so a route is
+/// never added after the close cleared them).
+#[derive(Default)]
+struct RouteTable {
+    routes: HashMap<u64, mpsc::Sender<AgentMessage>>,
+    closed: Option<String>,
+}
+
+type Routes = Arc<Mutex<RouteTable>>;
 
 /// A multiplexed agent channel.
 pub struct AgentMux {
@@ -63,8 +71,8 @@ impl Answers {
 
 impl Drop for Answers {
     fn drop(&mut self) {
-        if let Ok(mut routes) = self.routes.lock() {
-            routes.remove(&self.id);
+        if let Ok(mut table) = self.routes.lock() {
+            table.routes.remove(&self.id);
         }
     }
 }
@@ -86,7 +94,7 @@ impl AgentMux {
                         let target = router_routes
                             .lock()
                             .ok()
-                            .and_then(|r| r.get(&route).cloned());
+                            .and_then(|t| t.routes.get(&route).cloned());
                         // Answers nobody waits for any more (an ended command's late output,
                         // the start command's logs) are dropped.
                         if let Some(target) = target {
@@ -95,10 +103,11 @@ impl AgentMux {
                     }
                 }
             };
-            let _ = close.send(Some(reason));
-            if let Ok(mut routes) = router_routes.lock() {
-                routes.clear();
+            if let Ok(mut table) = router_routes.lock() {
+                table.routes.clear();
+                table.closed = Some(reason.clone());
             }
+            let _ = close.send(Some(reason));
         });
         Arc::new(AgentMux {
             sender: tokio::sync::Mutex::new(sender),
@@ -113,14 +122,22 @@ impl AgentMux {
         self.closed.borrow().clone()
     }
 
+    /// A receiver that sees the channel close.
+    pub fn watch_closed(&self) -> watch::Receiver<Option<String>> {
+        self.closed.clone()
+    }
+
     fn register(&self, id: u64) -> Result<Answers, SandboxError> {
-        if let Some(reason) = self.closed() {
-            return Err(SandboxError::Agent(reason));
-        }
         let (deliver, receiver) = mpsc::channel(ROUTE_QUEUE);
-        if let Ok(mut routes) = self.routes.lock() {
-            routes.insert(id, deliver);
+        let mut table = self
+            .routes
+            .lock()
+            .map_err(|_| SandboxError::Agent("the route table is unavailable".into()))?;
+        if let Some(reason) = &table.closed {
+            return Err(SandboxError::Agent(reason.clone()));
         }
+        table.routes.insert(id, deliver);
+        drop(table);
         Ok(Answers {
             id,
             receiver,

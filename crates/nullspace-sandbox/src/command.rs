@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use nullspace_init::protocol::{AgentMessage, HostMessage, Stream};
+use nullspace_init::protocol::{AgentMessage, HostMessage, Stream, MAX_CHUNK_BYTES};
 use tokio::sync::{broadcast, watch};
 
 use crate::agent::{AgentMux, Answers};
@@ -172,10 +172,11 @@ impl CommandRecord {
 
     fn ended(&self, mut end: CommandEnd) {
         end.killed = self.killed.load(std::sync::atomic::Ordering::Relaxed) && !end.timed_out;
+        // Checked and set under the output lock: the first end wins (the agent's, or "lost").
+        let _lock = self.kept.lock();
         if self.end.borrow().is_some() {
             return;
         }
-        let _lock = self.kept.lock();
         let _ = self.events.send(CommandEvent::End(end.clone()));
         self.end.send_replace(Some(end));
     }
@@ -228,7 +229,9 @@ pub async fn start(
             })
         })
         .await?;
-    let (events, _) = broadcast::channel(1024);
+    // A follower that stops reading holds at most this many chunks (64 × 256 KiB) before it
+    // is skipped ahead.
+    let (events, _) = broadcast::channel(64);
     let record = Arc::new(CommandRecord {
         id: answers.id(),
         display,
@@ -267,7 +270,13 @@ async fn pump(mut answers: Answers, record: Arc<CommandRecord>, timeout: Option<
             Some(AgentMessage::RunStarted { pid, .. }) => {
                 record.pid.send_replace(Some(pid));
             }
-            Some(AgentMessage::Output { stream, data, .. }) => record.output_came(stream, data),
+            // The guest is untrusted: chunks past the protocol's size are cut to it.
+            Some(AgentMessage::Output {
+                stream, mut data, ..
+            }) => {
+                data.truncate(MAX_CHUNK_BYTES);
+                record.output_came(stream, data)
+            }
             Some(AgentMessage::RunEnded {
                 code,
                 signal,

@@ -91,6 +91,8 @@ struct Accounts {
 
 /// The sandboxes of one host.
 pub struct Sandboxes {
+    /// Held (flock) while this host runs sandboxes in `dir`.
+    _lock: std::fs::File,
     qemu: Qemu,
     dir: PathBuf,
     limits: Limits,
@@ -140,11 +142,24 @@ impl Sandboxes {
         limits: Limits,
         ledger: Arc<dyn Ledger>,
     ) -> Result<Sandboxes, SandboxError> {
+        // One host per sandboxes dir: a second server on the same data dir must not empty the
+        // first one's overlays.
+        let lock_path = dir.with_extension("lock");
+        let lock = std::fs::File::create(&lock_path).map_err(io_at(&lock_path))?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
+            |_| {
+                SandboxError::Unstartable(format!(
+                    "another server runs sandboxes on this data dir ({} is locked)",
+                    lock_path.display()
+                ))
+            },
+        )?;
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(io_at(&dir))?;
         }
         std::fs::create_dir_all(&dir).map_err(io_at(&dir))?;
         Ok(Sandboxes {
+            _lock: lock,
             qemu,
             dir,
             limits,
@@ -263,6 +278,7 @@ impl Sandboxes {
             kill_requested: Mutex::new(None),
             kill: Notify::new(),
             commands: Mutex::default(),
+            starting: std::sync::atomic::AtomicUsize::new(0),
             pid: process.pid(),
             dir,
         });
@@ -314,6 +330,7 @@ impl Sandboxes {
         sandbox: Arc<Sandbox>,
         mut process: nullspace_vm::running::VmProcess,
     ) {
+        let mut agent_closed = sandbox.agent.watch_closed();
         let (reason, detail) = loop {
             let deadline = sandbox.deadline();
             let left = deadline
@@ -330,6 +347,23 @@ impl Sandboxes {
                     break asked.unwrap_or((EndReason::Killed, "killed".into()));
                 }
                 _ = sandbox.deadline_moved.notified() => continue,
+                // A guest that breaks its channel can no longer be used: it ends here.
+                closed = async {
+                    agent_closed
+                        .wait_for(|closed| closed.is_some())
+                        .await
+                        .ok()
+                        .and_then(|closed| closed.clone())
+                } => {
+                    let reason = closed.unwrap_or_default();
+                    // Usually QEMU itself is ending; otherwise the guest broke the channel.
+                    if let Ok(status) = tokio::time::timeout(Duration::from_secs(2), process.wait()).await {
+                        let console = process.console_tail(5);
+                        break (EndReason::VmExited, format!("QEMU exited ({status}); last console lines: {console}"));
+                    }
+                    process.kill().await;
+                    break (EndReason::VmExited, format!("its agent channel broke: {reason}"));
+                }
                 _ = tokio::time::sleep(left) => {
                     if sandbox.deadline() <= SystemTime::now() {
                         process.kill().await;
@@ -401,13 +435,18 @@ impl Sandboxes {
     }
 }
 
+/// Sets the guest's clock and reseeds its RNG (a restored guest wakes with the snapshot's
+/// time and random state).
 async fn set_clock(agent: &agent::AgentMux) -> Result<(), SandboxError> {
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
+    let mut entropy = vec![0u8; 64];
+    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut entropy);
     let mut answers = agent
         .control(&HostMessage::SetClock {
             unix_ms: now.as_millis() as u64,
+            entropy,
         })
         .await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

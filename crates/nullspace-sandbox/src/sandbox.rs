@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -108,6 +109,8 @@ pub struct Sandbox {
     pub(crate) kill_requested: Mutex<Option<(EndReason, String)>>,
     pub(crate) kill: Notify,
     pub(crate) commands: Mutex<BTreeMap<u64, Arc<CommandRecord>>>,
+    /// Commands being started (not yet in `commands`).
+    pub(crate) starting: AtomicUsize,
     /// QEMU's process id while it runs.
     pub pid: Option<u32>,
     /// Holds its copy-on-write disk overlay (and a cold boot's RAM file).
@@ -174,8 +177,12 @@ impl Sandbox {
         }
     }
 
-    /// Starts a command.
-    pub async fn run(&self, spec: &CommandSpec) -> Result<Arc<CommandRecord>, SandboxError> {
+    /// Starts a command. The start runs to its end even if the caller goes away, so every
+    /// command that runs in the guest has a record (to list, follow and kill).
+    pub async fn run(
+        self: &Arc<Self>,
+        spec: &CommandSpec,
+    ) -> Result<Arc<CommandRecord>, SandboxError> {
         self.running()?;
         if spec.shell.is_none() && spec.argv.is_empty() {
             return Err(SandboxError::Invalid {
@@ -183,27 +190,45 @@ impl Sandbox {
                 message: "give a shell command or an argv".into(),
             });
         }
-        let running = self.commands().iter().filter(|c| c.end().is_none()).count();
-        if running >= MAX_RUNNING_COMMANDS {
-            return Err(SandboxError::Quota(format!(
-                "{running} commands already run in this sandbox (the limit is {MAX_RUNNING_COMMANDS}); wait for one or kill one"
-            )));
-        }
-        let record = command::start(&self.agent, spec, &self.env).await?;
-        if let Ok(mut commands) = self.commands.lock() {
-            commands.insert(record.id, record.clone());
-            while commands.len() > KEPT_COMMANDS {
-                let oldest_ended = commands
-                    .iter()
-                    .find(|(_, c)| c.end().is_some())
-                    .map(|(id, _)| *id);
-                match oldest_ended {
-                    Some(id) => commands.remove(&id),
-                    None => break,
-                };
+        {
+            // Counted under the commands lock together with the starts under way, so
+            // concurrent requests cannot pass the limit together.
+            let commands = self
+                .commands
+                .lock()
+                .map_err(|_| SandboxError::Agent("the command table is unavailable".into()))?;
+            let running = commands.values().filter(|c| c.end().is_none()).count();
+            let starting = self.starting.load(Ordering::SeqCst);
+            if running + starting >= MAX_RUNNING_COMMANDS {
+                return Err(SandboxError::Quota(format!(
+                    "{} commands already run in this sandbox (the limit is {MAX_RUNNING_COMMANDS}); wait for one or kill one",
+                    running + starting
+                )));
             }
+            self.starting.fetch_add(1, Ordering::SeqCst);
         }
-        Ok(record)
+        let (sandbox, spec) = (self.clone(), spec.clone());
+        let started = tokio::spawn(async move {
+            let record = command::start(&sandbox.agent, &spec, &sandbox.env).await;
+            if let (Ok(record), Ok(mut commands)) = (&record, sandbox.commands.lock()) {
+                commands.insert(record.id, record.clone());
+                while commands.len() > KEPT_COMMANDS {
+                    let oldest_ended = commands
+                        .iter()
+                        .find(|(_, c)| c.end().is_some())
+                        .map(|(id, _)| *id);
+                    match oldest_ended {
+                        Some(id) => commands.remove(&id),
+                        None => break,
+                    };
+                }
+            }
+            sandbox.starting.fetch_sub(1, Ordering::SeqCst);
+            record
+        });
+        started
+            .await
+            .map_err(|e| SandboxError::Agent(format!("starting the command: {e}")))?
     }
 
     /// A command by id.

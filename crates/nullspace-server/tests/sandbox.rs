@@ -192,7 +192,7 @@ async fn sandboxes_restore_the_template_snapshot_with_their_own_disk_env_and_fil
     );
 
     // Files: bytes round trip, owned by the sandbox's user; clear errors.
-    let bytes: Vec<u8> = (0..=255u8).cycle().take(600_000).collect();
+    let bytes: Vec<u8> = (0..=255u8).cycle().take(3_000_000).collect();
     let files = format!("{url}/v1/sandboxes/{a}/files");
     let written = client()
         .put(format!("{files}?path=data/blob.bin"))
@@ -203,7 +203,7 @@ async fn sandboxes_restore_the_template_snapshot_with_their_own_disk_env_and_fil
         .unwrap();
     assert_eq!(written.status(), 200);
     let written: Value = written.json().await.unwrap();
-    assert_eq!(written["size"], 600_000);
+    assert_eq!(written["size"], 3_000_000);
     let read = client()
         .get(format!("{files}?path=/srv/work/data/blob.bin"))
         .bearer_auth(ALICE)
@@ -251,6 +251,9 @@ async fn sandboxes_restore_the_template_snapshot_with_their_own_disk_env_and_fil
         sh(&url, &b, "printenv SANDBOX_ONLY || echo unset").await,
         "unset\n"
     );
+    // Restored from one snapshot, yet their kernel RNGs were reseeded apart.
+    let random = "od -An -tx1 -N16 /dev/urandom";
+    assert_ne!(sh(&url, &a, random).await, sh(&url, &b, random).await);
 
     // Streaming, background, kill and timeouts of commands.
     let streamed = client()

@@ -153,6 +153,8 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(sandboxes::stream_command))
         .routes(routes!(sandboxes::write_file, sandboxes::read_file))
         .routes(routes!(sandboxes::list_files))
+        // axum's own 2 MiB default for raw bodies would cap file writes below the limit.
+        .layer(axum::extract::DefaultBodyLimit::max(REQUEST_BODY_LIMIT))
         .layer(RequestBodyLimitLayer::new(REQUEST_BODY_LIMIT));
     // Blob uploads stream to disk under their own (larger) limit.
     let uploads = OpenApiRouter::new().routes(routes!(blobs::upload_blob, blobs::has_blob));

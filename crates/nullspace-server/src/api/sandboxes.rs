@@ -33,6 +33,8 @@ pub const MAX_FILE_BYTES: u64 = 64 << 20;
 const MAX_ENV: usize = 512;
 /// Default command timeout.
 const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest command timeout (a sandbox lives at most this long anyway).
+const MAX_COMMAND_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Sandboxes listed, at most.
 const LISTED: usize = 200;
 
@@ -89,15 +91,27 @@ pub async fn create_sandbox(
         .unwrap_or_else(|| BASE.to_string());
     let template = service.resolve(&owner, &reference).await?;
     let image = service.image(&template, &reference)?;
-    let sandbox = host
-        .create(&owner, &image, env, timeout)
-        .await
-        .map_err(api_error)?;
-    let record = info(&sandbox);
-    let (stored, who) = (record.clone(), owner.clone());
-    state
-        .blocking(move |state| Ok(state.runner.store().put_sandbox(&stored, &who)?))
-        .await?;
+    // Created and recorded to the end even if the caller goes away: a sandbox that runs is
+    // always one its owner can list and kill.
+    let created = tokio::spawn(async move {
+        let sandbox = host
+            .create(&owner, &image, env, timeout)
+            .await
+            .map_err(api_error)?;
+        let record = info(&sandbox);
+        let (stored, who) = (record.clone(), owner.clone());
+        let recorded = state
+            .blocking(move |state| Ok(state.runner.store().put_sandbox(&stored, &who)?))
+            .await;
+        if let Err(error) = recorded {
+            sandbox
+                .end(EndReason::Killed, "it could not be recorded")
+                .await;
+            return Err(error);
+        }
+        Ok(record)
+    });
+    let record = created.await.map_err(ApiError::internal)??;
     Ok((StatusCode::CREATED, Json(record)))
 }
 
@@ -405,7 +419,18 @@ pub async fn run_command(
         timeout: match request.timeout {
             None => Some(DEFAULT_COMMAND_TIMEOUT),
             Some(0) => None,
-            Some(seconds) => Some(Duration::from_secs(seconds)),
+            Some(seconds) if seconds <= MAX_COMMAND_TIMEOUT.as_secs() => {
+                Some(Duration::from_secs(seconds))
+            }
+            Some(seconds) => {
+                return Err(ApiError::invalid(
+                    "timeout",
+                    format!(
+                        "{seconds} s is over {} s (0 means no limit)",
+                        MAX_COMMAND_TIMEOUT.as_secs()
+                    ),
+                ))
+            }
         },
     };
     if spec.shell.is_some() && !spec.argv.is_empty() {
