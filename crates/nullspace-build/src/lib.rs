@@ -22,6 +22,7 @@ pub mod error;
 pub mod events;
 pub mod gc;
 pub mod ids;
+pub mod object_storage;
 pub mod request;
 mod rootfs_cache;
 pub mod store;

@@ -41,6 +41,33 @@ pub struct ServeArgs {
     /// Accept requests without an API key, all as OWNER (local development only).
     #[arg(long, value_name = "OWNER")]
     pub no_auth_as: Option<String>,
+    /// What this process does: `api` (records builds, serves the API), `worker` (runs builds
+    /// from the shared queue; serves /healthz, /readyz and /metrics) or `all`. `api` and
+    /// `worker` need --database.
+    #[arg(long, default_value = "all", env = "NULLSPACE_ROLE")]
+    pub role: nullspace_server::config::Role,
+    /// `postgres://user:password@host:port/db`: share builds, logs and templates with other
+    /// processes through PostgreSQL (default: the data dir's SQLite).
+    #[arg(long, env = "NULLSPACE_DATABASE_URL", hide_env_values = true)]
+    pub database: Option<String>,
+    /// Seconds a worker's claim on a build lasts without renewal; a worker that dies loses
+    /// its builds to other workers after about this long.
+    #[arg(long, default_value_t = 30, env = "NULLSPACE_BUILD_LEASE_SECS")]
+    pub lease_secs: u64,
+    /// Seconds running builds may take to finish on SIGTERM before they are handed back to the
+    /// queue [60 for a worker, 10 otherwise].
+    #[arg(long, env = "NULLSPACE_DRAIN_TIMEOUT_SECS")]
+    pub drain_timeout_secs: Option<u64>,
+    /// `s3://bucket[/prefix]` (credentials and region from the AWS_* variables) or
+    /// `file:///dir`: share published templates and build-context files between hosts.
+    #[arg(long, env = "NULLSPACE_OBJECT_STORE")]
+    pub object_store: Option<String>,
+    /// The endpoint of an S3-compatible service (e.g. `http://127.0.0.1:9000`).
+    #[arg(long, env = "NULLSPACE_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// Bytes of templates fetched from other hosts kept on this one (least recently used go).
+    #[arg(long, default_value_t = 64 << 30, env = "NULLSPACE_ARTIFACT_CACHE_BYTES")]
+    pub artifact_cache_bytes: u64,
 }
 
 /// `nullspace template ...`

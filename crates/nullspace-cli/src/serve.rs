@@ -10,7 +10,11 @@ use nullspace_server::{ApiKeys, ServerConfig};
 
 /// Runs the server until SIGINT or SIGTERM.
 pub fn serve(data: DataDir, args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let keys = ApiKeys::from_env().context("reading API keys")?;
+    let keys = if args.role.serves_api() {
+        ApiKeys::from_env().context("reading API keys")?
+    } else {
+        ApiKeys::default()
+    };
     if let Some(owner) = &args.no_auth_as {
         anyhow::ensure!(
             nullspace_server::auth::valid_owner(owner),
@@ -31,6 +35,22 @@ pub fn serve(data: DataDir, args: ServeArgs) -> anyhow::Result<ExitCode> {
         vm: crate::config::vm()?,
         require_snapshots: crate::config::require_snapshots(),
         sandboxes: crate::config::sandbox_settings()?,
+        deployment: nullspace_server::config::Deployment {
+            role: args.role,
+            database_url: args.database,
+            lease: std::time::Duration::from_secs(args.lease_secs.clamp(3, 3600)),
+            drain_timeout: std::time::Duration::from_secs(args.drain_timeout_secs.unwrap_or(
+                if args.role == nullspace_server::config::Role::Worker {
+                    60
+                } else {
+                    10
+                },
+            )),
+            instance: nullspace_server::config::default_instance(),
+            artifact_cache_bytes: args.artifact_cache_bytes,
+            object_store_url: args.object_store,
+            s3_endpoint: args.s3_endpoint,
+        },
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(nullspace_server::serve(

@@ -30,7 +30,7 @@ use nullspace_build::{DataDir, Engine};
 use nullspace_oci::RegistryConfig;
 
 pub use auth::ApiKeys;
-pub use store::{BuildStore, SqliteStore};
+pub use store::{BuildStore, PgStore, SqliteStore};
 
 /// What `nullspace serve` needs.
 #[derive(Debug)]
@@ -59,6 +59,8 @@ pub struct ServerConfig {
     pub require_snapshots: bool,
     /// Sandbox limits and the builtin base template's image.
     pub sandboxes: sandboxes::SandboxSettings,
+    /// Role, shared store, leases, drain.
+    pub deployment: config::Deployment,
 }
 
 /// Why the server could not start or stopped.
@@ -73,6 +75,14 @@ pub enum ServerError {
     /// The registry client could not be configured.
     #[error(transparent)]
     Registry(#[from] nullspace_oci::Error),
+    /// Object storage could not be opened.
+    #[error(transparent)]
+    ObjectStorage(#[from] nullspace_build::object_storage::StorageError),
+    /// A role other than `all` without a shared store.
+    #[error(
+        "--role {0} needs a shared store: pass --database postgres://... (SQLite is one process's)"
+    )]
+    RoleNeedsSharedStore(&'static str),
     /// No API keys and auth not disabled.
     #[error(
         "no API keys: set {} (key:owner,...) or {}, or disable auth explicitly",
@@ -93,8 +103,12 @@ pub enum ServerError {
 /// Opens the engine and the store, recovers builds interrupted by a crash, and returns the
 /// router's state.
 pub fn open(config: &ServerConfig) -> Result<api::AppState, ServerError> {
-    if config.keys.is_empty() && config.open_owner.is_none() {
+    let role = config.deployment.role;
+    if role.serves_api() && config.keys.is_empty() && config.open_owner.is_none() {
         return Err(ServerError::NoKeys);
+    }
+    if role != config::Role::All && config.deployment.database_url.is_none() {
+        return Err(ServerError::RoleNeedsSharedStore(role.as_str()));
     }
     let engine = Engine::open(config.data.clone(), config.registry.clone())
         .map_err(|e| ServerError::Engine(Box::new(e)))?
@@ -102,9 +116,30 @@ pub fn open(config: &ServerConfig) -> Result<api::AppState, ServerError> {
         .with_vm(config.vm.clone())
         .require_snapshots(config.require_snapshots);
     let engine = Arc::new(engine);
-    let store: Arc<dyn BuildStore> = Arc::new(SqliteStore::open(&config.data.database())?);
-    let runner = runner::Runner::new(store, engine, config.workers, &config.settings);
+    let store: Arc<dyn BuildStore> = match &config.deployment.database_url {
+        Some(url) => Arc::new(PgStore::connect(url)?),
+        None => Arc::new(SqliteStore::open(&config.data.database())?),
+    };
+    let objects = match &config.deployment.object_store_url {
+        Some(url) => Some(nullspace_build::object_storage::ObjectStorage::open(
+            url,
+            config.deployment.s3_endpoint.as_deref(),
+        )?),
+        None => None,
+    };
+    if store.is_shared() && objects.is_none() {
+        tracing::warn!("a shared store without object storage: templates built here are usable only on this host (pass --object-store)");
+    }
+    let runner = runner::Runner::new(
+        store,
+        engine,
+        config.workers,
+        &config.settings,
+        config.deployment.clone(),
+        objects,
+    );
     runner.recover()?;
+    runner.start();
     let sandboxes = Arc::new(sandboxes::SandboxService::open(
         runner.clone(),
         config.sandboxes.clone(),
@@ -139,8 +174,34 @@ pub async fn serve(
         config.settings.gc_interval,
     ));
     let sandboxes = state.sandboxes.clone();
-    let served = axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(shutdown)
+    let runner = state.runner.clone();
+    tracing::info!(
+        "role {} as {} on the {} store",
+        config.deployment.role.as_str(),
+        config.deployment.instance,
+        if config.deployment.database_url.is_some() {
+            "PostgreSQL"
+        } else {
+            "SQLite"
+        }
+    );
+    let router = if config.deployment.role.serves_api() {
+        api::router(state)
+    } else {
+        api::ops_router(state)
+    };
+    // On shutdown: stop claiming, let running builds finish (or hand them back), then stop
+    // serving, so followers see the builds' last entries.
+    let drained = {
+        let runner = runner.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down: draining builds");
+            runner.drain().await;
+        }
+    };
+    let served = axum::serve(listener, router)
+        .with_graceful_shutdown(drained)
         .await
         .map_err(io);
     collector.abort();

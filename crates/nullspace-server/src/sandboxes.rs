@@ -88,6 +88,8 @@ impl ResolvedTemplate {
 /// Records ends in the store.
 struct StoreLedger {
     store: Arc<dyn BuildStore>,
+    /// The host that runs the sandboxes (see [`SandboxService::host_name`]).
+    host: String,
 }
 
 impl Ledger for StoreLedger {
@@ -100,7 +102,7 @@ impl Ledger for StoreLedger {
             record.end_reason = Some(reason.as_str().into());
             record.end_detail = Some(detail.clone());
         }
-        if let Err(e) = self.store.put_sandbox(&record, &sandbox.owner) {
+        if let Err(e) = self.store.put_sandbox(&record, &sandbox.owner, &self.host) {
             tracing::error!("recording the end of sandbox {}: {e}", sandbox.id);
         }
     }
@@ -139,7 +141,19 @@ pub fn api_error(error: SandboxError) -> ApiError {
     ApiError::new(status, code, error.to_string())
 }
 
+/// The name sandbox records give the host that runs them: the machine and the data dir (one
+/// sandbox host per data dir, which a lock enforces), stable across restarts so a restarted
+/// host ends its own earlier sandboxes and no one else's.
+pub fn host_name(data: &nullspace_build::DataDir) -> String {
+    format!("{}:{}", crate::config::hostname(), data.root().display())
+}
+
 impl SandboxService {
+    /// The name of this host in sandbox records.
+    pub fn host_name(&self) -> String {
+        host_name(self.runner.engine().data_dir())
+    }
+
     /// Sandboxes over `runner`'s engine and store. Sandboxes recorded as running by an earlier
     /// process are recorded as ended now: their VMs ended with it.
     pub fn open(
@@ -147,6 +161,7 @@ impl SandboxService {
         settings: SandboxSettings,
     ) -> Result<SandboxService, crate::store::StoreError> {
         let ended = runner.store().end_running_sandboxes(
+            &host_name(runner.engine().data_dir()),
             &rfc3339(SystemTime::now()),
             "server_restarted",
             "the server stopped while it ran; its VM ended with it",
@@ -168,6 +183,7 @@ impl SandboxService {
             let runtime = engine.vm_runtime().map_err(|e| e.to_string())?;
             let dir = engine.data_dir().root().join("sandboxes");
             let ledger = Arc::new(StoreLedger {
+                host: self.host_name(),
                 store: self.runner.store().clone(),
             });
             Sandboxes::new(
@@ -224,13 +240,15 @@ impl SandboxService {
                 resolve_ref(store.as_ref(), &owner_text, &wanted).map(|r| r.build)
             };
             match api {
-                Ok(build) => Ok(ResolvedTemplate::of(&engine, &build)),
+                Ok(build) => Ok(Err(Box::new(build))),
                 Err(e) if local => engine
                     .store()
                     .resolve(&wanted)
-                    .map(|found| ResolvedTemplate {
-                        build_id: found.build_id,
-                        artifact_dir: found.artifact_dir,
+                    .map(|found| {
+                        Ok(ResolvedTemplate {
+                            build_id: found.build_id,
+                            artifact_dir: found.artifact_dir,
+                        })
                     })
                     .map_err(|_| e),
                 Err(e) => Err(e),
@@ -238,13 +256,17 @@ impl SandboxService {
         })
         .await
         .map_err(ApiError::internal)?;
-        match own {
+        let build = match own {
+            Ok(Ok(local)) => return Ok(local),
+            Ok(Err(build)) => *build,
             Err(e) if reference == BASE && e.status == StatusCode::NOT_FOUND => {
-                let build = self.runner.builtin_base().await?;
-                Ok(ResolvedTemplate::of(self.runner.engine(), &build))
+                self.runner.builtin_base().await?
             }
-            other => other,
-        }
+            Err(e) => return Err(e),
+        };
+        // Built on another host: fetched from object storage first.
+        self.runner.local_artifact(&build).await?;
+        Ok(ResolvedTemplate::of(self.runner.engine(), &build))
     }
 
     /// What a sandbox of `template` starts from.

@@ -31,7 +31,13 @@ fn artifact_available(record: &BuildRecord) -> (bool, Option<String>) {
         return (false, Some("build_not_ready".into()));
     }
     match &record.result {
-        Some(result) if std::path::Path::new(&result.artifact_dir).is_dir() => (true, None),
+        // Here, or in object storage for any host to fetch.
+        Some(result)
+            if result.artifact_manifest.is_some()
+                || std::path::Path::new(&result.artifact_dir).is_dir() =>
+        {
+            (true, None)
+        }
         _ => (false, Some("artifact_missing".into())),
     }
 }

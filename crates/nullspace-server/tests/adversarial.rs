@@ -510,22 +510,18 @@ async fn a_full_disk_fails_the_build_cleanly_and_the_next_build_works() {
 /// Every tag points at a build the API calls ready, and every published artifact belongs to
 /// one.
 fn assert_tags_point_at_ready_builds(data: &Path) {
-    let db = rusqlite::Connection::open(data.join("nullspace.db")).unwrap();
-    let mut statement = db
-        .prepare(
-            "SELECT g.tag, g.build_id, a.status FROM tags g LEFT JOIN api_builds a ON a.id = g.build_id",
-        )
-        .unwrap();
-    let rows: Vec<(String, String, Option<String>)> = statement
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    for (tag, build, status) in rows {
+    let rows = store_rows(
+        data,
+        "SELECT g.tag, g.build_id, a.status FROM tags g LEFT JOIN api_builds a ON a.id = g.build_id",
+        &[],
+    );
+    for row in rows {
         assert_eq!(
-            status.as_deref(),
+            row[2].as_deref(),
             Some("ready"),
-            "tag {tag} points at {build}"
+            "tag {:?} points at {:?}",
+            row[0],
+            row[1]
         );
     }
     for dir in std::fs::read_dir(data.join("templates"))
@@ -534,11 +530,10 @@ fn assert_tags_point_at_ready_builds(data: &Path) {
         .flatten()
     {
         let id = dir.file_name().to_string_lossy().into_owned();
-        let status: Option<String> = db
-            .query_row("SELECT status FROM api_builds WHERE id = ?1", [&id], |r| {
-                r.get(0)
-            })
-            .ok();
+        let status = store_rows(data, "SELECT status FROM api_builds WHERE id = $1", &[&id])
+            .into_iter()
+            .next()
+            .and_then(|row| row[0].clone());
         assert_eq!(
             status.as_deref(),
             Some("ready"),

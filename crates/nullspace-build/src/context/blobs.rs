@@ -57,6 +57,11 @@ impl ContextBlobs {
             .sum()
     }
 
+    /// Where the blob is (or would be) stored.
+    pub fn path(&self, digest: &Digest) -> std::path::PathBuf {
+        self.store.path(digest)
+    }
+
     /// Whether the blob is present.
     pub fn contains(&self, digest: &Digest) -> bool {
         self.store.contains(digest)

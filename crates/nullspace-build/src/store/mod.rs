@@ -96,6 +96,19 @@ impl Store {
         self.with(|c| ensure_template_row(c, LOCAL_NAMESPACE, name, new_id, now))
     }
 
+    /// Gives a template whose records live in a shared store (PostgreSQL) a row here, so this
+    /// host's build rows can name it; it stands under the namespace `@shared`, named by its
+    /// id, and no ref resolves to it.
+    pub fn mirror_template(&self, template_id: &str) -> Result<(), BuildError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT OR IGNORE INTO templates (id, namespace, name, created_at) VALUES (?1, '@shared', ?1, ?2)",
+                params![template_id, crate::ids::now_rfc3339()],
+            )
+            .map(|_| ())
+        })
+    }
+
     /// Records a build as running.
     pub fn start_build(
         &self,
@@ -105,7 +118,8 @@ impl Store {
     ) -> Result<(), BuildError> {
         self.with(|c| {
             c.execute(
-                "INSERT INTO builds (id, template_id, status, backend, created_at) VALUES (?1, ?2, 'building', 'native', ?3)",
+                "INSERT INTO builds (id, template_id, status, backend, created_at) VALUES (?1, ?2, 'building', 'native', ?3)
+                 ON CONFLICT (id) DO UPDATE SET status = 'building', finished_at = NULL, error = NULL, artifact_dir = NULL",
                 params![build_id, template_id, now],
             )
             .map(|_| ())

@@ -9,6 +9,7 @@
 //!   builds);
 //! - `api_builds`, `api_log_entries`: the build service's store (`nullspace-server`), the
 //!   queue and the durable logs;
+//! - `sandboxes`: the sandbox service's records (`nullspace-server`);
 //! - `blob_access`: the engine's [`super::Store`]: which owner has itself fetched which layer
 //!   blob from a registry (the shared blob store and rootfs cache serve an owner only those).
 //!
@@ -85,6 +86,17 @@ CREATE TABLE sandboxes (
     record TEXT NOT NULL
 );
 CREATE INDEX sandboxes_by_owner ON sandboxes (owner, created_at);
+",
+    // The queue's leases (see nullspace-server's store): who runs a build until when, how many
+    // attempts it had, who holds its request-time secrets, what it waits for; and the host that
+    // runs a sandbox.
+    "
+ALTER TABLE api_builds ADD COLUMN worker TEXT;
+ALTER TABLE api_builds ADD COLUMN lease_expires_ms INTEGER;
+ALTER TABLE api_builds ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE api_builds ADD COLUMN holder TEXT;
+ALTER TABLE api_builds ADD COLUMN wait_for TEXT;
+ALTER TABLE sandboxes ADD COLUMN host TEXT NOT NULL DEFAULT '';
 ",
 ];
 

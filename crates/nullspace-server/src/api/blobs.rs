@@ -149,6 +149,20 @@ pub async fn upload_blob(
         })?;
     }
     let size = upload.commit().map_err(|e| upload_error(&digest, e))?;
+    if let Some(objects) = state.runner.objects() {
+        // Workers on other hosts read it from there.
+        let digest_parsed = parse_digest(&digest).map_err(|e| ApiError::invalid("digest", e))?;
+        objects
+            .put_context_blob(&owner, &digest, &blobs.path(&digest_parsed))
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "object_storage_failed",
+                    format!("blob {digest}: sharing it with the build workers failed: {e}"),
+                )
+            })?;
+    }
     Ok((StatusCode::CREATED, Json(UploadedBlob { digest, size })))
 }
 

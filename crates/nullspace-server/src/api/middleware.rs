@@ -52,7 +52,7 @@ pub async fn envelope_and_auth(
         .unwrap_or_default()
         .to_string();
     let path = request.uri().path();
-    let public = path == "/openapi.json" || path == "/healthz";
+    let public = matches!(path, "/openapi.json" | "/healthz" | "/readyz" | "/metrics");
     let mut response = if public {
         next.run(request).await
     } else {

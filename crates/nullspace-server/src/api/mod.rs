@@ -7,6 +7,7 @@ pub mod builds;
 pub mod extract;
 pub mod logs;
 pub mod middleware;
+pub mod ops;
 pub mod plan;
 pub mod sandboxes;
 pub mod templates;
@@ -90,7 +91,7 @@ type ApiResult<T> = Result<T, ApiError>;
 #[openapi(
     info(
         title = "Nullspace templates",
-        description = "Build templates (rootfs + runtime defaults + VM snapshot) from images, Dockerfiles and declarative steps; follow their logs; manage refs; start sandboxes from them and run commands and move files in them. Every endpoint but /healthz and /openapi.json needs `Authorization: Bearer <api key>`; every non-2xx response is an ErrorEnvelope.",
+        description = "Build templates (rootfs + runtime defaults + VM snapshot) from images, Dockerfiles and declarative steps; follow their logs; manage refs; start sandboxes from them and run commands and move files in them. Every endpoint but /healthz, /readyz, /metrics and /openapi.json needs `Authorization: Bearer <api key>`; every non-2xx response is an ErrorEnvelope.",
         license(name = "Apache-2.0")
     ),
     components(schemas(nullspace_api::ErrorEnvelope))
@@ -124,6 +125,8 @@ async fn openapi_json() -> impl IntoResponse {
 fn routes() -> OpenApiRouter<AppState> {
     let json = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(healthz))
+        .routes(routes!(ops::readyz))
+        .routes(routes!(ops::metrics))
         .routes(routes!(openapi_json))
         .routes(routes!(templates::list_templates))
         .routes(routes!(builds::create_build))
@@ -177,6 +180,18 @@ pub fn openapi_document() -> String {
     text
 }
 
+/// A worker's router: `/healthz`, `/readyz` and `/metrics` only.
+pub fn ops_router(state: AppState) -> axum::Router {
+    axum::Router::new()
+        .route("/healthz", axum::routing::get(healthz))
+        .route("/readyz", axum::routing::get(ops::readyz))
+        .route("/metrics", axum::routing::get(ops::metrics))
+        .fallback(|request: axum::extract::Request| async move {
+            ApiError::no_route(request.uri().path())
+        })
+        .with_state(state)
+}
+
 /// The router with every route and the middleware.
 pub fn router(state: AppState) -> axum::Router {
     let (router, _) = routes().split_for_parts();
@@ -226,6 +241,8 @@ mod tests {
         let paths = document["paths"].as_object().unwrap();
         let expected = [
             ("/healthz", "get"),
+            ("/readyz", "get"),
+            ("/metrics", "get"),
             ("/openapi.json", "get"),
             ("/v1/templates", "get"),
             ("/v1/templates/builds", "post"),

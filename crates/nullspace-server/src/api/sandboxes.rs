@@ -101,7 +101,10 @@ pub async fn create_sandbox(
         let record = info(&sandbox);
         let (stored, who) = (record.clone(), owner.clone());
         let recorded = state
-            .blocking(move |state| Ok(state.runner.store().put_sandbox(&stored, &who)?))
+            .blocking(move |state| {
+                let host = state.sandboxes.host_name();
+                Ok(state.runner.store().put_sandbox(&stored, &who, &host)?)
+            })
             .await;
         if let Err(error) = recorded {
             sandbox

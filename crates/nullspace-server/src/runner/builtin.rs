@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use nullspace_api::BuildStatus;
-use nullspace_build::definition::Base;
+use nullspace_build::definition::{Base, BuildDefinition};
 
 use crate::error::ApiError;
 use crate::refs::resolve_ref;
-use crate::store::BuildRecord;
+use crate::store::{BuildRecord, HistoryFilter};
 
 use super::Runner;
 
@@ -21,25 +21,37 @@ pub const BUILTIN_OWNER: &str = "@builtin";
 pub const BASE: &str = "base";
 
 impl Runner {
-    /// Whether `record` builds on `base` and its owner has no `base` of their own (so the
-    /// builtin one must exist first).
-    pub(super) fn needs_builtin_base(&self, record: &BuildRecord) -> bool {
-        matches!(&record.definition.base, Base::Template { reference } if reference == BASE)
-            && resolve_ref(self.store.as_ref(), &record.owner, BASE).is_err()
+    /// Whether a build of `owner` with `definition` builds on `base` while the owner has no
+    /// `base` of their own (so the builtin one must exist first).
+    pub(super) fn needs_builtin_base(&self, definition: &BuildDefinition, owner: &str) -> bool {
+        matches!(&definition.base, Base::Template { reference } if reference == BASE)
+            && owner != BUILTIN_OWNER
+            && resolve_ref(self.store.as_ref(), owner, BASE).is_err()
     }
 
-    /// The builtin `base` template's ready build, building it first when there is none (one
-    /// build at a time; concurrent callers wait for the same one).
-    pub async fn builtin_base(self: &Arc<Self>) -> Result<BuildRecord, ApiError> {
-        let _one_at_a_time = self.builtin_lock.lock().await;
-        let store = self.store.clone();
-        let found = tokio::task::spawn_blocking(move || {
-            resolve_ref(store.as_ref(), BUILTIN_OWNER, BASE).map(|r| r.build)
-        })
-        .await
-        .map_err(ApiError::internal)?;
-        if let Ok(build) = found {
-            return Ok(build);
+    /// The build of the builtin `base` template to wait for: `None` when one is ready, else
+    /// the one queued or running, else a new one (queued here). Blocks on the store.
+    pub(super) fn queue_builtin_base(self: &Arc<Self>) -> Result<Option<String>, ApiError> {
+        let _one_at_a_time = super::lock(&self.builtin_lock);
+        if resolve_ref(self.store.as_ref(), BUILTIN_OWNER, BASE).is_ok() {
+            return Ok(None);
+        }
+        if let Some(template) = self.store.template(BUILTIN_OWNER, BASE)? {
+            for status in [BuildStatus::Building, BuildStatus::Waiting] {
+                let filter = HistoryFilter {
+                    status: Some(status),
+                    limit: 1,
+                    ..HistoryFilter::default()
+                };
+                if let Some((_, build)) = self
+                    .store
+                    .history(BUILTIN_OWNER, &template.id, &filter)?
+                    .into_iter()
+                    .next()
+                {
+                    return Ok(Some(build.id));
+                }
+            }
         }
         tracing::info!(
             "building the builtin base template from {}",
@@ -59,11 +71,29 @@ impl Runner {
         )
         .map_err(|e| ApiError::internal(format!("the builtin base template's request: {e:?}")))?;
         let record = self.submit(BUILTIN_OWNER, definition, secrets, None)?;
+        Ok(Some(record.id))
+    }
+
+    /// The builtin `base` template's ready build, building it first when there is none
+    /// (concurrent callers wait for the same build).
+    pub async fn builtin_base(self: &Arc<Self>) -> Result<BuildRecord, ApiError> {
+        let runner = self.clone();
+        let queued = tokio::task::spawn_blocking(move || runner.queue_builtin_base())
+            .await
+            .map_err(ApiError::internal)??;
+        let Some(id) = queued else {
+            let store = self.store.clone();
+            return tokio::task::spawn_blocking(move || {
+                resolve_ref(store.as_ref(), BUILTIN_OWNER, BASE).map(|r| r.build)
+            })
+            .await
+            .map_err(ApiError::internal)?;
+        };
         let mut changes = self.subscribe();
         loop {
             let store = self.store.clone();
-            let id = record.id.clone();
-            let now = tokio::task::spawn_blocking(move || store.build(None, &id))
+            let wanted = id.clone();
+            let now = tokio::task::spawn_blocking(move || store.build(None, &wanted))
                 .await
                 .map_err(ApiError::internal)??;
             match now {

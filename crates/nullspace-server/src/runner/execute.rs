@@ -32,6 +32,14 @@ impl Runner {
             .clone()
             .unwrap_or(Credentials::Anonymous);
         let mut spec = buildkit_spec(&record.definition, secrets)?;
+        if self.store.is_shared() {
+            self.engine.store().mirror_template(&record.template_id)?;
+            // The build was waiting when claimed: an artifact of it here is what an earlier
+            // attempt on this host left unrecorded (killed between publish and record).
+            let _ = nullspace_build::artifact::remove_tree(
+                &self.engine.data_dir().templates().join(&record.id),
+            );
+        }
         let mut context = self.engine.begin_with(&record.id, &record.template_id)?;
         // The store publishes (tags and `ready`) in the transaction that ends the build's record.
         context.leave_publishing_to_caller();
@@ -44,6 +52,9 @@ impl Runner {
                 .into_iter()
                 .chain(named.iter().map(|(n, m)| (n.as_str(), m)))
             {
+                if let Err(error) = self.fetch_context_blobs(&record.owner, manifest).await {
+                    return self.engine.end(context, Err(error));
+                }
                 match self.materialize_context(record, name, manifest, &context, &events) {
                     Ok(dir) if name.is_empty() => spec.context_dir = Some(dir),
                     Ok(dir) => {
@@ -55,7 +66,7 @@ impl Runner {
         }
         let result = match (&spec, &record.definition.base) {
             (Some((spec, _)), Base::Template { reference }) => {
-                match self.parent_template(record, reference) {
+                match self.parent_template(record, reference).await {
                     Ok(parent) => {
                         self.engine
                             .build_steps_on_template(
@@ -158,7 +169,7 @@ impl Runner {
         events: Arc<dyn EventSink>,
         context: &mut BuildContext,
     ) -> Result<BuildOutcome, BuildError> {
-        let parent = self.parent_template(record, reference)?;
+        let parent = self.parent_template(record, reference).await?;
         self.engine
             .build_on_template(
                 &record.definition.engine_request(),
@@ -170,9 +181,10 @@ impl Runner {
             .await
     }
 
-    /// The published template `reference` names in the build owner's namespace.
+    /// The published template `reference` names in the build owner's namespace, fetched from
+    /// object storage first when another host built it.
     #[allow(clippy::result_large_err)] // `BuildError` is the engine's error type.
-    fn parent_template(
+    async fn parent_template(
         &self,
         record: &BuildRecord,
         reference: &str,
@@ -188,14 +200,15 @@ impl Runner {
                 field: "base.value".into(),
                 message: e.message,
             })?;
-        let artifact_dir = parent
-            .build
-            .result
-            .as_ref()
-            .map(|r| std::path::PathBuf::from(&r.artifact_dir))
-            .ok_or_else(|| BuildError::NotFound {
+        if parent.build.result.is_none() {
+            return Err(BuildError::NotFound {
                 reference: reference.to_string(),
-            })?;
+            });
+        }
+        let artifact_dir = self
+            .local_artifact(&parent.build)
+            .await
+            .map_err(|e| BuildError::Internal(e.message))?;
         Ok(ParentTemplate {
             artifact_dir,
             requested: reference.to_string(),

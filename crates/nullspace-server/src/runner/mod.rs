@@ -1,12 +1,20 @@
-//! The build queue: a bounded pool of workers that run `waiting` builds with the engine, write
-//! their log entries, and record how they end; cancellation; recovery after a crash.
+//! The build queue: a bounded pool of workers that claim `waiting` builds from the store
+//! under a lease (`queue`), run them with the engine, write their log entries, and record how
+//! they end; cancellation; recovery after a crash; a process's metrics.
+//!
+//! On one machine the store is SQLite and this process is the only worker. With PostgreSQL,
+//! any number of processes share the queue: API processes only record builds, workers claim
+//! them, and a lease that lapses (its worker died) puts a build back in the queue once.
 //!
 //! Base-image credentials, registry credentials and build secrets live only in memory, beside
 //! the queue, until the build that needs them starts; they are never written anywhere.
 //! Dockerfile and declarative builds run with BuildKit inside the build's engine context.
 
+mod artifacts;
 mod builtin;
 mod execute;
+pub mod metrics;
+mod queue;
 
 pub use builtin::{BASE, BUILTIN_OWNER};
 
@@ -24,7 +32,8 @@ use nullspace_build::definition::{BuildDefinition, RequestSecrets};
 use crate::entry::{entry, CacheSummary, EventMapper, LogEntry, IMPORT_STEPS};
 use crate::error::{ApiError, ErrorDetail};
 
-use crate::store::{BuildRecord, BuildResult, BuildStore, Finish, StoreError};
+use crate::config::Deployment;
+use crate::store::{BuildRecord, BuildResult, BuildStore, Finish, Queueing, StoreError};
 
 /// Runs builds; one per server.
 pub struct Runner {
@@ -39,8 +48,20 @@ pub struct Runner {
     max_active_builds_per_owner: u64,
     /// The image of the builtin `base` template.
     base_image: String,
-    /// Held while the builtin `base` template is looked up or built.
-    builtin_lock: tokio::sync::Mutex<()>,
+    /// Held while the builtin `base` template is looked up or queued.
+    builtin_lock: Mutex<()>,
+    /// Role, instance name, leases.
+    deployment: Deployment,
+    /// Wakes this process's worker loop (a build was queued or ended).
+    wake: tokio::sync::Notify,
+    /// Set on shutdown: claim nothing more.
+    draining: watch::Sender<bool>,
+    /// Counters for `/metrics`.
+    metrics: Mutex<metrics::Metrics>,
+    /// Where published artifacts and context blobs are shared between hosts.
+    objects: Option<nullspace_build::object_storage::ObjectStorage>,
+    /// One artifact fetch at a time (two callers wanting one artifact fetch it once).
+    fetch_lock: tokio::sync::Mutex<()>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -57,12 +78,20 @@ impl Runner {
         engine: Arc<Engine>,
         workers: usize,
         settings: &crate::config::ServerSettings,
+        deployment: Deployment,
+        objects: Option<nullspace_build::object_storage::ObjectStorage>,
     ) -> Arc<Runner> {
         Arc::new(Runner {
+            objects,
+            fetch_lock: tokio::sync::Mutex::new(()),
             build_timeout: settings.build_timeout,
             max_active_builds_per_owner: settings.max_active_builds_per_owner,
             base_image: settings.base_image.clone(),
-            builtin_lock: tokio::sync::Mutex::new(()),
+            builtin_lock: Mutex::new(()),
+            deployment,
+            wake: tokio::sync::Notify::new(),
+            draining: watch::Sender::new(false),
+            metrics: Mutex::new(metrics::Metrics::default()),
             store,
             engine,
             permits: Arc::new(Semaphore::new(workers.max(1))),
@@ -92,6 +121,11 @@ impl Runner {
         &self.store
     }
 
+    /// This process's role, name and leases.
+    pub fn deployment(&self) -> &Deployment {
+        &self.deployment
+    }
+
     /// Records a new `waiting` build of `owner` and queues it. `retry_of` names the build it
     /// retries.
     pub fn submit(
@@ -101,6 +135,19 @@ impl Runner {
         secrets: RequestSecrets,
         retry_of: Option<String>,
     ) -> Result<BuildRecord, ApiError> {
+        if !secrets.is_empty() && !self.deployment.role.runs_builds() {
+            // Secrets live only in the memory of the process that received them.
+            return Err(ApiError::new(
+                axum::http::StatusCode::BAD_REQUEST,
+                "credentials_not_supported",
+                "this API process runs no builds and request-time credentials (base_image_auth, registry_auth, build_secrets) are never stored, so no worker could use them; configure registry credentials on the workers (docker config) or send the build to a server with --role all",
+            ));
+        }
+        let wait_for = if self.needs_builtin_base(&definition, owner) {
+            self.queue_builtin_base()?
+        } else {
+            None
+        };
         let active = self.store.active_builds(owner)?;
         if active >= self.max_active_builds_per_owner {
             return Err(ApiError::new(
@@ -116,27 +163,14 @@ impl Runner {
         let template_id =
             self.store
                 .ensure_template(owner, &definition.name, &ids::new_template_id(), &now)?;
-        let record = BuildRecord {
-            id: ids::new_build_id(),
-            owner: owner.to_string(),
-            template_id,
-            name: definition.name.clone(),
-            tags: definition.tags.clone(),
-            status: BuildStatus::Waiting,
-            definition,
-            created_at: now.clone(),
-            updated_at: now.clone(),
-            queued_at: now,
-            started_at: None,
-            finished_at: None,
-            duration_ms: None,
-            failure_phase: None,
-            error_message: None,
-            result: None,
-            cache_summary: CacheSummary::default(),
-            retry_of,
+        let mut record =
+            BuildRecord::waiting(ids::new_build_id(), owner, template_id, definition, &now);
+        record.retry_of = retry_of;
+        let queueing = Queueing {
+            holder: (!secrets.is_empty()).then(|| self.deployment.instance.clone()),
+            wait_for,
         };
-        self.store.insert_build(&record)?;
+        self.store.insert_build(&record, &queueing)?;
         let mut queued = entry(
             LogKind::Message,
             LogLevel::Info,
@@ -157,46 +191,9 @@ impl Runner {
         if !secrets.is_empty() {
             lock(&self.credentials).insert(record.id.clone(), secrets);
         }
-        self.spawn(record.id.clone());
+        self.wake.notify_one();
         self.changed();
         Ok(record)
-    }
-
-    fn spawn(self: &Arc<Self>, id: String) {
-        let runner = self.clone();
-        let mut running = lock(&self.running);
-        let key = id.clone();
-        // Created before the build can start, so a cancel always finds it (a notification
-        // sent before the build listens is kept).
-        lock(&self.cancels).insert(id.clone(), Arc::new(tokio::sync::Notify::new()));
-        let handle = tokio::spawn(async move {
-            // Before taking a worker: the builtin base may need a worker of its own.
-            let wanted = id.clone();
-            let needs_base = runner
-                .off_runtime(move |runner| {
-                    Ok(runner
-                        .store
-                        .build(None, &wanted)?
-                        .is_some_and(|record| runner.needs_builtin_base(&record)))
-                })
-                .await
-                .unwrap_or(false);
-            if needs_base {
-                if let Err(error) = runner.builtin_base().await {
-                    tracing::warn!("build {id}: {}", error.message);
-                }
-            }
-            let permit = runner.permits.clone().acquire_owned().await;
-            if permit.is_ok() {
-                if let Err(error) = runner.run(&id).await {
-                    tracing::error!("build {id}: {error}");
-                }
-            }
-            lock(&runner.running).remove(&id);
-            lock(&runner.cancels).remove(&id);
-            runner.changed();
-        });
-        running.insert(key, handle.abort_handle());
     }
 
     /// Cancels a queued or running build of `owner`; a build that already ended is returned
@@ -233,8 +230,10 @@ impl Runner {
             error_message: Some(format!("cancelled: {reason}")),
             result: None,
             cache_summary: None,
+            worker: None,
         };
         if self.store.finish(id, &finish, &[cancelled, end])? {
+            self.count_finish(&finish);
             lock(&self.credentials).remove(id);
             if let Some(cancel) = lock(&self.cancels).remove(id) {
                 // Dropping the build's future removes its staging dir.
@@ -254,9 +253,21 @@ impl Runner {
         Ok(self.store.build(Some(owner), id)?.unwrap_or(record))
     }
 
-    /// After a restart: builds left `building` failed with the server; `waiting` builds run
-    /// again, unless they needed credentials, which did not survive.
+    /// After a restart on one machine: builds left `building` failed with the server; `waiting`
+    /// builds run again, unless they needed credentials, which did not survive. With a shared
+    /// store the leases decide instead: a build whose worker died is retried elsewhere.
     pub fn recover(self: &Arc<Self>) -> Result<(), StoreError> {
+        if self.store.is_shared() {
+            // This process runs nothing yet: what is staged here is an earlier process's.
+            let staging = self.engine.data_dir().staging();
+            for entry in std::fs::read_dir(&staging).into_iter().flatten().flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with("tb_") || name.starts_with("fetch-") {
+                    let _ = nullspace_build::artifact::remove_tree(&entry.path());
+                }
+            }
+            return Ok(());
+        }
         let now = ids::now_rfc3339();
         for id in self.store.builds_in(BuildStatus::Building)? {
             let message = "the server stopped while this build was running (crash or restart); nothing was published; retry the build";
@@ -281,8 +292,6 @@ impl Runner {
             {
                 let message = "base-image credentials, registry credentials and build secrets are held in memory only and were lost when the server restarted; retry with fresh base_image_auth, registry_auth and build_secrets";
                 self.fail(&id, record.as_ref(), FailurePhase::Prepare, message, &now)?;
-            } else {
-                self.spawn(id);
             }
         }
         Ok(())
@@ -296,27 +305,31 @@ impl Runner {
         message: &str,
         now: &str,
     ) -> Result<bool, StoreError> {
-        let detail = ErrorDetail {
-            phase,
-            message: message.into(),
-        };
-        let mut error = entry(LogKind::Error, LogLevel::Error, message).phase(LogPhase::Finalize);
-        error.error_detail = Some(detail);
-        let mut end =
-            entry(LogKind::End, LogLevel::Error, "build ended: error").phase(LogPhase::Finalize);
-        end.result = Some(BuildStatus::Error);
         let finish = Finish {
-            status: BuildStatus::Error,
-            finished_at: now.into(),
             duration_ms: record.and_then(|r| duration_since(r.started_at.as_deref())),
-            failure_phase: Some(phase),
-            error_message: Some(message.into()),
-            result: None,
-            cache_summary: None,
+            ..failure_finish(phase, message, now)
         };
+        let (error, end) = failure_entries(message, phase);
         let done = self.store.finish(id, &finish, &[error, end])?;
+        if done {
+            self.count_finish(&finish);
+        }
         self.changed();
         Ok(done)
+    }
+
+    /// How `record` ends when it fails in `phase` with `message` at `now`.
+    fn failure(
+        &self,
+        record: &BuildRecord,
+        phase: FailurePhase,
+        message: &str,
+        now: &str,
+    ) -> Finish {
+        Finish {
+            duration_ms: duration_since(record.started_at.as_deref()),
+            ..failure_finish(phase, message, now)
+        }
     }
 
     /// Runs `f`, which uses the store (SQLite calls block), on the blocking pool.
@@ -330,44 +343,39 @@ impl Runner {
             .unwrap_or_else(|error| Err(StoreError::Task(error.to_string())))
     }
 
-    /// `waiting` → `building`; the record and the request-time secrets it needs, or `None`
-    /// when the build is no longer waiting or its secrets are gone (then it has failed).
-    fn start(&self, id: &str) -> Result<Option<(BuildRecord, RequestSecrets)>, StoreError> {
-        let now = ids::now_rfc3339();
-        let start = entry(LogKind::Start, LogLevel::Info, "build started")
-            .phase(LogPhase::Preparing)
-            .step(1, IMPORT_STEPS);
-        if !self.store.mark_building(id, &now, &start)? {
-            return Ok(None);
-        }
-        self.changed();
-        let Some(record) = self.store.build(None, id)? else {
-            return Ok(None);
-        };
-        let held = lock(&self.credentials).remove(id);
-        let credentials = match held {
-            Some(secrets) => secrets,
-            None if !record.definition.needs_request_secrets() => RequestSecrets::default(),
+    /// The request-time secrets a claimed build needs, or `None` when they are gone (then the
+    /// build has failed).
+    fn credentials_for(&self, record: &BuildRecord) -> Result<Option<RequestSecrets>, StoreError> {
+        let held = lock(&self.credentials).remove(&record.id);
+        match held {
+            Some(secrets) => Ok(Some(secrets)),
+            None if !record.definition.needs_request_secrets() => {
+                Ok(Some(RequestSecrets::default()))
+            }
             None => {
                 self.fail(
-                    id,
-                    Some(&record),
+                    &record.id,
+                    Some(record),
                     FailurePhase::Prepare,
                     "base-image credentials, registry credentials or build secrets are no longer available; retry with fresh ones",
-                    &now,
+                    &ids::now_rfc3339(),
                 )?;
-                return Ok(None);
+                Ok(None)
             }
-        };
-        Ok(Some((record, credentials)))
+        }
     }
 
-    async fn run(self: &Arc<Self>, id: &str) -> Result<(), StoreError> {
-        let started = {
-            let id = id.to_string();
-            self.off_runtime(move |runner| runner.start(&id)).await?
+    /// Runs a build this worker claimed, renewing its lease; stops it when the lease is lost
+    /// or the build is cancelled (then another party records how it ended).
+    async fn run(self: &Arc<Self>, record: BuildRecord) -> Result<(), StoreError> {
+        let build_id = record.id.clone();
+        let id = build_id.as_str();
+        let credentials = {
+            let runner_record = record.clone();
+            self.off_runtime(move |runner| runner.credentials_for(&runner_record))
+                .await?
         };
-        let Some((record, credentials)) = started else {
+        let Some(credentials) = credentials else {
             return Ok(());
         };
         let summary = Arc::new(Mutex::new(CacheSummary::default()));
@@ -399,6 +407,7 @@ impl Runner {
             .entry(id.to_string())
             .or_insert_with(|| Arc::new(tokio::sync::Notify::new()))
             .clone();
+        let renewing = self.keep_lease(id, cancel.clone());
         let outcome = {
             let runner = self.clone();
             let record = record.clone();
@@ -417,6 +426,7 @@ impl Runner {
             })
             .await
         };
+        renewing.abort();
         let outcome = match outcome {
             Ok(Some(outcome)) => outcome,
             Ok(None) => return Ok(()),
@@ -446,11 +456,25 @@ impl Runner {
                     record.name,
                     record.tags.first().map(String::as_str).unwrap_or("default")
                 );
+                let artifact_manifest = match self.share_artifact(&record, &outcome.artifact_dir) {
+                    Ok(manifest) => manifest,
+                    Err(message) => {
+                        let _ = nullspace_build::artifact::remove_tree(&outcome.artifact_dir);
+                        return self.record_failure(
+                            &record,
+                            FailurePhase::Finalize,
+                            &message,
+                            &now,
+                            Some(cache_summary),
+                        );
+                    }
+                };
                 let result = BuildResult {
                     runtime_defaults: document.runtime_defaults.clone(),
                     oci_metadata: document.oci_metadata.clone(),
                     source_digest: Some(document.source.manifest_digest.clone()),
                     artifact_dir: outcome.artifact_dir.to_string_lossy().into_owned(),
+                    artifact_manifest,
                     rootfs_size_bytes: document.rootfs.size_bytes,
                 };
                 let published = entry(
@@ -478,13 +502,17 @@ impl Runner {
                     error_message: None,
                     result: Some(result),
                     cache_summary: Some(cache_summary),
+                    worker: Some(self.deployment.instance.clone()),
                 };
                 let recorded = self.finish_persistently(
                     id,
                     &finish,
                     &[with_ids(published, &record), with_ids(end, &record)],
                 );
-                if !matches!(recorded, Ok(true)) {
+                if matches!(recorded, Ok(true)) {
+                    self.count_finish(&finish);
+                    self.after_publish(&record, &outcome.artifact_dir, &now);
+                } else {
                     // Cancelled meanwhile, or the store cannot record it: nothing may point at
                     // the artifact, so it goes.
                     let _ = nullspace_build::artifact::remove_tree(&outcome.artifact_dir);
@@ -498,30 +526,7 @@ impl Runner {
             Err(error) => {
                 let phase = error.phase();
                 let message = self.redact_host_paths(&error.to_string());
-                let mut failed = entry(LogKind::Error, LogLevel::Error, message.clone())
-                    .phase(LogPhase::Finalize);
-                failed.error_detail = Some(ErrorDetail {
-                    phase,
-                    message: message.clone(),
-                });
-                let mut end = entry(LogKind::End, LogLevel::Error, "build ended: error")
-                    .phase(LogPhase::Finalize);
-                end.result = Some(BuildStatus::Error);
-                let finish = Finish {
-                    status: BuildStatus::Error,
-                    finished_at: now,
-                    duration_ms: duration_since(record.started_at.as_deref()),
-                    failure_phase: Some(phase),
-                    error_message: Some(message),
-                    result: None,
-                    cache_summary: Some(cache_summary),
-                };
-                self.finish_persistently(
-                    id,
-                    &finish,
-                    &[with_ids(failed, &record), with_ids(end, &record)],
-                )?;
-                self.changed();
+                self.record_failure(&record, phase, &message, &now, Some(cache_summary))?;
             }
         }
         Ok(())
@@ -529,6 +534,32 @@ impl Runner {
 }
 
 impl Runner {
+    /// Records that this worker's build failed (only while it holds the build).
+    fn record_failure(
+        &self,
+        record: &BuildRecord,
+        phase: FailurePhase,
+        message: &str,
+        now: &str,
+        cache_summary: Option<CacheSummary>,
+    ) -> Result<(), StoreError> {
+        let finish = Finish {
+            cache_summary,
+            worker: Some(self.deployment.instance.clone()),
+            ..self.failure(record, phase, message, now)
+        };
+        let (failed, end) = failure_entries(message, phase);
+        if self.finish_persistently(
+            &record.id,
+            &finish,
+            &[with_ids(failed, record), with_ids(end, record)],
+        )? {
+            self.count_finish(&finish);
+        }
+        self.changed();
+        Ok(())
+    }
+
     /// `text` without the server's own paths: tenants read build messages, and the data dir
     /// (staging, blobs, every owner's artifacts) is the operator's business.
     fn redact_host_paths(&self, text: &str) -> String {
@@ -573,6 +604,33 @@ fn with_ids(mut entry: LogEntry, record: &BuildRecord) -> LogEntry {
     entry.build_id = record.id.clone();
     entry.template_id = record.template_id.clone();
     entry
+}
+
+/// An `error` end in `phase` with `message` (no result, no duration).
+fn failure_finish(phase: FailurePhase, message: &str, now: &str) -> Finish {
+    Finish {
+        status: BuildStatus::Error,
+        finished_at: now.into(),
+        duration_ms: None,
+        failure_phase: Some(phase),
+        error_message: Some(message.into()),
+        result: None,
+        cache_summary: None,
+        worker: None,
+    }
+}
+
+/// The final `error` and `end` entries of a failed build.
+fn failure_entries(message: &str, phase: FailurePhase) -> (LogEntry, LogEntry) {
+    let mut error = entry(LogKind::Error, LogLevel::Error, message).phase(LogPhase::Finalize);
+    error.error_detail = Some(ErrorDetail {
+        phase,
+        message: message.into(),
+    });
+    let mut end =
+        entry(LogKind::End, LogLevel::Error, "build ended: error").phase(LogPhase::Finalize);
+    end.result = Some(BuildStatus::Error);
+    (error, end)
 }
 
 /// Milliseconds since an RFC 3339 time.

@@ -5,19 +5,30 @@
 //! `nullspace.db`, whose one schema is `nullspace_build::store::schema` (versioned
 //! migrations). This store writes `api_builds` (the queue) and `api_log_entries`; templates,
 //! tags and aliases are the engine's rows (`namespace` = the owner's namespace), reached only
-//! through `nullspace_build::store::rows`. A PostgreSQL implementation would keep the same
-//! tables. Its calls block: async code reaches it through [`crate::api::AppState::blocking`]
-//! or `spawn_blocking`, never on a runtime worker thread.
+//! through `nullspace_build::store::rows`. [`PgStore`] keeps the same tables in PostgreSQL for
+//! many hosts (its own migrations, `postgres_schema`). Calls block: async code reaches the
+//! store through [`crate::api::AppState::blocking`] or `spawn_blocking`, never on a runtime
+//! worker thread (the SQLite calls block on the disk; the PostgreSQL store runs its async driver
+//! on a small runtime of its own and waits for it).
+//!
+//! The queue: a `waiting` build is claimed by one worker under a lease
+//! ([`BuildStore::claim_next`]) that the worker renews while it works
+//! ([`BuildStore::renew_lease`]); a lease that lapses (the worker died or lost the database)
+//! puts the build back in the queue once ([`BuildStore::requeue_expired`]), then ends it.
 //!
 //! Every terminal transition writes the new status and its final log entries in one
 //! transaction, so a log follower that sees a terminal status can read the complete log.
 
+mod postgres;
+mod postgres_schema;
 mod sqlite;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 use nullspace_rootfs::runtime::{OciMetadata, RuntimeDefaults};
@@ -64,6 +75,44 @@ pub enum StoreError {
     /// A name or alias is already taken.
     #[error("{0}")]
     NameTaken(String),
+    /// PostgreSQL failed (the message names the server and what was asked of it).
+    #[error("PostgreSQL {what}: {message}")]
+    Postgres {
+        /// What was being done.
+        what: &'static str,
+        /// The driver's error.
+        message: String,
+    },
+}
+
+/// How a build is queued beside its record.
+#[derive(Clone, Debug, Default)]
+pub struct Queueing {
+    /// The process that holds the build's request-time secrets in memory: only it may claim
+    /// the build (secrets never go into the store).
+    pub holder: Option<String>,
+    /// A build that must end first (the builtin `base` a `from_template("base")` needs).
+    pub wait_for: Option<String>,
+}
+
+/// A `building` build whose worker let its lease lapse.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExpiredLease {
+    /// The build.
+    pub id: String,
+    /// The worker that held it.
+    pub worker: String,
+    /// Attempts so far (1 on the first run).
+    pub attempts: u32,
+}
+
+/// Builds by status, for metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QueueDepth {
+    /// `waiting`.
+    pub waiting: u64,
+    /// `building`.
+    pub building: u64,
 }
 
 /// What a ready build produced.
@@ -75,8 +124,12 @@ pub struct BuildResult {
     pub oci_metadata: OciMetadata,
     /// Manifest digest of the source image.
     pub source_digest: Option<String>,
-    /// The artifact dir.
+    /// The artifact dir (on the host that built it; other hosts fetch it by
+    /// `artifact_manifest` into the same place under their own data dir).
     pub artifact_dir: String,
+    /// The digest of the artifact's manifest in object storage, when the server has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_manifest: Option<String>,
     /// Rootfs size in bytes.
     pub rootfs_size_bytes: u64,
 }
@@ -139,6 +192,71 @@ pub struct Finish {
     pub result: Option<BuildResult>,
     /// Cache decisions.
     pub cache_summary: Option<CacheSummary>,
+    /// When set, the end is recorded only while this worker holds the build's lease (a worker
+    /// whose lease lapsed and was taken over never publishes).
+    pub worker: Option<String>,
+}
+
+impl Finish {
+    /// `record` as this end leaves it.
+    fn apply(&self, record: &mut BuildRecord) {
+        record.status = self.status;
+        record.finished_at = Some(self.finished_at.clone());
+        record.updated_at = self.finished_at.clone();
+        record.duration_ms = self.duration_ms;
+        record.failure_phase = self.failure_phase;
+        record.error_message = self.error_message.clone();
+        record.result = self.result.clone();
+        if let Some(summary) = &self.cache_summary {
+            record.cache_summary = summary.clone();
+        }
+    }
+}
+
+impl BuildRecord {
+    /// A new `waiting` build `id` of `owner`'s template `template_id`, queued at `now`.
+    pub fn waiting(
+        id: String,
+        owner: &str,
+        template_id: String,
+        definition: BuildDefinition,
+        now: &str,
+    ) -> BuildRecord {
+        BuildRecord {
+            id,
+            owner: owner.to_string(),
+            template_id,
+            name: definition.name.clone(),
+            tags: definition.tags.clone(),
+            status: BuildStatus::Waiting,
+            definition,
+            created_at: now.into(),
+            updated_at: now.into(),
+            queued_at: now.into(),
+            started_at: None,
+            finished_at: None,
+            duration_ms: None,
+            failure_phase: None,
+            error_message: None,
+            result: None,
+            cache_summary: CacheSummary::default(),
+            retry_of: None,
+        }
+    }
+
+    /// Claimed by a worker at `now`.
+    fn claimed(&mut self, now: &str) {
+        self.status = BuildStatus::Building;
+        self.started_at = Some(now.into());
+        self.updated_at = now.into();
+    }
+
+    /// Back in the queue.
+    fn requeued(&mut self) {
+        self.status = BuildStatus::Waiting;
+        self.started_at = None;
+        self.updated_at = nullspace_build::ids::now_rfc3339();
+    }
 }
 
 /// A template and its tags.
@@ -180,11 +298,43 @@ pub trait BuildStore: Send + Sync + 'static {
         now: &str,
     ) -> Result<String, StoreError>;
     /// Records a new `waiting` build.
-    fn insert_build(&self, record: &BuildRecord) -> Result<(), StoreError>;
+    fn insert_build(&self, record: &BuildRecord, queueing: &Queueing) -> Result<(), StoreError>;
     /// A build of `owner` (any owner when `None`).
     fn build(&self, owner: Option<&str>, id: &str) -> Result<Option<BuildRecord>, StoreError>;
-    /// `waiting` → `building`; false when the build is no longer waiting.
-    fn mark_building(&self, id: &str, now: &str, entry: &LogEntry) -> Result<bool, StoreError>;
+    /// Claims the oldest `waiting` build this worker may run (`waiting` → `building`, the
+    /// worker's lease of `lease` from the database's clock, attempts + 1, `entry` appended),
+    /// all in one transaction; `None` when there is none. Two workers never claim one build.
+    fn claim_next(
+        &self,
+        worker: &str,
+        lease: Duration,
+        now: &str,
+        entry: &LogEntry,
+    ) -> Result<Option<BuildRecord>, StoreError>;
+    /// Extends `worker`'s lease on a `building` build; false when the build ended (cancelled)
+    /// or is no longer this worker's (then the worker stops it).
+    fn renew_lease(&self, id: &str, worker: &str, lease: Duration) -> Result<bool, StoreError>;
+    /// `building` builds whose lease lapsed more than `grace` ago.
+    fn expired_leases(&self, grace: Duration) -> Result<Vec<ExpiredLease>, StoreError>;
+    /// Puts a `building` build held by `worker` back to `waiting` with `entry`, if its lease
+    /// lapsed more than `grace` ago (or at once when `grace` is `None`: a worker handing its
+    /// own build back), and it has had fewer than `max_attempts` attempts (a hand-back does not
+    /// count as one). False when nothing changed.
+    fn requeue(
+        &self,
+        id: &str,
+        worker: &str,
+        grace: Option<Duration>,
+        max_attempts: u32,
+        entry: &LogEntry,
+    ) -> Result<bool, StoreError>;
+    /// How many builds wait and run.
+    fn queue_depth(&self) -> Result<QueueDepth, StoreError>;
+    /// Whether other processes share this store (then the queue and logs change under us and
+    /// are polled).
+    fn is_shared(&self) -> bool;
+    /// Checks that the store answers (readiness).
+    fn ping(&self) -> Result<(), StoreError>;
     /// Ends a `waiting`/`building` build with its final entries in one transaction; false
     /// (and nothing written) when it had already ended.
     fn finish(&self, id: &str, finish: &Finish, entries: &[LogEntry]) -> Result<bool, StoreError>;
@@ -228,6 +378,7 @@ pub trait BuildStore: Send + Sync + 'static {
         &self,
         record: &nullspace_api::sandbox::SandboxInfo,
         owner: &str,
+        host: &str,
     ) -> Result<(), StoreError>;
     /// One of `owner`'s sandboxes.
     fn sandbox(
@@ -241,10 +392,11 @@ pub trait BuildStore: Send + Sync + 'static {
         owner: &str,
         limit: usize,
     ) -> Result<Vec<nullspace_api::sandbox::SandboxInfo>, StoreError>;
-    /// Ends every sandbox still recorded as running (after a restart: their VMs died with the
-    /// process that ran them); returns how many.
+    /// Ends every sandbox of `host` still recorded as running (after a restart: their VMs died
+    /// with the process that ran them); returns how many.
     fn end_running_sandboxes(
         &self,
+        host: &str,
         at: &str,
         reason: &str,
         detail: &str,
@@ -252,4 +404,47 @@ pub trait BuildStore: Send + Sync + 'static {
     /// Removes an alias of a template; false when it had none such.
     fn remove_alias(&self, owner: &str, template_id: &str, alias: &str)
         -> Result<bool, StoreError>;
+}
+
+/// `entry` as stored: with its build, template and offset filled in.
+fn entry_json(entry: &LogEntry, id: &str, template_id: &str, offset: u64) -> String {
+    let mut entry = entry.clone();
+    entry.build_id = id.to_string();
+    entry.template_id = template_id.to_string();
+    entry.offset = offset;
+    serde_json::to_string(&entry).unwrap_or_else(|_| "{}".into())
+}
+
+/// The template of `templates` that `id_or_name` names: by id or name first, then by alias.
+fn pick_template(templates: Vec<TemplateRow>, id_or_name: &str) -> Option<TemplateRow> {
+    templates
+        .into_iter()
+        .min_by_key(|t| {
+            // A name wins over an alias.
+            if t.id == id_or_name || t.name == id_or_name {
+                0
+            } else if t.aliases.iter().any(|a| a == id_or_name) {
+                1
+            } else {
+                2
+            }
+        })
+        .filter(|t| {
+            t.id == id_or_name || t.name == id_or_name || t.aliases.iter().any(|a| a == id_or_name)
+        })
+}
+
+/// A running sandbox's record as ended at `at` for `reason`.
+fn ended_sandbox(
+    mut record: nullspace_api::sandbox::SandboxInfo,
+    at: &str,
+    reason: &str,
+    detail: &str,
+) -> nullspace_api::sandbox::SandboxInfo {
+    record.state = "ended".into();
+    record.end_at = None;
+    record.ended_at = Some(at.to_string());
+    record.end_reason = Some(reason.to_string());
+    record.end_detail = Some(detail.to_string());
+    record
 }

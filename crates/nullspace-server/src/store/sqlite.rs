@@ -10,7 +10,21 @@ use nullspace_api::{BuildBackend, BuildStatus};
 
 use crate::entry::LogEntry;
 
-use super::{BuildRecord, BuildStore, Finish, HistoryFilter, StoreError, TemplateRow};
+use super::{
+    entry_json, BuildRecord, BuildStore, ExpiredLease, Finish, HistoryFilter, QueueDepth, Queueing,
+    StoreError, TemplateRow,
+};
+
+/// Milliseconds since the epoch (one host: the lease clock is this machine's).
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn millis(duration: std::time::Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
 
 /// [`BuildStore`] on SQLite.
 pub struct SqliteStore {
@@ -90,14 +104,6 @@ fn insert_entry(tx: &Connection, id: &str, entry: &LogEntry) -> rusqlite::Result
     Ok(offset)
 }
 
-fn entry_json(entry: &LogEntry, id: &str, template_id: &str, offset: u64) -> String {
-    let mut entry = entry.clone();
-    entry.build_id = id.to_string();
-    entry.template_id = template_id.to_string();
-    entry.offset = offset;
-    serde_json::to_string(&entry).unwrap_or_else(|_| "{}".into())
-}
-
 impl BuildStore for SqliteStore {
     fn ensure_template(
         &self,
@@ -109,18 +115,21 @@ impl BuildStore for SqliteStore {
         self.with(|c| nullspace_build::store::ensure_template_row(c, owner, name, new_id, now))
     }
 
-    fn insert_build(&self, record: &BuildRecord) -> Result<(), StoreError> {
+    fn insert_build(&self, record: &BuildRecord, queueing: &Queueing) -> Result<(), StoreError> {
         let json = self.encode("build record", record)?;
         self.with(|c| {
             c.execute(
-                "INSERT INTO api_builds (id, owner, template_id, status, backend, record) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO api_builds (id, owner, template_id, status, backend, record, holder, wait_for)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 params![
                     record.id,
                     record.owner,
                     record.template_id,
                     record.status.as_str(),
                     record.definition.build_backend.as_str(),
-                    json
+                    json,
+                    queueing.holder,
+                    queueing.wait_for
                 ],
             )
             .map(|_| ())
@@ -144,22 +153,122 @@ impl BuildStore for SqliteStore {
         }
     }
 
-    fn mark_building(&self, id: &str, now: &str, entry: &LogEntry) -> Result<bool, StoreError> {
+    fn claim_next(
+        &self,
+        worker: &str,
+        lease: std::time::Duration,
+        now: &str,
+        entry: &LogEntry,
+    ) -> Result<Option<BuildRecord>, StoreError> {
+        let mut failure: Option<StoreError> = None;
+        let claimed = self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let row: Option<(String, String)> = tx
+                .query_row(
+                    "SELECT b.id, b.record FROM api_builds b
+                     WHERE b.status = 'waiting' AND (b.holder IS NULL OR b.holder = ?1)
+                       AND (b.wait_for IS NULL OR NOT EXISTS (
+                         SELECT 1 FROM api_builds d WHERE d.id = b.wait_for AND d.status IN ('waiting', 'building')))
+                     ORDER BY b.seq LIMIT 1",
+                    params![worker],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let Some((id, json)) = row else {
+                return Ok(None);
+            };
+            let mut record: BuildRecord = match self.decode("build record", &json) {
+                Ok(record) => record,
+                Err(error) => {
+                    failure = Some(error);
+                    return Ok(None);
+                }
+            };
+            record.claimed(now);
+            let json = match self.encode("build record", &record) {
+                Ok(json) => json,
+                Err(error) => {
+                    failure = Some(error);
+                    return Ok(None);
+                }
+            };
+            tx.execute(
+                "UPDATE api_builds SET status = 'building', record = ?2, worker = ?3,
+                   lease_expires_ms = ?4, attempts = attempts + 1 WHERE id = ?1",
+                params![id, json, worker, now_ms().saturating_add(millis(lease))],
+            )?;
+            insert_entry(&tx, &id, entry)?;
+            tx.commit()?;
+            Ok(Some(record))
+        })?;
+        match failure {
+            Some(error) => Err(error),
+            None => Ok(claimed),
+        }
+    }
+
+    fn renew_lease(
+        &self,
+        id: &str,
+        worker: &str,
+        lease: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE api_builds SET lease_expires_ms = ?3
+                 WHERE id = ?1 AND worker = ?2 AND status = 'building'",
+                params![id, worker, now_ms().saturating_add(millis(lease))],
+            )
+        })
+        .map(|n| n == 1)
+    }
+
+    fn expired_leases(&self, grace: std::time::Duration) -> Result<Vec<ExpiredLease>, StoreError> {
+        self.with(|c| {
+            let mut statement = c.prepare(
+                "SELECT id, worker, attempts FROM api_builds
+                 WHERE status = 'building' AND worker IS NOT NULL AND lease_expires_ms < ?1
+                 ORDER BY seq",
+            )?;
+            let rows = statement
+                .query_map(params![now_ms().saturating_sub(millis(grace))], |r| {
+                    Ok(ExpiredLease {
+                        id: r.get(0)?,
+                        worker: r.get(1)?,
+                        attempts: u32::try_from(r.get::<_, i64>(2)?).unwrap_or(u32::MAX),
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+    }
+
+    fn requeue(
+        &self,
+        id: &str,
+        worker: &str,
+        grace: Option<std::time::Duration>,
+        max_attempts: u32,
+        entry: &LogEntry,
+    ) -> Result<bool, StoreError> {
         let Some(mut record) = self.build(None, id)? else {
             return Ok(false);
         };
-        if record.status != BuildStatus::Waiting {
-            return Ok(false);
-        }
-        record.status = BuildStatus::Building;
-        record.started_at = Some(now.into());
-        record.updated_at = now.into();
+        record.requeued();
         let json = self.encode("build record", &record)?;
+        // A hand-back (no grace) gives the attempt back.
+        let (deadline, refund) = match grace {
+            Some(grace) => (now_ms().saturating_sub(millis(grace)), 0),
+            None => (i64::MAX, 1),
+        };
         self.with(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let changed = tx.execute(
-                "UPDATE api_builds SET status = 'building', record = ?2 WHERE id = ?1 AND status = 'waiting'",
-                params![id, json],
+                "UPDATE api_builds SET status = 'waiting', record = ?3, worker = NULL,
+                   lease_expires_ms = NULL, attempts = attempts - ?6
+                 WHERE id = ?1 AND worker = ?2 AND status = 'building'
+                   AND lease_expires_ms < ?4 AND attempts - ?6 < ?5",
+                params![id, worker, json, deadline, max_attempts, refund],
             )?;
             if changed == 1 {
                 insert_entry(&tx, id, entry)?;
@@ -169,22 +278,49 @@ impl BuildStore for SqliteStore {
         })
     }
 
+    fn queue_depth(&self) -> Result<QueueDepth, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT COALESCE(SUM(status = 'waiting'), 0), COALESCE(SUM(status = 'building'), 0)
+                 FROM api_builds WHERE status IN ('waiting', 'building')",
+                [],
+                |r| {
+                    Ok(QueueDepth {
+                        waiting: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+                        building: u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
+                    })
+                },
+            )
+        })
+    }
+
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    fn ping(&self) -> Result<(), StoreError> {
+        self.with(|c| c.query_row("SELECT 1", [], |_| Ok(())))
+    }
+
     fn finish(&self, id: &str, finish: &Finish, entries: &[LogEntry]) -> Result<bool, StoreError> {
         // Read, check and write in one immediate transaction: a cancel racing the start or the
         // end of a build sees the status the other one wrote, never an older one.
         let mut failure: Option<StoreError> = None;
         let changed = self.with(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let json: Option<String> = tx
+            let row: Option<(String, Option<String>)> = tx
                 .query_row(
-                    "SELECT record FROM api_builds WHERE id = ?1",
+                    "SELECT record, worker FROM api_builds WHERE id = ?1",
                     params![id],
-                    |r| r.get(0),
+                    |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()?;
-            let Some(json) = json else {
+            let Some((json, holder)) = row else {
                 return Ok(false);
             };
+            if finish.worker.is_some() && finish.worker != holder {
+                return Ok(false);
+            }
             let mut record: BuildRecord = match self.decode("build record", &json) {
                 Ok(record) => record,
                 Err(error) => {
@@ -195,16 +331,7 @@ impl BuildStore for SqliteStore {
             if record.status.is_terminal() {
                 return Ok(false);
             }
-            record.status = finish.status;
-            record.finished_at = Some(finish.finished_at.clone());
-            record.updated_at = finish.finished_at.clone();
-            record.duration_ms = finish.duration_ms;
-            record.failure_phase = finish.failure_phase;
-            record.error_message = finish.error_message.clone();
-            record.result = finish.result.clone();
-            if let Some(summary) = &finish.cache_summary {
-                record.cache_summary = summary.clone();
-            }
+            finish.apply(&mut record);
             let json = match self.encode("build record", &record) {
                 Ok(json) => json,
                 Err(error) => {
@@ -325,24 +452,7 @@ impl BuildStore for SqliteStore {
     }
 
     fn template(&self, owner: &str, id_or_name: &str) -> Result<Option<TemplateRow>, StoreError> {
-        Ok(self
-            .templates(owner)?
-            .into_iter()
-            .min_by_key(|t| {
-                // A name wins over an alias.
-                if t.id == id_or_name || t.name == id_or_name {
-                    0
-                } else if t.aliases.iter().any(|a| a == id_or_name) {
-                    1
-                } else {
-                    2
-                }
-            })
-            .filter(|t| {
-                t.id == id_or_name
-                    || t.name == id_or_name
-                    || t.aliases.iter().any(|a| a == id_or_name)
-            }))
+        Ok(super::pick_template(self.templates(owner)?, id_or_name))
     }
 
     fn templates(&self, owner: &str) -> Result<Vec<TemplateRow>, StoreError> {
@@ -447,14 +557,15 @@ impl BuildStore for SqliteStore {
         &self,
         record: &nullspace_api::sandbox::SandboxInfo,
         owner: &str,
+        host: &str,
     ) -> Result<(), StoreError> {
         let text = self.encode("sandbox", record)?;
         self.with(|c| {
             c.execute(
-                "INSERT INTO sandboxes (id, owner, created_at, ended_at, record) VALUES (?1, ?2, ?3, ?4, ?5)
+                "INSERT INTO sandboxes (id, owner, created_at, ended_at, record, host) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT (id) DO UPDATE SET ended_at = excluded.ended_at, record = excluded.record
                  WHERE sandboxes.ended_at IS NULL",
-                params![record.sandbox_id, owner, record.created_at, record.ended_at, text],
+                params![record.sandbox_id, owner, record.created_at, record.ended_at, text, host],
             )
         })?;
         Ok(())
@@ -493,10 +604,13 @@ impl BuildStore for SqliteStore {
 
     fn end_running_sandboxes(
         &self,
+        host: &str,
         at: &str,
         reason: &str,
         detail: &str,
     ) -> Result<usize, StoreError> {
+        // One host per database: every running record was this host's, whatever it was called.
+        let _ = host;
         let running: Vec<(String, String)> = self.with(|c| {
             let mut statement =
                 c.prepare("SELECT owner, record FROM sandboxes WHERE ended_at IS NULL")?;
@@ -504,13 +618,8 @@ impl BuildStore for SqliteStore {
             rows.collect()
         })?;
         for (owner, text) in &running {
-            let mut record: nullspace_api::sandbox::SandboxInfo = self.decode("sandbox", text)?;
-            record.state = "ended".into();
-            record.end_at = None;
-            record.ended_at = Some(at.to_string());
-            record.end_reason = Some(reason.to_string());
-            record.end_detail = Some(detail.to_string());
-            self.put_sandbox(&record, owner)?;
+            let record = super::ended_sandbox(self.decode("sandbox", text)?, at, reason, detail);
+            self.put_sandbox(&record, owner, host)?;
         }
         Ok(running.len())
     }

@@ -53,8 +53,28 @@ impl Server {
     }
 
     pub fn start_with_env<V: AsRef<std::ffi::OsStr>>(data: &Path, envs: &[(&str, V)]) -> Server {
+        let mut all: Vec<(&str, std::ffi::OsString)> = envs
+            .iter()
+            .map(|(k, v)| (*k, v.as_ref().to_os_string()))
+            .collect();
+        if let Some(url) = database_for(data) {
+            // Short leases: a killed server's builds are taken over within seconds.
+            all.push(("NULLSPACE_DATABASE_URL", url.into()));
+            all.push(("NULLSPACE_BUILD_LEASE_SECS", "3".into()));
+        }
+        Server::start_with_args(data, &["--workers", "2"], &all)
+    }
+
+    /// `nullspace serve --listen 127.0.0.1:0 ARGS` on `data` with alice's and bob's keys and
+    /// `envs`; returns once it listens.
+    pub fn start_with_args<V: AsRef<std::ffi::OsStr>>(
+        data: &Path,
+        args: &[&str],
+        envs: &[(&str, V)],
+    ) -> Server {
         let mut child = Command::new(binary())
-            .args(["serve", "--listen", "127.0.0.1:0", "--workers", "2"])
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
             .env("NULLSPACE_DATA_DIR", data)
             .env("NULLSPACE_API_KEYS", format!("{ALICE}:alice,{BOB}:bob"))
             .envs(envs.iter().map(|(k, v)| (*k, v.as_ref())))
@@ -84,6 +104,110 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// With `NULLSPACE_TEST_STORE=postgres`, the PostgreSQL database a server of `data` uses: one
+/// per data dir, made afresh the first time this test process asks for it (a restarted server
+/// of the same data dir finds its state again). `None` runs the server on SQLite.
+pub fn database_for(data: &Path) -> Option<String> {
+    if std::env::var("NULLSPACE_TEST_STORE").ok()?.as_str() != "postgres" {
+        return None;
+    }
+    let base = std::env::var("NULLSPACE_TEST_POSTGRES")
+        .expect("NULLSPACE_TEST_POSTGRES is unset: run the tests with scripts/test");
+    Some(fresh_database(&base, &database_name(data)))
+}
+
+/// A database name for `key` (a path or a label): `ns_` and 16 hex digits.
+pub fn database_name(key: &Path) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut hasher);
+    format!("ns_{:016x}", hasher.finish())
+}
+
+/// `base/name`, the database dropped and created the first time this process names it.
+pub fn fresh_database(base: &str, name: &str) -> String {
+    static MADE: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut made = MADE.lock().unwrap();
+    if !made.iter().any(|m| m == name) {
+        let (admin, name_owned) = (format!("{base}/postgres"), name.to_string());
+        // Its own thread and runtime: callers may be inside a runtime already.
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Runtime::new().unwrap();
+            runtime.block_on(async {
+                let (client, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+                    .await
+                    .expect("connecting to the test PostgreSQL server");
+                tokio::spawn(connection);
+                // One statement each: neither may run inside a transaction block.
+                client
+                    .batch_execute(&format!(
+                        "DROP DATABASE IF EXISTS {name_owned} WITH (FORCE)"
+                    ))
+                    .await
+                    .unwrap();
+                client
+                    .batch_execute(&format!("CREATE DATABASE {name_owned}"))
+                    .await
+                    .unwrap();
+            });
+        })
+        .join()
+        .unwrap();
+        made.push(name.to_string());
+    }
+    format!("{base}/{name}")
+}
+
+/// The text columns of `sql` (with `$1`... parameters) on the store of the server of `data`:
+/// its PostgreSQL database with `NULLSPACE_TEST_STORE=postgres`, else its SQLite file.
+pub fn store_rows(data: &Path, sql: &str, params: &[&str]) -> Vec<Vec<Option<String>>> {
+    let owned: Vec<String> = params.iter().map(|p| p.to_string()).collect();
+    if let Some(url) = database_for_existing(data) {
+        let sql = sql.to_string();
+        return std::thread::spawn(move || {
+            let runtime = tokio::runtime::Runtime::new().unwrap();
+            runtime.block_on(async {
+                let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                tokio::spawn(connection);
+                let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = owned
+                    .iter()
+                    .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
+                    .collect();
+                client
+                    .query(&sql, &params)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|row| (0..row.len()).map(|i| row.get(i)).collect())
+                    .collect()
+            })
+        })
+        .join()
+        .unwrap();
+    }
+    let db = rusqlite::Connection::open(data.join("nullspace.db")).unwrap();
+    let mut statement = db.prepare(sql).unwrap();
+    let columns = statement.column_count();
+    statement
+        .query_map(rusqlite::params_from_iter(owned.iter()), |r| {
+            (0..columns).map(|i| r.get(i)).collect()
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// The database of `data`'s server when the tests run on PostgreSQL (without recreating it).
+fn database_for_existing(data: &Path) -> Option<String> {
+    if std::env::var("NULLSPACE_TEST_STORE").ok()?.as_str() != "postgres" {
+        return None;
+    }
+    let base = std::env::var("NULLSPACE_TEST_POSTGRES").ok()?;
+    Some(format!("{base}/{}", database_name(data)))
 }
 
 pub fn client() -> reqwest::Client {

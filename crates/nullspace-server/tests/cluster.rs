@@ -1,0 +1,317 @@
+//! Many hosts: one API process and two worker processes with separate data dirs (as if on two
+//! hosts), sharing PostgreSQL (the devenv's) and S3-compatible object storage (moto's server, on
+//! loopback). Ten builds spread over both workers; every published artifact downloads from
+//! object storage with its digests checked and equals the worker's copy; `kill -9` of a worker
+//! mid-build leaves a build that ends in a definite state with the right log; a template built
+//! by one worker is the `from_template` base of a build on the other.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+const BUCKET: &str = "nullspace-artifacts";
+
+/// moto's S3 server on a free loopback port, with the bucket made.
+struct Moto {
+    child: Child,
+    endpoint: String,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_moto() -> Moto {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new("moto_server")
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("moto_server is not on PATH: run the tests with scripts/test");
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(response) = client().put(format!("{endpoint}/{BUCKET}")).send().await {
+            if response.status().is_success() {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "moto_server did not start");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Moto { child, endpoint }
+}
+
+/// One `nullspace serve` process of the deployment.
+struct Process {
+    server: Server,
+    url: String,
+    data: PathBuf,
+}
+
+fn start_process(role: &str, data: &Path, database: &str, moto: &Moto) -> Process {
+    let server = Server::start_with_args(
+        data,
+        &["--workers", "1", "--role", role, "--lease-secs", "3"],
+        &[
+            ("NULLSPACE_DATABASE_URL", database),
+            (
+                "NULLSPACE_OBJECT_STORE",
+                &format!("s3://{BUCKET}/deployment"),
+            ),
+            ("NULLSPACE_S3_ENDPOINT", &moto.endpoint),
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_REGION", "us-east-1"),
+            ("NULLSPACE_MAX_ACTIVE_BUILDS_PER_OWNER", "20"),
+        ],
+    );
+    Process {
+        url: server.url.clone(),
+        server,
+        data: data.to_path_buf(),
+    }
+}
+
+/// A counter or gauge of a process's `/metrics`.
+async fn metric(process: &Process, name: &str) -> f64 {
+    let text = client()
+        .get(format!("{}/metrics", process.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+/// The manifest digest the store recorded for a ready build.
+async fn artifact_manifest(database: &str, build: &str) -> String {
+    let (client, connection) = tokio_postgres::connect(database, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let row = client
+        .query_one("SELECT record FROM api_builds WHERE id = $1", &[&build])
+        .await
+        .unwrap();
+    let record: Value = serde_json::from_str(row.get::<_, &str>(0)).unwrap();
+    record["result"]["artifact_manifest"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{build} has no artifact manifest: {record}"))
+        .to_string()
+}
+
+fn files_under(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                out.push(path.strip_prefix(root).unwrap().to_path_buf());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn builds_spread_over_two_workers_survive_one_and_cross_hosts() {
+    let base = std::env::var("NULLSPACE_TEST_POSTGRES")
+        .expect("NULLSPACE_TEST_POSTGRES is unset: run the tests with scripts/test");
+    let database = fresh_database(&base, &format!("ns_cluster_{}", std::process::id()));
+    let registry = registry();
+    let image = format!("{registry}/library/debian:bookworm");
+    let moto = start_moto().await;
+    let dirs = tempfile::tempdir().unwrap();
+    let api = start_process("api", &dirs.path().join("api"), &database, &moto);
+    let mut workers = vec![
+        start_process("worker", &dirs.path().join("worker-a"), &database, &moto),
+        start_process("worker", &dirs.path().join("worker-b"), &database, &moto),
+    ];
+    // A worker serves operations only; the API process is ready with its store.
+    let (code, _) = call(
+        reqwest::Method::GET,
+        &format!("{}/v1/templates", workers[0].url),
+        ALICE,
+        None,
+    )
+    .await;
+    assert_eq!(code, 404);
+    let ready = client()
+        .get(format!("{}/readyz", api.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status().as_u16(), 200);
+
+    // Ten builds over both workers.
+    let mut ids = Vec::new();
+    for n in 0..10 {
+        ids.push(
+            start_build(
+                &api.url,
+                ALICE,
+                json!({"name": format!("spread-{n}"), "base_image": image}),
+            )
+            .await,
+        );
+    }
+    for id in &ids {
+        let status = wait_status(&api.url, id, &["ready", "error", "cancelled"]).await;
+        assert_eq!(status["build"]["status"], "ready", "{status}");
+    }
+    let claims = [
+        metric(&workers[0], "nullspace_build_claims_total").await,
+        metric(&workers[1], "nullspace_build_claims_total").await,
+    ];
+    assert_eq!(claims[0] + claims[1], 10.0, "{claims:?}");
+    assert!(
+        claims[0] >= 1.0 && claims[1] >= 1.0,
+        "one worker took every build: {claims:?}"
+    );
+
+    // Every artifact, downloaded from object storage with its digests checked, is the
+    // worker's own copy byte for byte.
+    // The library reads credentials from the environment, as the server does.
+    std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
+    std::env::set_var("AWS_REGION", "us-east-1");
+    let storage = nullspace_build::object_storage::ObjectStorage::open(
+        &format!("s3://{BUCKET}/deployment"),
+        Some(&moto.endpoint),
+    )
+    .unwrap();
+    let mut built_on: Vec<(String, usize)> = Vec::new();
+    for id in &ids {
+        let manifest = artifact_manifest(&database, id).await;
+        let fetched = dirs.path().join("fetched").join(id);
+        storage
+            .download_artifact(&manifest, &dirs.path().join("fetch-staging"), &fetched)
+            .await
+            .unwrap();
+        let worker = workers
+            .iter()
+            .position(|w| {
+                w.data
+                    .join("templates")
+                    .join(id)
+                    .join("template.json")
+                    .exists()
+            })
+            .unwrap_or_else(|| panic!("no worker holds {id}"));
+        let original = workers[worker].data.join("templates").join(id);
+        let files = files_under(&original);
+        assert_eq!(files, files_under(&fetched), "{id}");
+        for file in &files {
+            assert!(
+                std::fs::read(original.join(file)).unwrap()
+                    == std::fs::read(fetched.join(file)).unwrap(),
+                "{id}: {} differs after the round trip",
+                file.display()
+            );
+        }
+        std::fs::remove_dir_all(&fetched).unwrap();
+        built_on.push((id.clone(), worker));
+    }
+
+    // kill -9 of the worker running a build: it ends in a definite state, with the takeover in
+    // its log.
+    let victim_build = start_build(
+        &api.url,
+        ALICE,
+        json!({"name": "survivor", "base_image": image}),
+    )
+    .await;
+    wait_status(&api.url, &victim_build, &["building"]).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let victim = loop {
+        let mut running = None;
+        for (index, worker) in workers.iter().enumerate() {
+            if metric(worker, "nullspace_builds_running").await >= 1.0 {
+                running = Some(index);
+            }
+        }
+        if let Some(index) = running {
+            break index;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no worker reports the build running"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut killed = workers.remove(victim);
+    let survivor = workers.remove(0);
+    killed.server.kill(); // SIGKILL
+    let status = wait_status(&api.url, &victim_build, &["ready", "error", "cancelled"]).await;
+    let entries = status["entries"].as_array().unwrap();
+    let retry = entries
+        .iter()
+        .find(|e| e["kind"] == "retry")
+        .unwrap_or_else(|| panic!("no takeover in the log: {status}"));
+    assert!(
+        retry["message"]
+            .as_str()
+            .unwrap()
+            .contains("stopped renewing its lease"),
+        "{retry}"
+    );
+    assert_eq!(status["build"]["status"], "ready", "{status}");
+    assert_eq!(
+        entries.iter().filter(|e| e["kind"] == "end").count(),
+        1,
+        "{status}"
+    );
+    let offsets: Vec<u64> = entries
+        .iter()
+        .map(|e| e["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets, (0..entries.len() as u64).collect::<Vec<_>>());
+    assert!(survivor.data.join("templates").join(&victim_build).exists());
+
+    // A template the killed worker built is the base of a build on the survivor, which
+    // fetches it from object storage.
+    let (parent, _) = built_on
+        .iter()
+        .find(|(_, worker)| *worker == victim)
+        .expect("the killed worker built none of the ten");
+    assert!(!survivor.data.join("templates").join(parent).exists());
+    let parent_name = format!("spread-{}", ids.iter().position(|i| i == parent).unwrap());
+    let child = start_build(
+        &api.url,
+        ALICE,
+        json!({"name": "child", "base": {"kind": "template", "value": parent_name}, "runtime_envs": {"CHILD": "1"}}),
+    )
+    .await;
+    let status = wait_status(&api.url, &child, &["ready", "error", "cancelled"]).await;
+    assert_eq!(status["build"]["status"], "ready", "{status}");
+    assert!(survivor
+        .data
+        .join("templates")
+        .join(parent)
+        .join("template.json")
+        .exists());
+    drop(killed);
+}
