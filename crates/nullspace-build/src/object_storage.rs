@@ -572,19 +572,32 @@ impl ObjectStorage {
             usize::try_from(CHUNK_SIZE).unwrap_or(4 << 20),
         );
         let mut buffer = vec![0u8; 1 << 20];
-        loop {
-            let read = file.read(&mut buffer).await.map_err(io_at(path))?;
-            if read == 0 {
-                break;
+        let sent: Result<(), StorageError> = async {
+            loop {
+                let read = file.read(&mut buffer).await.map_err(io_at(path))?;
+                if read == 0 {
+                    return Ok(());
+                }
+                writer
+                    .wait_for_capacity(PARALLEL)
+                    .await
+                    .map_err(Self::service(&key))?;
+                writer.write(&buffer[..read]);
             }
-            writer
-                .wait_for_capacity(PARALLEL)
-                .await
-                .map_err(Self::service(&key))?;
-            writer.write(&buffer[..read]);
         }
-        writer.finish().await.map_err(Self::service(&key))?;
-        Ok(())
+        .await;
+        match sent {
+            Ok(()) => writer
+                .finish()
+                .await
+                .map(|_| ())
+                .map_err(Self::service(&key)),
+            Err(error) => {
+                // No orphaned parts left in the bucket.
+                let _ = writer.abort().await;
+                Err(error)
+            }
+        }
     }
 
     /// Streams the context blob `digest` of `owner` into `sink` (which checks the digest, as a

@@ -44,9 +44,14 @@ fn measure(store: &dyn BuildStore) -> Vec<Duration> {
             &nullspace_build::ids::now_rfc3339(),
         )
         .unwrap();
+    let queued = entry(
+        nullspace_api::LogKind::Message,
+        nullspace_api::LogLevel::Info,
+        "queued",
+    );
     for n in 0..QUEUED {
         store
-            .insert_build(&record(n, &template), &Queueing::default())
+            .insert_build(&record(n, &template), &Queueing::default(), &queued)
             .unwrap();
     }
     let start = entry(

@@ -130,14 +130,10 @@ impl Default for Deployment {
     }
 }
 
-/// `<hostname>-<pid>-<random>`: unique among the live processes of a deployment.
+/// `w-<random>`: unique among the live processes of a deployment, and opaque (tenants read it
+/// in log entries; the server logs which host and process it is).
 pub fn default_instance() -> String {
-    format!(
-        "{}-{}-{:04x}",
-        hostname(),
-        std::process::id(),
-        rand::random::<u16>()
-    )
+    format!("w-{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)
 }
 
 /// This machine's host name (letters, digits, `-` and `.` only; at most 40 characters).

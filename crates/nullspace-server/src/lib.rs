@@ -176,9 +176,11 @@ pub async fn serve(
     let sandboxes = state.sandboxes.clone();
     let runner = state.runner.clone();
     tracing::info!(
-        "role {} as {} on the {} store",
+        "role {} as instance {} (host {}, pid {}) on the {} store",
         config.deployment.role.as_str(),
         config.deployment.instance,
+        config::hostname(),
+        std::process::id(),
         if config.deployment.database_url.is_some() {
             "PostgreSQL"
         } else {

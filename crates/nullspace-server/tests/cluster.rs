@@ -1,9 +1,11 @@
 //! Many hosts: one API process and two worker processes with separate data dirs (as if on two
 //! hosts), sharing PostgreSQL (the devenv's) and S3-compatible object storage (moto's server, on
 //! loopback). Ten builds spread over both workers; every published artifact downloads from
-//! object storage with its digests checked and equals the worker's copy; `kill -9` of a worker
-//! mid-build leaves a build that ends in a definite state with the right log; a template built
-//! by one worker is the `from_template` base of a build on the other.
+//! object storage with its digests checked and equals the worker's copy; cancel reaches the
+//! worker that runs the build; SIGTERM hands a running build back to the queue; `kill -9` of a
+//! worker mid-build leaves a build that ends in a definite state with the right log, which a
+//! client following through the API sees whole; a template built by one worker is the
+//! `from_template` base of a build on the other.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod common;
@@ -66,7 +68,16 @@ struct Process {
 fn start_process(role: &str, data: &Path, database: &str, moto: &Moto) -> Process {
     let server = Server::start_with_args(
         data,
-        &["--workers", "1", "--role", role, "--lease-secs", "3"],
+        &[
+            "--workers",
+            "1",
+            "--role",
+            role,
+            "--lease-secs",
+            "3",
+            "--drain-timeout-secs",
+            "0",
+        ],
         &[
             ("NULLSPACE_DATABASE_URL", database),
             (
@@ -100,6 +111,23 @@ async fn metric(process: &Process, name: &str) -> f64 {
     text.lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+/// The index of the worker that reports a build running (one build runs at a time here).
+async fn running_on(workers: &[Process]) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        for (index, worker) in workers.iter().enumerate() {
+            if metric(worker, "nullspace_builds_running").await >= 1.0 {
+                return index;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no worker reports the build running"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The manifest digest the store recorded for a ready build.
@@ -236,32 +264,99 @@ async fn builds_spread_over_two_workers_survive_one_and_cross_hosts() {
         built_on.push((id.clone(), worker));
     }
 
+    // Cancel reaches the worker that holds the build: it stops, and nothing is published.
+    let cancelled = start_build(
+        &api.url,
+        ALICE,
+        json!({"name": "cancelled", "base_image": image}),
+    )
+    .await;
+    wait_status(&api.url, &cancelled, &["building"]).await;
+    let holder = running_on(&workers).await;
+    let (code, body) = call(
+        reqwest::Method::POST,
+        &format!("{}/v1/templates/builds/{cancelled}/cancel", api.url),
+        ALICE,
+        Some(json!({"reason": "test"})),
+    )
+    .await;
+    assert_eq!(
+        (code, body["build"]["status"].as_str()),
+        (200, Some("cancelled")),
+        "{body}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(&workers[holder], "nullspace_builds_running").await > 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the worker kept running a cancelled build"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!workers[holder]
+        .data
+        .join("templates")
+        .join(&cancelled)
+        .exists());
+
+    // SIGTERM of a worker mid-build (no drain time here): the build goes back to the queue and
+    // the other worker finishes it; the drained worker comes back on its data dir.
+    let handed = start_build(
+        &api.url,
+        ALICE,
+        json!({"name": "handed-back", "base_image": image}),
+    )
+    .await;
+    wait_status(&api.url, &handed, &["building"]).await;
+    let draining = running_on(&workers).await;
+    let pid = workers[draining].server.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = wait_status(&api.url, &handed, &["ready", "error", "cancelled"]).await;
+    assert_eq!(status["build"]["status"], "ready", "{status}");
+    assert!(
+        status["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "retry"
+                && e["message"].as_str().unwrap().contains("shutting down")),
+        "{status}"
+    );
+    assert!(workers[draining].server.child.wait().unwrap().success());
+    let data = workers[draining].data.clone();
+    workers[draining] = start_process("worker", &data, &database, &moto);
+
     // kill -9 of the worker running a build: it ends in a definite state, with the takeover in
-    // its log.
+    // its log, and a client following the log through the API sees every entry once.
     let victim_build = start_build(
         &api.url,
         ALICE,
         json!({"name": "survivor", "base_image": image}),
     )
     .await;
-    wait_status(&api.url, &victim_build, &["building"]).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let victim = loop {
-        let mut running = None;
-        for (index, worker) in workers.iter().enumerate() {
-            if metric(worker, "nullspace_builds_running").await >= 1.0 {
-                running = Some(index);
-            }
-        }
-        if let Some(index) = running {
-            break index;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no worker reports the build running"
+    let follower = {
+        let url = format!(
+            "{}/v1/templates/builds/{victim_build}/logs?follow=true",
+            api.url
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::spawn(async move {
+            client()
+                .get(url)
+                .bearer_auth(ALICE)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        })
     };
+    wait_status(&api.url, &victim_build, &["building"]).await;
+    let victim = running_on(&workers).await;
     let mut killed = workers.remove(victim);
     let survivor = workers.remove(0);
     killed.server.kill(); // SIGKILL
@@ -289,6 +384,15 @@ async fn builds_spread_over_two_workers_survive_one_and_cross_hosts() {
         .map(|e| e["offset"].as_u64().unwrap())
         .collect();
     assert_eq!(offsets, (0..entries.len() as u64).collect::<Vec<_>>());
+    let followed = frames(&follower.await.unwrap());
+    assert_eq!(
+        followed.len(),
+        entries.len(),
+        "the follower missed or repeated entries"
+    );
+    for ((offset, entry), stored) in followed.iter().zip(entries) {
+        assert_eq!(&entry, &stored, "entry {offset}");
+    }
     assert!(survivor.data.join("templates").join(&victim_build).exists());
 
     // A template the killed worker built is the base of a build on the survivor, which

@@ -152,10 +152,13 @@ pub async fn upload_blob(
     if let Some(objects) = state.runner.objects() {
         // Workers on other hosts read it from there.
         let digest_parsed = parse_digest(&digest).map_err(|e| ApiError::invalid("digest", e))?;
+        let path = blobs.path(&digest_parsed);
         objects
-            .put_context_blob(&owner, &digest, &blobs.path(&digest_parsed))
+            .put_context_blob(&owner, &digest, &path)
             .await
             .map_err(|e| {
+                // Not kept here either: `missing` reports it again and the client re-sends it.
+                let _ = std::fs::remove_file(&path);
                 ApiError::new(
                     StatusCode::BAD_GATEWAY,
                     "object_storage_failed",

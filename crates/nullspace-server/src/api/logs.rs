@@ -20,6 +20,9 @@ use super::{ApiResult, AppState};
 /// Entries read from the store at once.
 const PAGE: usize = 1000;
 
+/// Store errors in a row after which a stream ends.
+const MAX_STORE_ERRORS: u32 = 30;
+
 struct LogStream {
     state: AppState,
     build_id: String,
@@ -27,6 +30,8 @@ struct LogStream {
     follow: bool,
     buffer: std::collections::VecDeque<LogEntry>,
     done: bool,
+    /// Store errors in a row (a follower rides out a short outage of a shared store).
+    errors: u32,
     changes: tokio::sync::watch::Receiver<u64>,
 }
 
@@ -49,8 +54,9 @@ impl LogStream {
                     // together with the final entries, so entries read after seeing it are
                     // complete.
                     let terminal = match store.build(None, &build_id) {
-                        Ok(Some(record)) => record.status.is_terminal(),
-                        _ => true,
+                        Ok(Some(record)) => Ok(record.status.is_terminal()),
+                        Ok(None) => Ok(true),
+                        Err(error) => Err(error),
                     };
                     Ok((terminal, store.entries(&build_id, offset, PAGE)))
                 })
@@ -63,18 +69,29 @@ impl LogStream {
                     continue;
                 }
             };
-            match entries {
-                Ok(entries) if !entries.is_empty() => {
+            let read = match (terminal, entries) {
+                (Ok(terminal), Ok(entries)) => Ok((terminal, entries)),
+                (Err(error), _) | (_, Err(error)) => Err(error),
+            };
+            let terminal = match read {
+                Ok((_, entries)) if !entries.is_empty() => {
+                    self.errors = 0;
                     self.buffer.extend(entries);
                     continue;
                 }
-                Ok(_) => {}
+                Ok((terminal, _)) => {
+                    self.errors = 0;
+                    terminal
+                }
                 Err(error) => {
                     tracing::warn!("log stream {}: {error}", self.build_id);
-                    self.done = true;
+                    self.errors += 1;
+                    // About half a minute of a store that does not answer ends the stream.
+                    self.done = self.errors > MAX_STORE_ERRORS;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
-            }
+            };
             if !self.follow || terminal {
                 self.done = true;
                 continue;
@@ -138,6 +155,7 @@ pub async fn stream_logs(
         follow,
         buffer: Default::default(),
         done: false,
+        errors: 0,
         changes,
     };
     let events = futures_util::stream::unfold(stream, |mut stream| async move {

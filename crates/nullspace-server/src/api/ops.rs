@@ -30,8 +30,8 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             }),
         );
     }
-    let store = state.runner.store().clone();
-    match tokio::task::spawn_blocking(move || store.ping()).await {
+    let runner = state.runner.clone();
+    match tokio::task::spawn_blocking(move || runner.store_answers()).await {
         Ok(Ok(())) => (
             StatusCode::OK,
             Json(Health {

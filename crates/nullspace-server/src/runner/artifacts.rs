@@ -125,80 +125,104 @@ impl Runner {
         let staging =
             data.staging()
                 .join(format!("fetch-{}-{:08x}", build.id, rand::random::<u32>()));
-        let started = std::time::Instant::now();
-        let received = objects
-            .download_artifact(&manifest, &staging, &dir)
-            .await
-            .map_err(|e| {
-                ApiError::new(
-                    axum::http::StatusCode::BAD_GATEWAY,
-                    "artifact_fetch_failed",
-                    format!(
-                        "template build {} was built on another host and could not be fetched: {}",
-                        build.id,
-                        self.redact_host_paths(&e.to_string())
-                    ),
-                )
-            })?;
-        tracing::info!(
-            "build {}: fetched from object storage in {:.1}s ({} chunks, {} bytes)",
-            build.id,
-            started.elapsed().as_secs_f64(),
-            received.chunks_transferred,
-            received.transferred_bytes
-        );
-        if let Some(parent) = marker.parent() {
-            let _ = std::fs::create_dir_all(parent);
-        }
-        let _ = std::fs::write(&marker, manifest.as_bytes());
-        // This host's engine knows it as ready, so its garbage collection keeps what it uses.
-        let store = self.engine.store();
-        let now = nullspace_build::ids::now_rfc3339();
-        let recorded = match store.mirror_template(&build.template_id) {
-            Ok(()) => store.publish(&build.id, &build.template_id, &[], &dir, &now),
-            Err(error) => Err(error),
-        };
-        if let Err(error) = recorded {
-            tracing::warn!(
-                "build {}: recording the fetched artifact: {error}",
-                build.id
+        // The download writes files of gigabytes and the bookkeeping walks trees: off the
+        // runtime's workers.
+        let objects = objects.clone();
+        let engine = self.engine.clone();
+        let (wanted, destination) = (build.clone(), dir.clone());
+        let cache_bytes = self.deployment.artifact_cache_bytes;
+        let handle = tokio::runtime::Handle::current();
+        let fetched = tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let received =
+                handle.block_on(objects.download_artifact(&manifest, &staging, &destination))?;
+            tracing::info!(
+                "build {}: fetched from object storage in {:.1}s ({} chunks, {} bytes)",
+                wanted.id,
+                started.elapsed().as_secs_f64(),
+                received.chunks_transferred,
+                received.transferred_bytes
             );
-        }
-        self.evict_fetched(&build.id);
+            if let Some(parent) = marker.parent() {
+                let _ = std::fs::create_dir_all(parent);
+            }
+            let _ = std::fs::write(&marker, manifest.as_bytes());
+            record_fetched(&engine, &wanted, &destination);
+            evict_fetched(engine.data_dir(), cache_bytes, &wanted.id);
+            Ok::<_, nullspace_build::object_storage::StorageError>(())
+        })
+        .await
+        .map_err(ApiError::internal)?;
+        fetched.map_err(|e| {
+            ApiError::new(
+                axum::http::StatusCode::BAD_GATEWAY,
+                "artifact_fetch_failed",
+                format!(
+                    "template build {} was built on another host and could not be fetched: {}",
+                    build.id,
+                    self.redact_host_paths(&e.to_string())
+                ),
+            )
+        })?;
         Ok(dir)
     }
+}
 
-    /// Removes the least recently used fetched artifacts (never `keep`) while they take more
-    /// than the cache's limit. Artifacts built on this host are never evicted.
-    fn evict_fetched(&self, keep: &str) {
-        let data = self.engine.data_dir();
-        let markers = data.root().join("artifact-cache");
-        let Ok(entries) = std::fs::read_dir(&markers) else {
-            return;
-        };
-        let mut fetched: Vec<(SystemTime, String, u64)> = entries
-            .flatten()
-            .filter_map(|entry| {
-                let id = entry.file_name().to_string_lossy().into_owned();
-                let used = entry.metadata().ok()?.modified().ok()?;
-                let size = allocated_bytes(&data.templates().join(&id));
-                Some((used, id, size))
-            })
-            .collect();
-        let mut total: u64 = fetched.iter().map(|(_, _, size)| size).sum();
-        fetched.sort();
-        for (_, id, size) in fetched {
-            if total <= self.deployment.artifact_cache_bytes {
-                break;
-            }
-            if id == keep {
-                continue;
-            }
-            tracing::info!("artifact cache: evicting fetched build {id} ({size} bytes)");
-            let _ = nullspace_build::artifact::remove_tree(&data.templates().join(&id));
-            let _ = std::fs::remove_file(markers.join(&id));
-            total = total.saturating_sub(size);
+/// Records a fetched artifact as a ready build of this host's engine, so that its garbage
+/// collection keeps what the artifact needs.
+fn record_fetched(engine: &nullspace_build::Engine, build: &BuildRecord, dir: &Path) {
+    let store = engine.store();
+    let now = nullspace_build::ids::now_rfc3339();
+    let recorded = match store.mirror_template(&build.template_id) {
+        Ok(()) => match store.start_build(&build.id, &build.template_id, &now) {
+            Ok(()) => store.publish(&build.id, &build.template_id, &[], dir, &now),
+            Err(error) => Err(error),
+        },
+        Err(error) => Err(error),
+    };
+    if let Err(error) = recorded {
+        tracing::warn!(
+            "build {}: recording the fetched artifact: {error}",
+            build.id
+        );
+    }
+}
+
+/// Fetched artifacts used in the last hour are never evicted (a build or a sandbox may be
+/// starting from one).
+const EVICTION_MIN_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Removes the least recently used fetched artifacts (never `keep`, never one used within
+/// [`EVICTION_MIN_AGE`]) while they take more than `limit` bytes. Artifacts built on this host
+/// are never evicted.
+fn evict_fetched(data: &nullspace_build::DataDir, limit: u64, keep: &str) {
+    let markers = data.root().join("artifact-cache");
+    let Ok(entries) = std::fs::read_dir(&markers) else {
+        return;
+    };
+    let mut fetched: Vec<(SystemTime, String, u64)> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let id = entry.file_name().to_string_lossy().into_owned();
+            let used = entry.metadata().ok()?.modified().ok()?;
+            let size = allocated_bytes(&data.templates().join(&id));
+            Some((used, id, size))
+        })
+        .collect();
+    let mut total: u64 = fetched.iter().map(|(_, _, size)| size).sum();
+    fetched.sort();
+    for (used, id, size) in fetched {
+        if total <= limit {
+            break;
         }
+        let recent = used.elapsed().map_or(true, |age| age < EVICTION_MIN_AGE);
+        if id == keep || recent {
+            continue;
+        }
+        tracing::info!("artifact cache: evicting fetched build {id} ({size} bytes)");
+        let _ = nullspace_build::artifact::remove_tree(&data.templates().join(&id));
+        let _ = std::fs::remove_file(markers.join(&id));
+        total = total.saturating_sub(size);
     }
 }
 

@@ -58,6 +58,10 @@ pub struct Runner {
     draining: watch::Sender<bool>,
     /// Counters for `/metrics`.
     metrics: Mutex<metrics::Metrics>,
+    /// Cached answers of `/readyz` and `/metrics`.
+    probes: Mutex<queue::Probes>,
+    /// The worker loop, awaited by [`Runner::drain`].
+    work_loop: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Where published artifacts and context blobs are shared between hosts.
     objects: Option<nullspace_build::object_storage::ObjectStorage>,
     /// One artifact fetch at a time (two callers wanting one artifact fetch it once).
@@ -92,6 +96,8 @@ impl Runner {
             wake: tokio::sync::Notify::new(),
             draining: watch::Sender::new(false),
             metrics: Mutex::new(metrics::Metrics::default()),
+            work_loop: Mutex::new(None),
+            probes: Mutex::new(queue::Probes::default()),
             store,
             engine,
             permits: Arc::new(Semaphore::new(workers.max(1))),
@@ -170,7 +176,6 @@ impl Runner {
             holder: (!secrets.is_empty()).then(|| self.deployment.instance.clone()),
             wait_for,
         };
-        self.store.insert_build(&record, &queueing)?;
         let mut queued = entry(
             LogKind::Message,
             LogLevel::Info,
@@ -187,9 +192,14 @@ impl Runner {
             queued.phase = Some(LogPhase::Retry);
             queued.message = format!("{} (retry of {previous})", queued.message);
         }
-        self.store.append_entry(&record.id, &queued)?;
+        // In memory before the build can be claimed (this process's worker may claim it at
+        // once), and gone again if it could not be recorded.
         if !secrets.is_empty() {
             lock(&self.credentials).insert(record.id.clone(), secrets);
+        }
+        if let Err(error) = self.store.insert_build(&record, &queueing, &queued) {
+            lock(&self.credentials).remove(&record.id);
+            return Err(error.into());
         }
         self.wake.notify_one();
         self.changed();
@@ -305,8 +315,22 @@ impl Runner {
         message: &str,
         now: &str,
     ) -> Result<bool, StoreError> {
+        self.fail_held(id, record, phase, message, now, None)
+    }
+
+    /// [`Runner::fail`], recorded only while `worker` (when given) holds the build.
+    fn fail_held(
+        &self,
+        id: &str,
+        record: Option<&BuildRecord>,
+        phase: FailurePhase,
+        message: &str,
+        now: &str,
+        worker: Option<&str>,
+    ) -> Result<bool, StoreError> {
         let finish = Finish {
             duration_ms: record.and_then(|r| duration_since(r.started_at.as_deref())),
+            worker: worker.map(str::to_string),
             ..failure_finish(phase, message, now)
         };
         let (error, end) = failure_entries(message, phase);

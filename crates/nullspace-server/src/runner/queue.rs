@@ -5,11 +5,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nullspace_api::{BuildStatus, FailurePhase, LogKind, LogLevel, LogPhase};
+use nullspace_api::{FailurePhase, LogKind, LogLevel, LogPhase};
 use nullspace_build::ids;
 
 use crate::entry::{entry, IMPORT_STEPS};
-use crate::store::{Finish, StoreError};
+use crate::store::{Finish, Requeue, StoreError};
 
 use super::{lock, Runner};
 
@@ -17,15 +17,25 @@ use super::{lock, Runner};
 pub const MAX_ATTEMPTS: u32 = 2;
 /// How often a process looks for work and for lapsed leases when nothing wakes it.
 const POLL: Duration = Duration::from_millis(500);
+/// How long an answer of the open probes (`/readyz`, `/metrics`) is reused.
+const PROBE_CACHE: Duration = Duration::from_secs(1);
 /// How often a process with a shared store tells its followers to look again.
 const SHARED_TICK: Duration = Duration::from_millis(300);
+
+/// The last answers of the open probes.
+#[derive(Debug, Default)]
+pub struct Probes {
+    depth: Option<(Instant, crate::store::QueueDepth)>,
+    ping: Option<Instant>,
+}
 
 impl Runner {
     /// Starts this process's background work: the worker loop (if it runs builds), the lease
     /// reaper, and, with a shared store, the tick that makes log followers poll.
     pub fn start(self: &Arc<Self>) {
         if self.deployment.role.runs_builds() {
-            tokio::spawn(self.clone().work());
+            let work = tokio::spawn(self.clone().work());
+            *lock(&self.work_loop) = Some(work);
         }
         tokio::spawn(self.clone().reap());
         if self.store.is_shared() {
@@ -43,7 +53,11 @@ impl Runner {
     async fn work(self: Arc<Self>) {
         let mut draining = self.draining.subscribe();
         loop {
-            let Ok(permit) = self.permits.clone().acquire_owned().await else {
+            let permit = tokio::select! {
+                permit = self.permits.clone().acquire_owned() => permit,
+                _ = draining.wait_for(|d| *d) => return,
+            };
+            let Ok(permit) = permit else {
                 return;
             };
             if *draining.borrow() {
@@ -119,27 +133,33 @@ impl Runner {
             let mut confirmed = Instant::now();
             loop {
                 tokio::time::sleep(lease / 10).await;
+                // However the store answers (or hangs), the build stops once a whole lease
+                // passed unconfirmed: by then another worker may take it over.
+                let left = lease.saturating_sub(confirmed.elapsed());
+                if left.is_zero() {
+                    tracing::warn!("build {id}: lease not renewed for {lease:?}; stopping it so no other worker runs it at the same time");
+                    stop.notify_one();
+                    return;
+                }
                 let wanted = id.clone();
-                let renewed = runner
-                    .off_runtime(move |runner| {
+                let renewed = tokio::time::timeout(
+                    left,
+                    runner.off_runtime(move |runner| {
                         runner
                             .store
                             .renew_lease(&wanted, &runner.deployment.instance, lease)
-                    })
-                    .await;
+                    }),
+                )
+                .await;
                 match renewed {
-                    Ok(true) => confirmed = Instant::now(),
-                    Ok(false) => {
+                    Ok(Ok(true)) => confirmed = Instant::now(),
+                    Ok(Ok(false)) => {
                         tracing::info!("build {id}: no longer this worker's (cancelled or taken over); stopping it");
                         stop.notify_one();
                         return;
                     }
-                    Err(error) if confirmed.elapsed() >= lease => {
-                        tracing::warn!("build {id}: lease not renewed for {lease:?} ({error}); stopping it so no other worker runs it at the same time");
-                        stop.notify_one();
-                        return;
-                    }
-                    Err(error) => tracing::warn!("build {id}: renewing its lease: {error}"),
+                    Ok(Err(error)) => tracing::warn!("build {id}: renewing its lease: {error}"),
+                    Err(_) => tracing::warn!("build {id}: renewing its lease timed out"),
                 }
             }
         })
@@ -172,6 +192,12 @@ impl Runner {
     fn reap_once(&self, grace: Duration) -> Result<usize, StoreError> {
         let mut changed = 0;
         for lapsed in self.store.expired_leases(grace)? {
+            if lapsed.worker == self.deployment.instance
+                && lock(&self.running).contains_key(&lapsed.id)
+            {
+                // Ours and running: its renewals are late, and it stops itself if they fail.
+                continue;
+            }
             let mut note = entry(
                 LogKind::Retry,
                 LogLevel::Warn,
@@ -181,39 +207,38 @@ impl Runner {
                 ),
             );
             note.phase = Some(LogPhase::Retry);
-            if self
-                .store
-                .requeue(&lapsed.id, &lapsed.worker, Some(grace), MAX_ATTEMPTS, &note)?
-            {
-                tracing::warn!(
-                    "build {}: worker {} lost; requeued",
-                    lapsed.id,
-                    lapsed.worker
-                );
-                lock(&self.metrics).lease_takeovers += 1;
-                changed += 1;
-                continue;
-            }
-            let record = self.store.build(None, &lapsed.id)?;
-            if record
-                .as_ref()
-                .is_some_and(|r| r.status == BuildStatus::Building)
-            {
-                let message = format!(
-                    "worker {} stopped renewing its lease (it died or lost the database) during attempt {} of {MAX_ATTEMPTS}; nothing was published; retry the build",
-                    lapsed.worker, lapsed.attempts
-                );
-                if self.fail(
-                    &lapsed.id,
-                    record.as_ref(),
-                    FailurePhase::Build,
-                    &message,
-                    &ids::now_rfc3339(),
-                )? {
-                    lock(&self.metrics).lease_takeovers += 1;
-                    changed += 1;
+            let outcome =
+                self.store
+                    .requeue(&lapsed.id, &lapsed.worker, Some(grace), MAX_ATTEMPTS, &note)?;
+            match outcome {
+                Requeue::Requeued => {
+                    tracing::warn!(
+                        "build {}: worker {} lost; requeued",
+                        lapsed.id,
+                        lapsed.worker
+                    );
                 }
+                Requeue::Exhausted => {
+                    let message = format!(
+                        "worker {} stopped renewing its lease (it died or lost the database) during attempt {} of {MAX_ATTEMPTS}; it is not run again (its attempts are used up, or its request-time credentials were only in that worker's memory); nothing was published; retry the build",
+                        lapsed.worker, lapsed.attempts
+                    );
+                    let record = self.store.build(None, &lapsed.id)?;
+                    if !self.fail_held(
+                        &lapsed.id,
+                        record.as_ref(),
+                        FailurePhase::Build,
+                        &message,
+                        &ids::now_rfc3339(),
+                        Some(&lapsed.worker),
+                    )? {
+                        continue;
+                    }
+                }
+                Requeue::Unchanged => continue,
             }
+            lock(&self.metrics).lease_takeovers += 1;
+            changed += 1;
         }
         Ok(changed)
     }
@@ -223,6 +248,11 @@ impl Runner {
     pub async fn drain(self: &Arc<Self>) {
         self.draining.send_replace(true);
         let deadline = Instant::now() + self.deployment.drain_timeout;
+        // A claim under way finishes first, so its build is counted below.
+        let work = lock(&self.work_loop).take();
+        if let Some(work) = work {
+            let _ = work.await;
+        }
         loop {
             let running: Vec<String> = lock(&self.running).keys().cloned().collect();
             if running.is_empty() {
@@ -255,8 +285,27 @@ impl Runner {
                         })
                         .await;
                     match handed {
-                        Ok(true) => tracing::info!("build {id}: handed back to the queue"),
-                        Ok(false) => {}
+                        Ok(Requeue::Requeued) => {
+                            tracing::info!("build {id}: handed back to the queue");
+                        }
+                        Ok(Requeue::Exhausted) => {
+                            // Its request-time credentials die with this process.
+                            let wanted = id.clone();
+                            let _ = self
+                                .off_runtime(move |runner| {
+                                    let record = runner.store.build(None, &wanted)?;
+                                    runner.fail_held(
+                                        &wanted,
+                                        record.as_ref(),
+                                        FailurePhase::Build,
+                                        "the worker running this build shut down, and its request-time credentials were only in that worker's memory; retry the build",
+                                        &ids::now_rfc3339(),
+                                        Some(&runner.deployment.instance),
+                                    )
+                                })
+                                .await;
+                        }
+                        Ok(Requeue::Unchanged) => {}
                         Err(error) => tracing::warn!("build {id}: handing it back: {error}"),
                     }
                 }
@@ -271,11 +320,36 @@ impl Runner {
         lock(&self.metrics).record(finish);
     }
 
-    /// This process's metrics in Prometheus' text format, with the store's queue depth.
+    /// This process's metrics in Prometheus' text format, with the store's queue depth (read
+    /// at most once a second: the endpoint is open, and the store's connections are for work).
     pub fn metrics_text(&self) -> Result<String, StoreError> {
-        let depth = self.store.queue_depth()?;
+        let cached = lock(&self.probes)
+            .depth
+            .clone()
+            .filter(|(at, _)| at.elapsed() < PROBE_CACHE);
+        let depth = match cached {
+            Some((_, depth)) => depth,
+            None => {
+                let depth = self.store.queue_depth()?;
+                lock(&self.probes).depth = Some((Instant::now(), depth.clone()));
+                depth
+            }
+        };
         let running = lock(&self.running).len();
         Ok(lock(&self.metrics).render(&depth, running, &self.deployment))
+    }
+
+    /// Whether the store answers (asked at most once a second).
+    pub fn store_answers(&self) -> Result<(), StoreError> {
+        let recent = lock(&self.probes)
+            .ping
+            .filter(|at| at.elapsed() < PROBE_CACHE)
+            .is_some();
+        if !recent {
+            self.store.ping()?;
+            lock(&self.probes).ping = Some(Instant::now());
+        }
+        Ok(())
     }
 
     /// Whether the process is draining (readiness turns false).

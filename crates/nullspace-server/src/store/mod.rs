@@ -106,6 +106,18 @@ pub struct ExpiredLease {
     pub attempts: u32,
 }
 
+/// What [`BuildStore::requeue`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Requeue {
+    /// Back in the queue.
+    Requeued,
+    /// Still the worker's lapsed (or handed-back) build, but it may not run again: its
+    /// attempts are used up, or its request-time credentials died with the worker.
+    Exhausted,
+    /// Not the worker's lapsed build any more (ended, renewed, or taken over by someone else).
+    Unchanged,
+}
+
 /// Builds by status, for metrics.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct QueueDepth {
@@ -193,7 +205,8 @@ pub struct Finish {
     /// Cache decisions.
     pub cache_summary: Option<CacheSummary>,
     /// When set, the end is recorded only while this worker holds the build's lease (a worker
-    /// whose lease lapsed and was taken over never publishes).
+    /// whose lease lapsed and was taken over never publishes). An end already recorded by this
+    /// worker with the same status counts as recorded (a retry after a lost acknowledgement).
     pub worker: Option<String>,
 }
 
@@ -297,8 +310,14 @@ pub trait BuildStore: Send + Sync + 'static {
         new_id: &str,
         now: &str,
     ) -> Result<String, StoreError>;
-    /// Records a new `waiting` build.
-    fn insert_build(&self, record: &BuildRecord, queueing: &Queueing) -> Result<(), StoreError>;
+    /// Records a new `waiting` build with its first log entry, in one transaction (no worker
+    /// can write an entry before it).
+    fn insert_build(
+        &self,
+        record: &BuildRecord,
+        queueing: &Queueing,
+        first: &LogEntry,
+    ) -> Result<(), StoreError>;
     /// A build of `owner` (any owner when `None`).
     fn build(&self, owner: Option<&str>, id: &str) -> Result<Option<BuildRecord>, StoreError>;
     /// Claims the oldest `waiting` build this worker may run (`waiting` → `building`, the
@@ -318,8 +337,10 @@ pub trait BuildStore: Send + Sync + 'static {
     fn expired_leases(&self, grace: Duration) -> Result<Vec<ExpiredLease>, StoreError>;
     /// Puts a `building` build held by `worker` back to `waiting` with `entry`, if its lease
     /// lapsed more than `grace` ago (or at once when `grace` is `None`: a worker handing its
-    /// own build back), and it has had fewer than `max_attempts` attempts (a hand-back does not
-    /// count as one). False when nothing changed.
+    /// own build back), it has had fewer than `max_attempts` attempts (a hand-back does not
+    /// count as one) and no process holds request-time credentials for it (they were used up
+    /// by the attempt). [`Requeue::Exhausted`] when the build is still the worker's lapsed one
+    /// but may not run again (then the caller ends it).
     fn requeue(
         &self,
         id: &str,
@@ -327,7 +348,7 @@ pub trait BuildStore: Send + Sync + 'static {
         grace: Option<Duration>,
         max_attempts: u32,
         entry: &LogEntry,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<Requeue, StoreError>;
     /// How many builds wait and run.
     fn queue_depth(&self) -> Result<QueueDepth, StoreError>;
     /// Whether other processes share this store (then the queue and logs change under us and

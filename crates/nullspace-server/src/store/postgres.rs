@@ -23,7 +23,7 @@ use crate::entry::LogEntry;
 use super::postgres_schema::{MIGRATIONS, MIGRATION_LOCK};
 use super::{
     entry_json, BuildRecord, BuildStore, ExpiredLease, Finish, HistoryFilter, QueueDepth, Queueing,
-    StoreError, TemplateRow,
+    Requeue, StoreError, TemplateRow,
 };
 
 /// Connections a process keeps at most.
@@ -204,6 +204,13 @@ impl PgStore {
         let mut config = config;
         config.connect_timeout(CONNECT_TIMEOUT);
         config.application_name("nullspace");
+        // A half-open connection is noticed, and no statement runs for ever: lease renewals
+        // must fail in time for a worker to stop before another takes its build over.
+        config.keepalives(true);
+        config.keepalives_idle(Duration::from_secs(10));
+        if config.get_options().is_none() {
+            config.options("-c statement_timeout=30000");
+        }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("nullspace-pg")
@@ -273,7 +280,7 @@ impl PgStore {
                 .query(
                     "SELECT t.id, t.name, g.tag, g.build_id FROM templates t
                      LEFT JOIN tags g ON g.template_id = t.id
-                     WHERE t.namespace = $1 ORDER BY t.name, g.tag",
+                     WHERE t.namespace = $1 ORDER BY t.name COLLATE \"C\", g.tag COLLATE \"C\"",
                     &[&owner],
                 )
                 .await
@@ -298,7 +305,7 @@ impl PgStore {
             }
             let aliases = c
                 .query(
-                    "SELECT template_id, alias FROM template_aliases WHERE namespace = $1 ORDER BY alias",
+                    "SELECT template_id, alias FROM template_aliases WHERE namespace = $1 ORDER BY alias COLLATE \"C\"",
                     &[&owner],
                 )
                 .await
@@ -391,12 +398,17 @@ impl BuildStore for PgStore {
         })
     }
 
-    fn insert_build(&self, record: &BuildRecord, queueing: &Queueing) -> Result<(), StoreError> {
+    fn insert_build(
+        &self,
+        record: &BuildRecord,
+        queueing: &Queueing,
+        first: &LogEntry,
+    ) -> Result<(), StoreError> {
         let json = encode("build record", record)?;
-        let record = record.clone();
-        let queueing = queueing.clone();
-        self.with(move |c| async move {
-            c.execute(
+        let (record, queueing, first) = (record.clone(), queueing.clone(), first.clone());
+        self.with(move |mut c| async move {
+            let tx = c.transaction().await.map_err(pg("recording a build"))?;
+            tx.execute(
                 "INSERT INTO api_builds (id, owner, template_id, status, backend, record, holder, wait_for)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                 &[
@@ -412,7 +424,8 @@ impl BuildStore for PgStore {
             )
             .await
             .map_err(pg("recording a build"))?;
-            Ok(())
+            insert_entry(&tx, &record.id, &first).await?;
+            tx.commit().await.map_err(pg("recording a build"))
         })
     }
 
@@ -519,38 +532,45 @@ impl BuildStore for PgStore {
         grace: Option<Duration>,
         max_attempts: u32,
         entry: &LogEntry,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Requeue, StoreError> {
         let (id, worker, entry) = (id.to_string(), worker.to_string(), entry.clone());
         let max_attempts = i32::try_from(max_attempts).unwrap_or(i32::MAX);
+        // A hand-back (no grace) gives the attempt back.
+        let refund: i32 = if grace.is_none() { 1 } else { 0 };
         self.with(move |mut c| async move {
             let tx = c.transaction().await.map_err(pg("requeueing a build"))?;
             let Some(row) = tx
                 .query_opt(
-                    "SELECT record FROM api_builds WHERE id = $1 AND worker = $2 AND status = 'building'
+                    "SELECT record, attempts, holder FROM api_builds
+                     WHERE id = $1 AND worker = $2 AND status = 'building'
                        AND ($3::FLOAT8 IS NULL OR lease_expires_at < now() - make_interval(secs => $3))
-                       AND attempts - (CASE WHEN $3::FLOAT8 IS NULL THEN 1 ELSE 0 END) < $4
                      FOR UPDATE",
-                    &[&id, &worker, &grace.map(seconds), &max_attempts],
+                    &[&id, &worker, &grace.map(seconds)],
                 )
                 .await
                 .map_err(pg("requeueing a build"))?
             else {
-                return Ok(false);
+                return Ok(Requeue::Unchanged);
             };
             let text: String = row.get(0);
+            let attempts: i32 = row.get(1);
+            let holder: Option<String> = row.get(2);
+            if attempts - refund >= max_attempts || holder.is_some() {
+                return Ok(Requeue::Exhausted);
+            }
             let mut record: BuildRecord = decode("build record", &text)?;
             record.requeued();
             tx.execute(
-                "UPDATE api_builds SET status = 'waiting', record = $2, worker = NULL, lease_expires_at = NULL,
-                   attempts = attempts - (CASE WHEN $3::FLOAT8 IS NULL THEN 1 ELSE 0 END)
+                "UPDATE api_builds SET status = 'waiting', record = $2, worker = NULL,
+                   lease_expires_at = NULL, attempts = attempts - $3
                  WHERE id = $1",
-                &[&id, &encode("build record", &record)?, &grace.map(seconds)],
+                &[&id, &encode("build record", &record)?, &refund],
             )
             .await
             .map_err(pg("requeueing a build"))?;
             insert_entry(&tx, &id, &entry).await?;
             tx.commit().await.map_err(pg("requeueing a build"))?;
-            Ok(true)
+            Ok(Requeue::Requeued)
         })
     }
 
@@ -606,7 +626,8 @@ impl BuildStore for PgStore {
             }
             let mut record: BuildRecord = decode("build record", &text)?;
             if record.status.is_terminal() {
-                return Ok(false);
+                // This worker's own end, recorded before an acknowledgement was lost.
+                return Ok(finish.worker.is_some() && record.status == finish.status);
             }
             finish.apply(&mut record);
             tx.execute(
@@ -737,6 +758,15 @@ impl BuildStore for PgStore {
         );
         self.with(move |mut c| async move {
             let tx = c.transaction().await.map_err(pg("setting a tag"))?;
+            // As on SQLite: a tag of a build that does not exist is not set.
+            if tx
+                .query_opt("SELECT 1 FROM api_builds WHERE id = $1", &[&build_id])
+                .await
+                .map_err(pg("setting a tag"))?
+                .is_none()
+            {
+                return Ok(());
+            }
             tx.execute(
                 "INSERT INTO tags (template_id, tag, build_id) VALUES ($1, $2, $3)
                  ON CONFLICT (template_id, tag) DO UPDATE SET build_id = excluded.build_id",

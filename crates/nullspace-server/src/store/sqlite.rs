@@ -12,7 +12,7 @@ use crate::entry::LogEntry;
 
 use super::{
     entry_json, BuildRecord, BuildStore, ExpiredLease, Finish, HistoryFilter, QueueDepth, Queueing,
-    StoreError, TemplateRow,
+    Requeue, StoreError, TemplateRow,
 };
 
 /// Milliseconds since the epoch (one host: the lease clock is this machine's).
@@ -115,10 +115,16 @@ impl BuildStore for SqliteStore {
         self.with(|c| nullspace_build::store::ensure_template_row(c, owner, name, new_id, now))
     }
 
-    fn insert_build(&self, record: &BuildRecord, queueing: &Queueing) -> Result<(), StoreError> {
+    fn insert_build(
+        &self,
+        record: &BuildRecord,
+        queueing: &Queueing,
+        first: &LogEntry,
+    ) -> Result<(), StoreError> {
         let json = self.encode("build record", record)?;
         self.with(|c| {
-            c.execute(
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
                 "INSERT INTO api_builds (id, owner, template_id, status, backend, record, holder, wait_for)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 params![
@@ -131,8 +137,9 @@ impl BuildStore for SqliteStore {
                     queueing.holder,
                     queueing.wait_for
                 ],
-            )
-            .map(|_| ())
+            )?;
+            insert_entry(&tx, &record.id, first)?;
+            tx.commit()
         })
     }
 
@@ -250,9 +257,9 @@ impl BuildStore for SqliteStore {
         grace: Option<std::time::Duration>,
         max_attempts: u32,
         entry: &LogEntry,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Requeue, StoreError> {
         let Some(mut record) = self.build(None, id)? else {
-            return Ok(false);
+            return Ok(Requeue::Unchanged);
         };
         record.requeued();
         let json = self.encode("build record", &record)?;
@@ -263,18 +270,29 @@ impl BuildStore for SqliteStore {
         };
         self.with(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let changed = tx.execute(
-                "UPDATE api_builds SET status = 'waiting', record = ?3, worker = NULL,
-                   lease_expires_ms = NULL, attempts = attempts - ?6
-                 WHERE id = ?1 AND worker = ?2 AND status = 'building'
-                   AND lease_expires_ms < ?4 AND attempts - ?6 < ?5",
-                params![id, worker, json, deadline, max_attempts, refund],
-            )?;
-            if changed == 1 {
-                insert_entry(&tx, id, entry)?;
+            let held: Option<(i64, Option<String>)> = tx
+                .query_row(
+                    "SELECT attempts, holder FROM api_builds
+                     WHERE id = ?1 AND worker = ?2 AND status = 'building' AND lease_expires_ms < ?3",
+                    params![id, worker, deadline],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let Some((attempts, holder)) = held else {
+                return Ok(Requeue::Unchanged);
+            };
+            if attempts - refund >= i64::from(max_attempts) || holder.is_some() {
+                return Ok(Requeue::Exhausted);
             }
+            tx.execute(
+                "UPDATE api_builds SET status = 'waiting', record = ?2, worker = NULL,
+                   lease_expires_ms = NULL, attempts = attempts - ?3
+                 WHERE id = ?1",
+                params![id, json, refund],
+            )?;
+            insert_entry(&tx, id, entry)?;
             tx.commit()?;
-            Ok(changed == 1)
+            Ok(Requeue::Requeued)
         })
     }
 
@@ -329,7 +347,8 @@ impl BuildStore for SqliteStore {
                 }
             };
             if record.status.is_terminal() {
-                return Ok(false);
+                // This worker's own end, recorded before an acknowledgement was lost.
+                return Ok(finish.worker.is_some() && record.status == finish.status);
             }
             finish.apply(&mut record);
             let json = match self.encode("build record", &record) {
