@@ -1,5 +1,5 @@
 //! Artifact upload and download throughput through object storage against copying the same
-//! bytes on local disk (the baseline), same run. The artifact is a sparse 1 GiB rootfs-like
+//! bytes on local disk with `cp` (the baseline), same run. The artifact is a sparse 1 GiB rootfs-like
 //! file holding 192 MiB of incompressible data in scattered 16 MiB runs, plus a small file.
 //!
 //! `cargo run --release -p nullspace-build --example bench_object_storage -- <url> [endpoint]`
@@ -61,15 +61,22 @@ fn main() {
     let download = began.elapsed();
     assert_eq!(received.transferred_bytes, sent.transferred_bytes);
 
-    // The baseline: the same files copied on local disk (sparse-aware, as `cp` would).
+    // The baseline: the same dir copied on local disk by `cp` (which skips holes), flushed
+    // like the download's files are.
     let began = Instant::now();
-    let copy_dir = work.path().join("copy");
-    std::fs::create_dir_all(&copy_dir).unwrap();
-    for name in ["rootfs.ext4", "template.json"] {
-        std::fs::copy(artifact.join(name), copy_dir.join(name)).unwrap();
-    }
-    let output = std::process::Command::new("sync").output();
-    drop(output);
+    let copied = std::process::Command::new("cp")
+        .args(["-a", "--sparse=always"])
+        .arg(&artifact)
+        .arg(work.path().join("copy"))
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let synced = std::process::Command::new("sync")
+        .arg("-f")
+        .arg(work.path().join("copy"))
+        .status()
+        .unwrap();
+    assert!(synced.success());
     let copy = began.elapsed();
 
     let rate = |seconds: f64| data_bytes as f64 / MIB as f64 / seconds;
