@@ -26,6 +26,7 @@ use crate::data_dir::DataDir;
 use crate::error::BuildError;
 use crate::events::{BuildEvent, EventSink};
 use crate::ids;
+use crate::object_storage::ObjectStorage;
 use crate::request::{BuildRequest, DEFAULT_DISK_MB};
 use crate::store::{Store, LOCAL_NAMESPACE};
 
@@ -169,6 +170,8 @@ pub struct Engine {
     buildkit_options: BuildkitOptions,
     vm: VmSupport,
     require_snapshots: bool,
+    /// Where registry layers are shared with the other hosts of a deployment.
+    layer_storage: Option<ObjectStorage>,
 }
 
 impl Engine {
@@ -186,6 +189,7 @@ impl Engine {
             buildkit_options: BuildkitOptions::default(),
             vm: VmSupport::default(),
             require_snapshots: false,
+            layer_storage: None,
         })
     }
 
@@ -193,6 +197,15 @@ impl Engine {
     /// needs it.
     pub fn with_vm(mut self, config: crate::build_vm::VmConfig) -> Engine {
         self.vm = VmSupport::new(config);
+        self
+    }
+
+    /// Shares registry layers with the other hosts through `storage`: a layer this host lacks
+    /// comes from there when the build's owner fetched it from a registry before (on any
+    /// host), and every layer downloaded from a registry is sent there (see
+    /// [`crate::object_storage`]).
+    pub fn with_layer_storage(mut self, storage: ObjectStorage) -> Engine {
+        self.layer_storage = Some(storage);
         self
     }
 
@@ -592,8 +605,9 @@ impl Engine {
     /// Brings every layer blob into the store, several at once, and returns them bottom-up.
     ///
     /// With an `owner` (see [`BuildContext::restrict_content_to`]), a stored blob counts only
-    /// if that owner fetched it from a registry before; otherwise it is downloaded again with
-    /// `credentials` and verified, and the owner's access recorded.
+    /// if that owner fetched it from a registry before (on this host, or on any host of the
+    /// deployment when layers are shared: [`Engine::with_layer_storage`]); otherwise it is
+    /// downloaded again with `credentials` and verified, and the owner's access recorded.
     async fn fetch_layers(
         &self,
         image: &nullspace_oci::ResolvedImage,
@@ -613,14 +627,12 @@ impl Engine {
                 async move {
                     let total = descriptor.size;
                     let digest = descriptor.digest.to_string();
+                    let owner = owner.filter(|_| from_registry);
                     // Local sources (uploaded archives, BuildKit's output) bring their blobs.
-                    let proven = match owner {
-                        Some(owner) if from_registry => {
-                            self.store.has_blob_access(owner, &digest)?
-                        }
-                        _ => true,
+                    let proven_here = match owner {
+                        Some(owner) => self.store.has_blob_access(owner, &digest)?,
+                        None => true,
                     };
-                    let cached = proven && self.blobs.contains(&descriptor.digest);
                     let progress = {
                         let events = events.clone();
                         move |bytes: u64| {
@@ -631,12 +643,18 @@ impl Engine {
                             })
                         }
                     };
-                    let path = if proven {
-                        self.registry
-                            .fetch_blob(image, descriptor, credentials, &self.blobs, &progress)
-                            .await?
+                    let present = self.blobs.contains_sized(&descriptor.digest, total);
+                    let (path, origin) = if proven_here && present {
+                        progress(total);
+                        (self.blobs.path(&descriptor.digest), LayerOrigin::Local)
+                    } else if let Some(path) = self
+                        .shared_layer(owner, proven_here, descriptor, present, &progress)
+                        .await?
+                    {
+                        (path, LayerOrigin::Shared)
                     } else {
-                        self.registry
+                        let path = self
+                            .registry
                             .fetch_blob_fresh(
                                 image,
                                 descriptor,
@@ -644,15 +662,28 @@ impl Engine {
                                 &self.blobs,
                                 &progress,
                             )
-                            .await?
+                            .await?;
+                        (path, LayerOrigin::Registry)
                     };
-                    if let (Some(owner), true) = (owner, from_registry) {
+                    if let Some(owner) = owner {
                         self.store.record_blob_access(owner, &digest)?;
                     }
-                    if cached {
-                        // Reused: the collector keeps recently used blobs longest.
-                        crate::gc::touch(&path);
+                    match (&origin, owner, &self.layer_storage) {
+                        (LayerOrigin::Local, ..) => {
+                            // Reused: the collector keeps recently used blobs longest.
+                            crate::gc::touch(&path);
+                        }
+                        (LayerOrigin::Registry, Some(owner), Some(storage)) => {
+                            // Sharing is an optimisation: a failure costs other hosts a
+                            // download, not this build.
+                            if let Err(error) = storage.put_layer_blob(owner, &digest, &path).await
+                            {
+                                tracing::warn!(%digest, %error, "could not share a layer");
+                            }
+                        }
+                        _ => {}
                     }
+                    let cached = !matches!(origin, LayerOrigin::Registry);
                     events.event(BuildEvent::Downloaded { index, cached });
                     events.event(BuildEvent::Cache {
                         kind: CacheKind::Layer,
@@ -662,7 +693,12 @@ impl Engine {
                             CacheStatus::Stored
                         },
                         reason: None,
-                        subject: format!("blob {}", descriptor.digest),
+                        subject: match origin {
+                            LayerOrigin::Shared => {
+                                format!("blob {} (from shared storage)", descriptor.digest)
+                            }
+                            _ => format!("blob {}", descriptor.digest),
+                        },
                     });
                     Ok::<_, BuildError>(path)
                 }
@@ -682,6 +718,52 @@ impl Engine {
                 size: layer.size,
             })
             .collect())
+    }
+
+    /// The layer `descriptor` from the deployment's shared storage, when there is one and the
+    /// build may have it: without an `owner` (a single-tenant build), when the owner's access
+    /// was proven on this host, or when the owner's own verified registry download of it is
+    /// recorded there. `None` sends the caller to the registry, also when the shared copy
+    /// failed (which is logged).
+    async fn shared_layer(
+        &self,
+        owner: Option<&str>,
+        proven_here: bool,
+        descriptor: &nullspace_oci::Descriptor,
+        present: bool,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<Option<PathBuf>, BuildError> {
+        let Some(storage) = &self.layer_storage else {
+            return Ok(None);
+        };
+        let digest = &descriptor.digest;
+        let allowed = match owner {
+            Some(owner) if !proven_here => storage
+                .owner_fetched_layer(owner, &digest.to_string())
+                .await
+                .unwrap_or_else(|error| {
+                    tracing::warn!(%digest, %error, "shared layer marks unreadable");
+                    false
+                }),
+            _ => true,
+        };
+        if !allowed {
+            return Ok(None);
+        }
+        if present {
+            progress(descriptor.size);
+            return Ok(Some(self.blobs.path(digest)));
+        }
+        match storage
+            .fetch_layer_blob(digest, descriptor.size, &self.blobs, progress)
+            .await
+        {
+            Ok(found) => Ok(found),
+            Err(error) => {
+                tracing::warn!(%digest, %error, "shared layer unusable; downloading it from the registry");
+                Ok(None)
+            }
+        }
     }
 
     /// Applies the layers and writes the image on a blocking thread.
@@ -709,6 +791,16 @@ impl Engine {
         .map_err(|e| BuildError::Internal(format!("rootfs writer stopped: {e}")))?
         .map_err(BuildError::from)
     }
+}
+
+/// Where a build's layer blob came from.
+enum LayerOrigin {
+    /// This host's blob store.
+    Local,
+    /// The deployment's shared storage.
+    Shared,
+    /// The image's registry (downloaded and verified now).
+    Registry,
 }
 
 /// Sets its flag when dropped.

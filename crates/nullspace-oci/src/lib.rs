@@ -39,4 +39,4 @@ pub use manifest::{Descriptor, ImageIndex, ImageManifest};
 pub use platform::Platform;
 pub use reference::{Reference, ReferenceError};
 pub use resolved::{ImageSource, ResolvedImage};
-pub use store::BlobStore;
+pub use store::{BlobStore, BlobWriter};

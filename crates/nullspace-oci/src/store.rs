@@ -92,71 +92,115 @@ impl BlobStore {
         if self.contains_sized(digest, size) {
             return Ok(self.path(digest));
         }
-        let (tmp, actual, actual_size) =
-            self.copy_hashing(reader, digest.algorithm(), Some((digest, size)))?;
-        if actual_size != size {
-            return Err(Error::BlobSizeMismatch {
-                digest: digest.clone(),
-                expected: size,
-                actual: actual_size,
-            });
-        }
-        if &actual != digest {
-            return Err(Error::BlobDigestMismatch {
-                digest: digest.clone(),
-                actual,
-            });
-        }
-        self.commit(tmp, digest)
+        let mut writer = self.writer(digest, size)?;
+        copy_into(reader, &mut writer)?;
+        writer.commit()
     }
 
     /// Copies `reader` into the store under the SHA-256 digest of its content, returning the
     /// digest and size (for sources without descriptors, such as docker archives).
     pub fn import_unverified(&self, reader: impl Read) -> Result<(Digest, u64), Error> {
-        let (tmp, digest, size) = self.copy_hashing(reader, Algorithm::Sha256, None)?;
+        let mut writer = BlobWriter::new(self, Algorithm::Sha256, None)?;
+        copy_into(reader, &mut writer)?;
+        let (tmp, digest, size) = writer.finish();
         if !self.contains_sized(&digest, size) {
             self.commit(tmp, &digest)?;
         }
         Ok((digest, size))
     }
 
-    fn copy_hashing(
-        &self,
-        mut reader: impl Read,
+    /// A writer for the blob `digest` of `size` bytes, fed piece by piece (from a stream) and
+    /// checked as it goes; it reaches the store only through [`BlobWriter::commit`].
+    pub fn writer(&self, digest: &Digest, size: u64) -> Result<BlobWriter<'_>, Error> {
+        BlobWriter::new(self, digest.algorithm(), Some((digest.clone(), size)))
+    }
+}
+
+/// A blob on its way into a [`BlobStore`]: written to a temporary file in the store and hashed
+/// as it arrives. More bytes than expected are refused at once; dropping it leaves nothing.
+pub struct BlobWriter<'a> {
+    store: &'a BlobStore,
+    tmp: NamedTempFile,
+    hasher: Hasher,
+    written: u64,
+    expected: Option<(Digest, u64)>,
+}
+
+impl<'a> BlobWriter<'a> {
+    fn new(
+        store: &'a BlobStore,
         algorithm: Algorithm,
-        expected: Option<(&Digest, u64)>,
-    ) -> Result<(NamedTempFile, Digest, u64), Error> {
-        let mut tmp = self.temp_file()?;
-        let mut hasher = Hasher::new(algorithm);
-        let mut buf = vec![0u8; 256 * 1024];
-        let mut total: u64 = 0;
-        loop {
-            let n = match reader.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    let what =
-                        expected.map_or_else(|| "blob".to_owned(), |(d, _)| format!("blob {d}"));
-                    return Err(Error::io(what, e));
-                }
-            };
-            let chunk = buf.get(..n).unwrap_or_default();
-            total += n as u64;
-            if let Some((d, size)) = expected {
-                if total > size {
-                    return Err(Error::BlobSizeMismatch {
-                        digest: d.clone(),
-                        expected: size,
-                        actual: total,
-                    });
-                }
+        expected: Option<(Digest, u64)>,
+    ) -> Result<BlobWriter<'a>, Error> {
+        Ok(BlobWriter {
+            store,
+            tmp: store.temp_file()?,
+            hasher: Hasher::new(algorithm),
+            written: 0,
+            expected,
+        })
+    }
+
+    /// Appends `bytes`.
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        self.written += bytes.len() as u64;
+        if let Some((digest, size)) = &self.expected {
+            if self.written > *size {
+                return Err(Error::BlobSizeMismatch {
+                    digest: digest.clone(),
+                    expected: *size,
+                    actual: self.written,
+                });
             }
-            hasher.update(chunk);
-            tmp.write_all(chunk)
-                .map_err(|e| Error::io(tmp.path().to_owned(), e))?;
         }
-        Ok((tmp, hasher.finish(), total))
+        self.hasher.update(bytes);
+        self.tmp
+            .write_all(bytes)
+            .map_err(|e| Error::io(self.tmp.path().to_owned(), e))
+    }
+
+    /// Checks the size and digest and moves the blob into the store.
+    pub fn commit(self) -> Result<PathBuf, Error> {
+        let store = self.store;
+        let expected = self.expected.clone();
+        let (tmp, actual, actual_size) = self.finish();
+        let Some((digest, size)) = expected else {
+            return store.commit(tmp, &actual);
+        };
+        if actual_size != size {
+            return Err(Error::BlobSizeMismatch {
+                digest,
+                expected: size,
+                actual: actual_size,
+            });
+        }
+        if actual != digest {
+            return Err(Error::BlobDigestMismatch { digest, actual });
+        }
+        store.commit(tmp, &digest)
+    }
+
+    fn finish(self) -> (NamedTempFile, Digest, u64) {
+        (self.tmp, self.hasher.finish(), self.written)
+    }
+}
+
+/// Feeds `reader` into `writer` to its end.
+fn copy_into(mut reader: impl Read, writer: &mut BlobWriter<'_>) -> Result<(), Error> {
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => writer.write(buf.get(..n).unwrap_or_default())?,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                let what = writer
+                    .expected
+                    .as_ref()
+                    .map_or_else(|| "blob".to_owned(), |(d, _)| format!("blob {d}"));
+                return Err(Error::io(what, e));
+            }
+        }
     }
 }
 

@@ -110,22 +110,25 @@ pub fn open(config: &ServerConfig) -> Result<api::AppState, ServerError> {
     if role != config::Role::All && config.deployment.database_url.is_none() {
         return Err(ServerError::RoleNeedsSharedStore(role.as_str()));
     }
-    let engine = Engine::open(config.data.clone(), config.registry.clone())
-        .map_err(|e| ServerError::Engine(Box::new(e)))?
-        .with_buildkit(config.buildx.clone(), config.buildkit.clone())
-        .with_vm(config.vm.clone())
-        .require_snapshots(config.require_snapshots);
-    let engine = Arc::new(engine);
-    let store: Arc<dyn BuildStore> = match &config.deployment.database_url {
-        Some(url) => Arc::new(PgStore::connect(url)?),
-        None => Arc::new(SqliteStore::open(&config.data.database())?),
-    };
     let objects = match &config.deployment.object_store_url {
         Some(url) => Some(nullspace_build::object_storage::ObjectStorage::open(
             url,
             config.deployment.s3_endpoint.as_deref(),
         )?),
         None => None,
+    };
+    let mut engine = Engine::open(config.data.clone(), config.registry.clone())
+        .map_err(|e| ServerError::Engine(Box::new(e)))?
+        .with_buildkit(config.buildx.clone(), config.buildkit.clone())
+        .with_vm(config.vm.clone())
+        .require_snapshots(config.require_snapshots);
+    if let Some(objects) = &objects {
+        engine = engine.with_layer_storage(objects.clone());
+    }
+    let engine = Arc::new(engine);
+    let store: Arc<dyn BuildStore> = match &config.deployment.database_url {
+        Some(url) => Arc::new(PgStore::connect(url)?),
+        None => Arc::new(SqliteStore::open(&config.data.database())?),
     };
     if store.is_shared() && objects.is_none() {
         tracing::warn!("a shared store without object storage: templates built here are usable only on this host (pass --object-store)");

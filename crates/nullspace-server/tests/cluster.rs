@@ -418,4 +418,53 @@ async fn builds_spread_over_two_workers_survive_one_and_cross_hosts() {
         .join("template.json")
         .exists());
     drop(killed);
+
+    // Layers travel through object storage too, but only to an owner that fetched them from a
+    // registry itself: on a new host, Alice's build takes them from the bucket, Bob's (who
+    // never pulled this image) downloads them from the registry.
+    drop(survivor);
+    let fresh = start_process("worker", &dirs.path().join("worker-c"), &database, &moto);
+    let layer_origins = |status: &Value| -> Vec<(String, String)> {
+        status["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["cache_kind"] == "layer")
+            .map(|e| {
+                (
+                    e["cache_status"].as_str().unwrap().to_string(),
+                    e["cache_subject"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let alice_build = start_build(
+        &api.url,
+        ALICE,
+        json!({"name": "layers-shared", "base_image": image}),
+    )
+    .await;
+    let status = wait_status(&api.url, &alice_build, &["ready", "error", "cancelled"]).await;
+    assert_eq!(status["build"]["status"], "ready", "{status}");
+    let origins = layer_origins(&status);
+    assert!(!origins.is_empty(), "{status}");
+    for (cache_status, subject) in &origins {
+        assert_eq!(cache_status, "hit", "{subject}");
+        assert!(subject.ends_with("(from shared storage)"), "{subject}");
+    }
+    let bob_build = start_build(
+        &api.url,
+        BOB,
+        json!({"name": "layers-own", "base_image": image}),
+    )
+    .await;
+    let status = wait_status_as(&api.url, BOB, &bob_build, &["ready", "error", "cancelled"]).await;
+    assert_eq!(status["build"]["status"], "ready", "{status}");
+    let origins = layer_origins(&status);
+    assert!(!origins.is_empty(), "{status}");
+    for (cache_status, subject) in &origins {
+        assert_eq!(cache_status, "stored", "{subject}");
+        assert!(!subject.contains("shared"), "{subject}");
+    }
+    assert!(fresh.data.join("templates").join(&bob_build).exists());
 }

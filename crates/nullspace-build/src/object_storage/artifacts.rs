@@ -1,7 +1,4 @@
-//! Published artifacts and build-context blobs on S3-compatible object storage, so that a
-//! template built on one host is usable on every other (`object_store`).
-//!
-//! An artifact dir is sent as content-addressed chunks plus a manifest:
+//! Artifact dirs on object storage:
 //! - every file is cut at fixed 4 MiB offsets; windows that hold no data (holes, found with
 //!   `SEEK_DATA`/`SEEK_HOLE`, or all zeros) are not sent at all, so a sparse 2 GiB rootfs costs
 //!   what it holds;
@@ -21,60 +18,12 @@ use std::sync::Arc;
 
 use futures_util::stream::{self, StreamExt as _, TryStreamExt as _};
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, PutPayload};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 
-/// Bytes per chunk (and the alignment of chunk offsets).
-pub const CHUNK_SIZE: u64 = 4 << 20;
-/// Chunks in flight at once (upload or download): bounds memory to this many chunks.
-const PARALLEL: usize = 8;
-/// Largest manifest accepted on download.
-const MAX_MANIFEST_BYTES: usize = 16 << 20;
-
-/// An object storage failure.
-#[derive(Debug, thiserror::Error)]
-pub enum StorageError {
-    /// The store's URL or settings are unusable.
-    #[error("object storage {url}: {message}")]
-    Config {
-        /// The URL given.
-        url: String,
-        /// What is wrong.
-        message: String,
-    },
-    /// The service failed or refused.
-    #[error("object storage {key}: {message}")]
-    Service {
-        /// The object.
-        key: String,
-        /// The service's error.
-        message: String,
-    },
-    /// A local file could not be read or written.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// Downloaded content does not match its digest, or a manifest is malformed.
-    #[error("object storage {key}: {message}")]
-    Corrupt {
-        /// The object.
-        key: String,
-        /// What does not match.
-        message: String,
-    },
-}
-
-fn io_at(path: &Path) -> impl Fn(std::io::Error) -> StorageError + '_ {
-    move |source| StorageError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
+use super::{
+    hex_of, io_at, sha256_digest, ObjectStorage, StorageError, CHUNK_SIZE, MAX_MANIFEST_BYTES,
+    PARALLEL,
+};
 
 /// One entry of an artifact manifest.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,32 +84,6 @@ pub struct TransferReport {
     pub chunks_skipped: u64,
 }
 
-/// An S3-compatible (or local-directory) object store holding artifacts and blobs.
-#[derive(Clone, Debug)]
-pub struct ObjectStorage {
-    store: Arc<dyn ObjectStore>,
-    prefix: ObjectPath,
-    url: String,
-}
-
-fn sha256_digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
-}
-
-fn hex_of(digest: &str) -> Result<&str, String> {
-    let hex = digest
-        .strip_prefix("sha256:")
-        .ok_or_else(|| format!("{digest:?} is not a sha256 digest"))?;
-    if hex.len() != 64
-        || !hex
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-    {
-        return Err(format!("{digest:?} is not a sha256 digest"));
-    }
-    Ok(hex)
-}
-
 /// A manifest path must stay inside the artifact dir.
 fn safe_relative(path: &str) -> Result<&Path, String> {
     let relative = Path::new(path);
@@ -175,102 +98,6 @@ fn safe_relative(path: &str) -> Result<&Path, String> {
 }
 
 impl ObjectStorage {
-    /// Opens `url`: `s3://bucket[/prefix]` (credentials, region and `AWS_ENDPOINT_URL` from the
-    /// usual `AWS_*` variables, which the operator sets) or `file:///dir[/prefix]`.
-    /// `endpoint` overrides the S3 endpoint (`http://` is allowed for it).
-    pub fn open(url: &str, endpoint: Option<&str>) -> Result<ObjectStorage, StorageError> {
-        let config = |message: String| StorageError::Config {
-            url: url.to_string(),
-            message,
-        };
-        let parsed = url::Url::parse(url).map_err(|e| config(e.to_string()))?;
-        let (store, prefix): (Arc<dyn ObjectStore>, String) = match parsed.scheme() {
-            "s3" => {
-                let bucket = parsed
-                    .host_str()
-                    .filter(|b| !b.is_empty())
-                    .ok_or_else(|| config("no bucket: use s3://bucket[/prefix]".into()))?;
-                let mut builder = object_store::aws::AmazonS3Builder::from_env()
-                    .with_bucket_name(bucket)
-                    .with_virtual_hosted_style_request(false);
-                if let Some(endpoint) = endpoint {
-                    builder = builder
-                        .with_endpoint(endpoint)
-                        .with_allow_http(endpoint.starts_with("http://"));
-                }
-                let store = builder.build().map_err(|e| config(e.to_string()))?;
-                (Arc::new(store), parsed.path().trim_matches('/').to_string())
-            }
-            "file" => {
-                let root = parsed
-                    .to_file_path()
-                    .map_err(|()| config("not a local path".into()))?;
-                std::fs::create_dir_all(&root).map_err(|e| config(e.to_string()))?;
-                let store = object_store::local::LocalFileSystem::new_with_prefix(&root)
-                    .map_err(|e| config(e.to_string()))?;
-                (Arc::new(store), String::new())
-            }
-            other => {
-                return Err(config(format!(
-                    "unsupported scheme {other:?}: use s3:// or file://"
-                )))
-            }
-        };
-        Ok(ObjectStorage {
-            store,
-            prefix: ObjectPath::from(prefix),
-            url: url.to_string(),
-        })
-    }
-
-    /// The URL it was opened with.
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
-    fn key(&self, parts: &[&str]) -> ObjectPath {
-        let mut path = self.prefix.clone();
-        for part in parts {
-            path = path.child(*part);
-        }
-        path
-    }
-
-    fn service(key: &ObjectPath) -> impl Fn(object_store::Error) -> StorageError + '_ {
-        move |error| StorageError::Service {
-            key: key.to_string(),
-            message: error.to_string(),
-        }
-    }
-
-    async fn exists(&self, key: &ObjectPath) -> Result<bool, StorageError> {
-        match self.store.head(key).await {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(error) => Err(Self::service(key)(error)),
-        }
-    }
-
-    async fn put(&self, key: &ObjectPath, bytes: Vec<u8>) -> Result<(), StorageError> {
-        self.store
-            .put(key, PutPayload::from(bytes))
-            .await
-            .map(|_| ())
-            .map_err(Self::service(key))
-    }
-
-    async fn get(&self, key: &ObjectPath, limit: usize) -> Result<Vec<u8>, StorageError> {
-        let result = self.store.get(key).await.map_err(Self::service(key))?;
-        if result.meta.size as u128 > limit as u128 {
-            return Err(StorageError::Corrupt {
-                key: key.to_string(),
-                message: format!("{} bytes, more than the {limit} expected", result.meta.size),
-            });
-        }
-        let bytes = result.bytes().await.map_err(Self::service(key))?;
-        Ok(bytes.to_vec())
-    }
-
     /// Sends the artifact dir `dir`; returns the manifest's digest and what was sent.
     pub async fn upload_artifact(&self, dir: &Path) -> Result<TransferReport, StorageError> {
         let mut entries = Vec::new();
@@ -538,88 +365,6 @@ impl ObjectStorage {
         }
         Ok(report)
     }
-
-    fn context_key(&self, owner: &str, digest: &str) -> Result<ObjectPath, StorageError> {
-        let hex = hex_of(digest).map_err(|message| StorageError::Corrupt {
-            key: digest.to_string(),
-            message,
-        })?;
-        // Per owner: an owner's manifest naming a digest reaches only that owner's uploads.
-        Ok(self.key(&["context", owner, "sha256", hex]))
-    }
-
-    /// Sends the context blob `digest` of `owner` from `path` (once: a present one is kept),
-    /// streamed in parts of [`CHUNK_SIZE`] with a bounded number in flight.
-    pub async fn put_context_blob(
-        &self,
-        owner: &str,
-        digest: &str,
-        path: &Path,
-    ) -> Result<(), StorageError> {
-        use tokio::io::AsyncReadExt as _;
-        let key = self.context_key(owner, digest)?;
-        if self.exists(&key).await? {
-            return Ok(());
-        }
-        let mut file = tokio::fs::File::open(path).await.map_err(io_at(path))?;
-        let upload = self
-            .store
-            .put_multipart(&key)
-            .await
-            .map_err(Self::service(&key))?;
-        let mut writer = object_store::WriteMultipart::new_with_chunk_size(
-            upload,
-            usize::try_from(CHUNK_SIZE).unwrap_or(4 << 20),
-        );
-        let mut buffer = vec![0u8; 1 << 20];
-        let sent: Result<(), StorageError> = async {
-            loop {
-                let read = file.read(&mut buffer).await.map_err(io_at(path))?;
-                if read == 0 {
-                    return Ok(());
-                }
-                writer
-                    .wait_for_capacity(PARALLEL)
-                    .await
-                    .map_err(Self::service(&key))?;
-                writer.write(&buffer[..read]);
-            }
-        }
-        .await;
-        match sent {
-            Ok(()) => writer
-                .finish()
-                .await
-                .map(|_| ())
-                .map_err(Self::service(&key)),
-            Err(error) => {
-                // No orphaned parts left in the bucket.
-                let _ = writer.abort().await;
-                Err(error)
-            }
-        }
-    }
-
-    /// Streams the context blob `digest` of `owner` into `sink` (which checks the digest, as a
-    /// context blob upload does); an error when the store has none or the sink refuses.
-    pub async fn get_context_blob(
-        &self,
-        owner: &str,
-        digest: &str,
-        sink: &mut dyn FnMut(&[u8]) -> Result<(), String>,
-    ) -> Result<(), StorageError> {
-        let key = self.context_key(owner, digest)?;
-        let result = self.store.get(&key).await.map_err(Self::service(&key))?;
-        let mut stream = result.into_stream();
-        while let Some(bytes) = stream.next().await {
-            let bytes = bytes.map_err(Self::service(&key))?;
-            sink(&bytes).map_err(|message| StorageError::Corrupt {
-                key: key.to_string(),
-                message,
-            })?;
-        }
-        Ok(())
-    }
 }
 
 /// The chunk-aligned offsets of `file` (of `size` bytes) whose windows hold data, by
@@ -653,11 +398,7 @@ fn data_windows(file: &std::fs::File, size: u64) -> std::io::Result<Vec<u64>> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-
-    fn storage(dir: &Path) -> ObjectStorage {
-        let url = url::Url::from_directory_path(dir).unwrap();
-        ObjectStorage::open(url.as_str(), None).unwrap()
-    }
+    use crate::object_storage::test_storage as storage;
 
     #[tokio::test]
     async fn a_sparse_artifact_round_trips_without_its_holes() {
@@ -740,27 +481,6 @@ mod tests {
         let missing = format!("sha256:{}", "0".repeat(64));
         assert!(store
             .download_artifact(&missing, &temp.path().join("staging"), &destination)
-            .await
-            .is_err());
-        // Context blobs stream both ways and belong to their owner.
-        let blob = temp.path().join("blob");
-        std::fs::write(&blob, vec![3u8; 9 << 20]).unwrap();
-        let digest = sha256_digest(&std::fs::read(&blob).unwrap());
-        store
-            .put_context_blob("alice", &digest, &blob)
-            .await
-            .unwrap();
-        let mut received = Vec::new();
-        store
-            .get_context_blob("alice", &digest, &mut |b| {
-                received.extend_from_slice(b);
-                Ok(())
-            })
-            .await
-            .unwrap();
-        assert_eq!(received, std::fs::read(&blob).unwrap());
-        assert!(store
-            .get_context_blob("bob", &digest, &mut |_| Ok(()))
             .await
             .is_err());
         // Paths that leave the artifact dir.
