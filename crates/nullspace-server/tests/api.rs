@@ -201,6 +201,48 @@ async fn a_restart_during_a_build_fails_it_with_a_reason() {
     drop(hole);
 }
 
+/// Request-time credentials live only in the memory of the process that took the request, and
+/// only it may start the build. When it dies with the build still waiting for a worker, the
+/// build ends with the reason instead of waiting for ever: at the restart on one host, or, on
+/// PostgreSQL, once that process was silent for a lease and a half.
+#[tokio::test]
+async fn a_waiting_build_whose_credentials_died_with_their_process_ends() {
+    let data = tempfile::tempdir().unwrap();
+    let (hole, address) = blackhole();
+    let env = allowing(&[&address]);
+    let mut server = Server::start_with_env(data.path(), &env);
+    let hanging = format!("{address}/a/b:1");
+    // Two builds hanging on the black hole take both workers.
+    for n in 0..2 {
+        let id = start_build(
+            &server.url,
+            ALICE,
+            json!({"name": format!("busy-{n}"), "base_image": hanging}),
+        )
+        .await;
+        wait_status(&server.url, &id, &["building"]).await;
+    }
+    let held = start_build(
+        &server.url,
+        ALICE,
+        json!({"name": "held", "base_image": hanging,
+               "base_image_auth": {"username": "someone", "password": "secret"}}),
+    )
+    .await;
+    wait_status(&server.url, &held, &["waiting"]).await;
+    server.kill();
+    let server = Server::start_with_env(data.path(), &env);
+    let status = wait_status(&server.url, &held, &["error"]).await;
+    assert_eq!(status["build"]["failure_phase"], "prepare", "{status}");
+    let message = status["build"]["error"].as_str().unwrap_or_default();
+    assert!(message.contains("held in memory only"), "{status}");
+    assert!(
+        message.contains("retry with fresh base_image_auth"),
+        "{status}"
+    );
+    drop(hole);
+}
+
 #[tokio::test]
 async fn the_served_openapi_document_is_the_file_in_the_repository() {
     let data = tempfile::tempdir().unwrap();

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{json, Value};
+use sha2::{Digest as _, Sha256};
 
 const BUCKET: &str = "nullspace-artifacts";
 
@@ -467,4 +468,63 @@ async fn builds_spread_over_two_workers_survive_one_and_cross_hosts() {
         assert!(!subject.contains("shared"), "{subject}");
     }
     assert!(fresh.data.join("templates").join(&bob_build).exists());
+
+    // API processes keep no build state: a context file uploaded to one is seen by another,
+    // which accepts the build that names it.
+    let api2 = start_process("api", &dirs.path().join("api-2"), &database, &moto);
+    let content = b"uploaded through the first API process\n".to_vec();
+    let digest = format!("sha256:{}", hex::encode(Sha256::digest(&content)));
+    let uploaded = client()
+        .put(format!(
+            "{}/v1/templates/build-context/blobs/{digest}",
+            api.url
+        ))
+        .bearer_auth(ALICE)
+        .body(content.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(uploaded.status().as_u16(), 201);
+    let (code, body) = call(
+        reqwest::Method::POST,
+        &format!("{}/v1/templates/build-context/blobs/missing", api2.url),
+        ALICE,
+        Some(json!({"digests": [digest]})),
+    )
+    .await;
+    assert_eq!((code, &body["missing"]), (200, &json!([])), "{body}");
+    let head = |key: &'static str| {
+        client()
+            .head(format!(
+                "{}/v1/templates/build-context/blobs/{digest}",
+                api2.url
+            ))
+            .bearer_auth(key)
+            .send()
+    };
+    assert_eq!(head(ALICE).await.unwrap().status().as_u16(), 200);
+    // Bob's uploads are his own, on every process.
+    assert_eq!(head(BOB).await.unwrap().status().as_u16(), 404);
+    let with_context = start_build(
+        &api2.url,
+        ALICE,
+        json!({"name": "context-across-apis",
+               "dockerfile": format!("FROM {image}\nCOPY f /f\n"),
+               "build_context": {"entries": [{"type": "file", "path": "f", "digest": digest, "size": content.len(), "mode": 420}]}}),
+    )
+    .await;
+    let status = wait_status(&api.url, &with_context, &["ready", "error", "cancelled"]).await;
+    assert_eq!(status["build"]["status"], "ready", "{status}");
+    let rootfs = fresh
+        .data
+        .join("templates")
+        .join(&with_context)
+        .join("rootfs.ext4");
+    let copied = Command::new("debugfs")
+        .args(["-R", "cat /f"])
+        .arg(&rootfs)
+        .stderr(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(copied.stdout, content);
 }

@@ -41,6 +41,12 @@ impl ObjectStorage {
             .await
     }
 
+    /// Whether `owner` uploaded the context blob `digest` (to any API process).
+    pub async fn has_context_blob(&self, owner: &str, digest: &str) -> Result<bool, StorageError> {
+        self.exists(&self.blob_key(&["context", owner], digest)?)
+            .await
+    }
+
     /// Streams the context blob `digest` of `owner` into `sink` (which checks the digest, as a
     /// context blob upload does); an error when the store has none or the sink refuses.
     pub async fn get_context_blob(

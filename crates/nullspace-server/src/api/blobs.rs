@@ -19,7 +19,7 @@ use super::{ApiResult, AppState};
 const MAX_MISSING_QUERY: usize = 200_000;
 
 /// The caller's blob store.
-pub(super) fn context_blobs(state: &AppState, owner: &str) -> ApiResult<ContextBlobs> {
+fn context_blobs(state: &AppState, owner: &str) -> ApiResult<ContextBlobs> {
     ContextBlobs::open(state.runner.engine().data_dir(), owner).map_err(ApiError::internal)
 }
 
@@ -56,12 +56,45 @@ pub async fn missing_blobs(
             parse_digest(text).map_err(|e| ApiError::invalid(&format!("digests[{i}]"), e))
         })
         .collect::<ApiResult<Vec<_>>>()?;
-    let blobs = context_blobs(&state, &owner)?;
+    let missing = missing_context_blobs(&state, &owner, digests).await?;
+    Ok(Json(MissingBlobs { missing }))
+}
+
+/// Object storage questions in flight at once for one request.
+const PARALLEL_STORAGE_CHECKS: usize = 16;
+
+/// Which of `digests` (once each) the owner has not uploaded: neither to this process nor,
+/// where there is object storage, to any API process of the deployment.
+pub(super) async fn missing_context_blobs(
+    state: &AppState,
+    owner: &str,
+    digests: Vec<nullspace_oci::Digest>,
+) -> ApiResult<Vec<String>> {
+    use futures_util::stream::{self, StreamExt as _, TryStreamExt as _};
+    let blobs = context_blobs(state, owner)?;
     // Up to 200k stat calls: off the async workers.
-    let missing = tokio::task::spawn_blocking(move || blobs.missing(&digests))
+    let missing_here = tokio::task::spawn_blocking(move || blobs.missing(&digests))
         .await
         .map_err(ApiError::internal)?;
-    Ok(Json(MissingBlobs { missing }))
+    let Some(objects) = state.runner.objects() else {
+        return Ok(missing_here);
+    };
+    let shared: Vec<Option<String>> = stream::iter(missing_here)
+        .map(|digest| async move {
+            match objects.has_context_blob(owner, &digest).await {
+                Ok(true) => Ok(None),
+                Ok(false) => Ok(Some(digest)),
+                Err(error) => Err(ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "object_storage_failed",
+                    format!("blob {digest}: asking the shared storage failed: {error}"),
+                )),
+            }
+        })
+        .buffered(PARALLEL_STORAGE_CHECKS)
+        .try_collect()
+        .await?;
+    Ok(shared.into_iter().flatten().collect())
 }
 
 /// 200 when the caller has uploaded the blob, else 404.
@@ -78,11 +111,8 @@ pub async fn has_blob(
     Path(digest): Path<String>,
 ) -> ApiResult<StatusCode> {
     let parsed = parse_digest(&digest).map_err(|e| ApiError::invalid("digest", e))?;
-    let blobs = context_blobs(&state, &owner)?;
-    let present = tokio::task::spawn_blocking(move || blobs.contains(&parsed))
-        .await
-        .map_err(ApiError::internal)?;
-    Ok(if present {
+    let missing = missing_context_blobs(&state, &owner, vec![parsed]).await?;
+    Ok(if missing.is_empty() {
         StatusCode::OK
     } else {
         StatusCode::NOT_FOUND

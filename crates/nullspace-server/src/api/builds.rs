@@ -15,45 +15,61 @@ use crate::error::ApiError;
 use crate::refs::resolve_ref;
 use crate::view;
 
-use super::blobs::context_blobs;
+use super::blobs::missing_context_blobs;
 use super::extract::{JsonBody, Owner, QueryParams};
 use super::{ApiResult, AppState};
 
 /// Entries returned by one status poll.
 const PAGE: usize = 1000;
 
-/// Checks what the request refers to in the caller's own state: a template base exists, and
-/// every file blob of the build context was uploaded.
-pub(super) fn check_base(
+/// Checks that a template base exists in the caller's own refs (an owner without a `base`
+/// builds on the builtin one, built first if need be).
+pub(super) fn check_template_base(
     state: &AppState,
     owner: &str,
     definition: &BuildDefinition,
 ) -> ApiResult<()> {
     if let Base::Template { reference } = &definition.base {
-        // An owner without a `base` builds on the builtin one (built first if need be).
         if reference != crate::runner::BASE {
             resolve_ref(state.runner.store().as_ref(), owner, reference)?;
         }
     }
-    let manifests = definition
+    Ok(())
+}
+
+/// Every file blob of the build contexts was uploaded by the caller.
+async fn check_context_uploaded(
+    state: &AppState,
+    owner: &str,
+    definition: &BuildDefinition,
+) -> ApiResult<()> {
+    let files: Vec<(&str, &str)> = definition
         .build_context
         .iter()
-        .chain(definition.named_contexts.values());
-    for manifest in manifests {
-        let blobs = context_blobs(state, owner)?;
-        for entry in &manifest.entries {
-            if let ContextEntry::File { path, digest, .. } = entry {
-                let parsed =
-                    parse_digest(digest).map_err(|e| ApiError::invalid("build_context", e))?;
-                if !blobs.contains(&parsed) {
-                    return Err(ApiError::file_upload(format!(
-                        "build context file {path:?}: blob {digest} was not uploaded (ask /v1/templates/build-context/blobs/missing, then PUT it)"
-                    )));
-                }
-            }
-        }
+        .chain(definition.named_contexts.values())
+        .flat_map(|manifest| &manifest.entries)
+        .filter_map(|entry| match entry {
+            ContextEntry::File { path, digest, .. } => Some((path.as_str(), digest.as_str())),
+            _ => None,
+        })
+        .collect();
+    if files.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    let digests = files
+        .iter()
+        .map(|(_, digest)| parse_digest(digest).map_err(|e| ApiError::invalid("build_context", e)))
+        .collect::<ApiResult<Vec<_>>>()?;
+    let missing: std::collections::HashSet<String> = missing_context_blobs(state, owner, digests)
+        .await?
+        .into_iter()
+        .collect();
+    match files.iter().find(|(_, digest)| missing.contains(*digest)) {
+        Some((path, digest)) => Err(ApiError::file_upload(format!(
+            "build context file {path:?}: blob {digest} was not uploaded (ask /v1/templates/build-context/blobs/missing, then PUT it)"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Queues a build; it runs in the background.
@@ -75,9 +91,10 @@ pub async fn create_build(
     JsonBody(body): JsonBody<BuildRequestBody>,
 ) -> ApiResult<(StatusCode, Json<Build>)> {
     let (definition, secrets) = state.parse(body)?;
+    check_context_uploaded(&state, &owner, &definition).await?;
     let record = state
         .blocking(move |state| {
-            check_base(state, &owner, &definition)?;
+            check_template_base(state, &owner, &definition)?;
             state.runner.submit(&owner, definition, secrets, None)
         })
         .await?;
@@ -162,19 +179,28 @@ pub async fn retry_build(
     Path(build_id): Path<String>,
     JsonBody(body): JsonBody<RetryBody>,
 ) -> ApiResult<(StatusCode, Json<Build>)> {
+    let (original, definition, secrets) = {
+        let owner = owner.clone();
+        state
+            .blocking(move |state| {
+                let original = state
+                    .runner
+                    .store()
+                    .build(Some(&owner), &build_id)?
+                    .ok_or_else(|| ApiError::build_not_found(&build_id))?;
+                let (definition, secrets) =
+                    retry_definition(&build_id, &original.definition, body, state.policy())?;
+                Ok((original.id, definition, secrets))
+            })
+            .await?
+    };
+    check_context_uploaded(&state, &owner, &definition).await?;
     let record = state
         .blocking(move |state| {
-            let original = state
-                .runner
-                .store()
-                .build(Some(&owner), &build_id)?
-                .ok_or_else(|| ApiError::build_not_found(&build_id))?;
-            let (definition, secrets) =
-                retry_definition(&build_id, &original.definition, body, state.policy())?;
-            check_base(state, &owner, &definition)?;
+            check_template_base(state, &owner, &definition)?;
             state
                 .runner
-                .submit(&owner, definition, secrets, Some(original.id))
+                .submit(&owner, definition, secrets, Some(original))
         })
         .await?;
     Ok((StatusCode::ACCEPTED, Json(view::build(&record))))

@@ -15,8 +15,8 @@ use nullspace_rootfs::runtime::RuntimeDefaults;
 use crate::error::ApiError;
 use crate::refs::resolve_ref;
 
-use super::blobs::context_blobs;
-use super::builds::check_base;
+use super::blobs::missing_context_blobs;
+use super::builds::check_template_base;
 use super::extract::{JsonBody, Owner};
 use super::{ApiResult, AppState};
 
@@ -32,12 +32,11 @@ fn validation_warnings(definition: &BuildDefinition) -> Vec<String> {
 }
 
 /// How many of the contexts' blobs the caller has not uploaded yet, and how many there are.
-fn missing_blob_count(
+async fn missing_blob_count(
     state: &AppState,
     owner: &str,
     definition: &BuildDefinition,
 ) -> ApiResult<(usize, usize)> {
-    let blobs = context_blobs(state, owner)?;
     let digests: Vec<_> = definition
         .build_context
         .iter()
@@ -47,7 +46,11 @@ fn missing_blob_count(
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
-    Ok((blobs.missing(&digests).len(), digests.len()))
+    let total = digests.len();
+    Ok((
+        missing_context_blobs(state, owner, digests).await?.len(),
+        total,
+    ))
 }
 
 /// Whether the request would be accepted, and what the user should know.
@@ -65,15 +68,12 @@ pub async fn validate(
 ) -> ApiResult<Json<Validation>> {
     let checked = match state.parse(body) {
         // Blobs are uploaded when the build starts, so validation reports absent ones as a
-        // warning rather than an error; the rest of check_base (the template base) applies.
+        // warning rather than an error; the template base must exist.
         Ok((definition, _)) => {
             let owner = owner.clone();
             state
                 .blocking(move |state| {
-                    let mut without_contexts = definition.clone();
-                    without_contexts.build_context = None;
-                    without_contexts.named_contexts.clear();
-                    check_base(state, &owner, &without_contexts)?;
+                    check_template_base(state, &owner, &definition)?;
                     Ok(definition)
                 })
                 .await
@@ -96,10 +96,7 @@ pub async fn validate(
     };
     let mut warnings = validation_warnings(&definition);
     if definition.build_context.is_some() || !definition.named_contexts.is_empty() {
-        let definition = definition.clone();
-        let (missing, total) = state
-            .blocking(move |state| missing_blob_count(state, &owner, &definition))
-            .await?;
+        let (missing, total) = missing_blob_count(&state, &owner, &definition).await?;
         if missing > 0 {
             warnings.push(format!(
                 "{missing} of {total} file blobs of the build context are not uploaded yet; a build uploads them first"

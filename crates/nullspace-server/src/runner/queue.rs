@@ -33,6 +33,11 @@ impl Runner {
     /// Starts this process's background work: the worker loop (if it runs builds), the lease
     /// reaper, and, with a shared store, the tick that makes log followers poll.
     pub fn start(self: &Arc<Self>) {
+        // Before this process takes any request: a build it holds is never taken for a dead
+        // process's (the reaper keeps this up).
+        if let Err(error) = self.store.heartbeat(&self.deployment.instance) {
+            tracing::warn!("recording this process as alive: {error}");
+        }
         if self.deployment.role.runs_builds() {
             let work = tokio::spawn(self.clone().work());
             *lock(&self.work_loop) = Some(work);
@@ -190,7 +195,7 @@ impl Runner {
     }
 
     fn reap_once(&self, grace: Duration) -> Result<usize, StoreError> {
-        let mut changed = 0;
+        let mut changed = self.end_orphaned_held_builds(grace)?;
         for lapsed in self.store.expired_leases(grace)? {
             if lapsed.worker == self.deployment.instance
                 && lock(&self.running).contains_key(&lapsed.id)
@@ -241,6 +246,33 @@ impl Runner {
             changed += 1;
         }
         Ok(changed)
+    }
+
+    /// Says this process is alive, then ends the `waiting` builds whose request-time
+    /// credentials were in the memory of a process silent for a lease and `grace`: no other
+    /// process may run them (the credentials never reach the store), so they would wait for
+    /// ever.
+    fn end_orphaned_held_builds(&self, grace: Duration) -> Result<usize, StoreError> {
+        self.store.heartbeat(&self.deployment.instance)?;
+        let mut ended = 0;
+        for id in self
+            .store
+            .orphaned_held_builds(self.deployment.lease + grace)?
+        {
+            let record = self.store.build(None, &id)?;
+            let message = "base-image credentials, registry credentials and build secrets are held in memory only, and the server process that took them stopped before a worker started the build; retry with fresh base_image_auth, registry_auth and build_secrets";
+            if self.fail(
+                &id,
+                record.as_ref(),
+                FailurePhase::Prepare,
+                message,
+                &ids::now_rfc3339(),
+            )? {
+                tracing::warn!("build {id}: the process holding its credentials stopped; ended");
+                ended += 1;
+            }
+        }
+        Ok(ended)
     }
 
     /// Stops claiming; waits up to the drain timeout for running builds, then stops the rest

@@ -349,6 +349,11 @@ pub trait BuildStore: Send + Sync + 'static {
         max_attempts: u32,
         entry: &LogEntry,
     ) -> Result<Requeue, StoreError>;
+    /// Records that process `instance` is alive (now, by the database's clock).
+    fn heartbeat(&self, instance: &str) -> Result<(), StoreError>;
+    /// `waiting` builds whose request-time credentials are held by a process not heard from
+    /// for `silent_for`: nobody else may claim them, and their credentials died with it.
+    fn orphaned_held_builds(&self, silent_for: Duration) -> Result<Vec<String>, StoreError>;
     /// How many builds wait and run.
     fn queue_depth(&self) -> Result<QueueDepth, StoreError>;
     /// Whether other processes share this store (then the queue and logs change under us and
@@ -413,6 +418,11 @@ pub trait BuildStore: Send + Sync + 'static {
         owner: &str,
         limit: usize,
     ) -> Result<Vec<nullspace_api::sandbox::SandboxInfo>, StoreError>;
+    /// The sandboxes of `host` still recorded as running, with their owners.
+    fn running_sandboxes(
+        &self,
+        host: &str,
+    ) -> Result<Vec<(String, nullspace_api::sandbox::SandboxInfo)>, StoreError>;
     /// Ends every sandbox of `host` still recorded as running (after a restart: their VMs died
     /// with the process that ran them); returns how many.
     fn end_running_sandboxes(
@@ -421,7 +431,14 @@ pub trait BuildStore: Send + Sync + 'static {
         at: &str,
         reason: &str,
         detail: &str,
-    ) -> Result<usize, StoreError>;
+    ) -> Result<usize, StoreError> {
+        let running = self.running_sandboxes(host)?;
+        for (owner, record) in &running {
+            let ended = ended_sandbox(record.clone(), at, reason, detail);
+            self.put_sandbox(&ended, owner, host)?;
+        }
+        Ok(running.len())
+    }
     /// Removes an alias of a template; false when it had none such.
     fn remove_alias(&self, owner: &str, template_id: &str, alias: &str)
         -> Result<bool, StoreError>;

@@ -525,6 +525,44 @@ impl BuildStore for PgStore {
         })
     }
 
+    fn heartbeat(&self, instance: &str) -> Result<(), StoreError> {
+        let instance = instance.to_string();
+        self.with(move |c| async move {
+            c.execute(
+                "INSERT INTO instances (name, seen_at) VALUES ($1, now())
+                 ON CONFLICT (name) DO UPDATE SET seen_at = excluded.seen_at",
+                &[&instance],
+            )
+            .await
+            .map_err(pg("recording a heartbeat"))?;
+            // Processes that stopped long ago are forgotten (their held builds are found
+            // without their row all the same).
+            c.execute(
+                "DELETE FROM instances WHERE seen_at < now() - interval '7 days'",
+                &[],
+            )
+            .await
+            .map_err(pg("recording a heartbeat"))?;
+            Ok(())
+        })
+    }
+
+    fn orphaned_held_builds(&self, silent_for: Duration) -> Result<Vec<String>, StoreError> {
+        self.with(move |c| async move {
+            let rows = c
+                .query(
+                    "SELECT b.id FROM api_builds b LEFT JOIN instances i ON i.name = b.holder
+                     WHERE b.status = 'waiting' AND b.holder IS NOT NULL
+                       AND (i.seen_at IS NULL OR i.seen_at < now() - make_interval(secs => $1))
+                     ORDER BY b.seq",
+                    &[&seconds(silent_for)],
+                )
+                .await
+                .map_err(pg("reading builds held by silent processes"))?;
+            Ok(rows.iter().map(|row| row.get(0)).collect())
+        })
+    }
+
     fn requeue(
         &self,
         id: &str,
@@ -946,15 +984,9 @@ impl BuildStore for PgStore {
         texts.iter().map(|t| decode("sandbox", t)).collect()
     }
 
-    fn end_running_sandboxes(
-        &self,
-        host: &str,
-        at: &str,
-        reason: &str,
-        detail: &str,
-    ) -> Result<usize, StoreError> {
+    fn running_sandboxes(&self, host: &str) -> Result<Vec<(String, SandboxInfo)>, StoreError> {
         let wanted = host.to_string();
-        let running: Vec<(String, String)> = self.with(move |c| async move {
+        self.with(move |c| async move {
             let rows = c
                 .query(
                     "SELECT owner, record FROM sandboxes WHERE ended_at IS NULL AND host = $1",
@@ -962,12 +994,9 @@ impl BuildStore for PgStore {
                 )
                 .await
                 .map_err(pg("listing running sandboxes"))?;
-            Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
-        })?;
-        for (owner, text) in &running {
-            let record = super::ended_sandbox(decode("sandbox", text)?, at, reason, detail);
-            self.put_sandbox(&record, owner, host)?;
-        }
-        Ok(running.len())
+            rows.iter()
+                .map(|row| Ok((row.get(0), decode("sandbox", row.get::<_, &str>(1))?)))
+                .collect()
+        })
     }
 }

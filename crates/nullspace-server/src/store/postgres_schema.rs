@@ -7,7 +7,8 @@
 //! A change is a new entry at the end of [`MIGRATIONS`], never an edit of an old one.
 
 /// The migrations, oldest first.
-pub(super) const MIGRATIONS: &[&str] = &["
+pub(super) const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE templates (
     id TEXT PRIMARY KEY,
     namespace TEXT NOT NULL,
@@ -60,7 +61,14 @@ CREATE TABLE sandboxes (
 );
 CREATE INDEX sandboxes_by_owner ON sandboxes (owner, created_at);
 CREATE INDEX sandboxes_running ON sandboxes (host) WHERE ended_at IS NULL;
-"];
+",
+    "
+CREATE TABLE instances (
+    name TEXT PRIMARY KEY,
+    seen_at TIMESTAMPTZ NOT NULL
+);
+",
+];
 
 /// The advisory lock key that serialises migrations (any constant; "nullspace" in ASCII).
 pub(super) const MIGRATION_LOCK: i64 = 0x6e75_6c6c_7370_6163;

@@ -296,6 +296,21 @@ impl BuildStore for SqliteStore {
         })
     }
 
+    /// One server uses a SQLite database (it locks its data dir's sandboxes dir), so the holder of any held
+    /// build is this process: nothing to record. A held build left by an earlier process is
+    /// ended when the next one starts ([`crate::runner::Runner::recover`]).
+    fn heartbeat(&self, _instance: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// None: see [`SqliteStore::heartbeat`].
+    fn orphaned_held_builds(
+        &self,
+        _silent_for: std::time::Duration,
+    ) -> Result<Vec<String>, StoreError> {
+        Ok(Vec::new())
+    }
+
     fn queue_depth(&self) -> Result<QueueDepth, StoreError> {
         self.with(|c| {
             c.query_row(
@@ -621,14 +636,11 @@ impl BuildStore for SqliteStore {
         texts.iter().map(|t| self.decode("sandbox", t)).collect()
     }
 
-    fn end_running_sandboxes(
+    fn running_sandboxes(
         &self,
         host: &str,
-        at: &str,
-        reason: &str,
-        detail: &str,
-    ) -> Result<usize, StoreError> {
-        // One host per database: every running record was this host's, whatever it was called.
+    ) -> Result<Vec<(String, nullspace_api::sandbox::SandboxInfo)>, StoreError> {
+        // One host per database: every running record is this host's, whatever it was called.
         let _ = host;
         let running: Vec<(String, String)> = self.with(|c| {
             let mut statement =
@@ -636,11 +648,10 @@ impl BuildStore for SqliteStore {
             let rows = statement.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
             rows.collect()
         })?;
-        for (owner, text) in &running {
-            let record = super::ended_sandbox(self.decode("sandbox", text)?, at, reason, detail);
-            self.put_sandbox(&record, owner, host)?;
-        }
-        Ok(running.len())
+        running
+            .into_iter()
+            .map(|(owner, text)| Ok((owner, self.decode("sandbox", &text)?)))
+            .collect()
     }
 
     fn active_builds(&self, owner: &str) -> Result<u64, StoreError> {
