@@ -243,6 +243,44 @@ async fn a_waiting_build_whose_credentials_died_with_their_process_ends() {
     drop(hole);
 }
 
+/// A `waiting` record this version cannot read (written by a newer one during a rolling
+/// upgrade, or damaged) is passed over: the builds queued after it still run.
+#[tokio::test]
+async fn an_unreadable_queued_record_does_not_stop_the_queue() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path());
+    let image = format!("{}/library/debian:bookworm", registry());
+    let first = start_build(
+        &server.url,
+        ALICE,
+        json!({"name": "queue-head", "base_image": image}),
+    )
+    .await;
+    let status = wait_status(&server.url, &first, &["ready", "error"]).await;
+    assert_eq!(status["build"]["status"], "ready", "{status}");
+    let template_id = status["build"]["template_id"].as_str().unwrap().to_string();
+    store_rows(
+        data.path(),
+        "INSERT INTO api_builds (id, owner, template_id, status, backend, record)
+         VALUES ($1, 'alice', $2, 'waiting', 'native', '{\"written_by\": \"a newer version\"}')",
+        &["tb_unreadable00000000", &template_id],
+    );
+    let next = start_build(
+        &server.url,
+        ALICE,
+        json!({"name": "queue-head", "base_image": image}),
+    )
+    .await;
+    let status = wait_status(&server.url, &next, &["ready", "error"]).await;
+    assert_eq!(status["build"]["status"], "ready", "{status}");
+    let left = store_rows(
+        data.path(),
+        "SELECT status FROM api_builds WHERE id = $1",
+        &["tb_unreadable00000000"],
+    );
+    assert_eq!(left, vec![vec![Some("waiting".to_string())]]);
+}
+
 #[tokio::test]
 async fn the_served_openapi_document_is_the_file_in_the_repository() {
     let data = tempfile::tempdir().unwrap();

@@ -85,6 +85,26 @@ pub enum StoreError {
     },
 }
 
+/// Unreadable `waiting` records one claim passes over before it gives up (they stay for a
+/// process that can read them; past this many at the head of the queue, this process claims
+/// nothing until they are gone).
+const UNREADABLE_RECORDS_PASSED: usize = 64;
+
+/// Logs that claiming passed over the record of build `id`: a warning the first time (claims
+/// come every half second), then at debug level.
+fn pass_over_unreadable(id: &str, error: &StoreError) {
+    static WARNED: std::sync::Mutex<std::collections::BTreeSet<String>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut warned = WARNED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if warned.len() < 4096 && warned.insert(id.to_string()) {
+        tracing::warn!("build {id}: {error}; left waiting for a process that can read it");
+    } else {
+        tracing::debug!("build {id}: still unreadable; passed over");
+    }
+}
+
 /// How a build is queued beside its record.
 #[derive(Clone, Debug, Default)]
 pub struct Queueing {

@@ -454,24 +454,39 @@ impl BuildStore for PgStore {
         let (worker, now, entry) = (worker.to_string(), now.to_string(), entry.clone());
         self.with(move |mut c| async move {
             let tx = c.transaction().await.map_err(pg("claiming a build"))?;
-            // SKIP LOCKED: workers claiming at once each take a different build, never wait.
-            let Some(row) = tx
-                .query_opt(
-                    "SELECT b.id, b.record FROM api_builds b
-                     WHERE b.status = 'waiting' AND (b.holder IS NULL OR b.holder = $1)
-                       AND (b.wait_for IS NULL OR NOT EXISTS (
-                         SELECT 1 FROM api_builds d WHERE d.id = b.wait_for AND d.status IN ('waiting', 'building')))
-                     ORDER BY b.seq LIMIT 1 FOR UPDATE OF b SKIP LOCKED",
-                    &[&worker],
-                )
-                .await
-                .map_err(pg("claiming a build"))?
-            else {
-                return Ok(None);
+            // The oldest claimable build this process can read: a record it cannot decode (one
+            // written by a newer version during a rolling upgrade) is passed over, not allowed
+            // to stop the queue.
+            let mut unreadable: Vec<String> = Vec::new();
+            let (id, mut record) = loop {
+                if unreadable.len() >= super::UNREADABLE_RECORDS_PASSED {
+                    return Ok(None);
+                }
+                // SKIP LOCKED: workers claiming at once each take a different build, never wait.
+                let Some(row) = tx
+                    .query_opt(
+                        "SELECT b.id, b.record FROM api_builds b
+                         WHERE b.status = 'waiting' AND (b.holder IS NULL OR b.holder = $1)
+                           AND (b.wait_for IS NULL OR NOT EXISTS (
+                             SELECT 1 FROM api_builds d WHERE d.id = b.wait_for AND d.status IN ('waiting', 'building')))
+                           AND NOT (b.id = ANY($2))
+                         ORDER BY b.seq LIMIT 1 FOR UPDATE OF b SKIP LOCKED",
+                        &[&worker, &unreadable],
+                    )
+                    .await
+                    .map_err(pg("claiming a build"))?
+                else {
+                    return Ok(None);
+                };
+                let id: String = row.get(0);
+                match decode::<BuildRecord>("build record", row.get::<_, &str>(1)) {
+                    Ok(record) => break (id, record),
+                    Err(error) => {
+                        super::pass_over_unreadable(&id, &error);
+                        unreadable.push(id);
+                    }
+                }
             };
-            let id: String = row.get(0);
-            let text: String = row.get(1);
-            let mut record: BuildRecord = decode("build record", &text)?;
             record.claimed(&now);
             tx.execute(
                 "UPDATE api_builds SET status = 'building', record = $2, worker = $3,

@@ -170,26 +170,32 @@ impl BuildStore for SqliteStore {
         let mut failure: Option<StoreError> = None;
         let claimed = self.with(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let row: Option<(String, String)> = tx
-                .query_row(
+            // The oldest claimable build this process can read (see the PostgreSQL store).
+            let candidates: Vec<(String, String)> = {
+                let mut statement = tx.prepare(
                     "SELECT b.id, b.record FROM api_builds b
                      WHERE b.status = 'waiting' AND (b.holder IS NULL OR b.holder = ?1)
                        AND (b.wait_for IS NULL OR NOT EXISTS (
                          SELECT 1 FROM api_builds d WHERE d.id = b.wait_for AND d.status IN ('waiting', 'building')))
-                     ORDER BY b.seq LIMIT 1",
-                    params![worker],
+                     ORDER BY b.seq LIMIT ?2",
+                )?;
+                let rows = statement.query_map(
+                    params![worker, super::UNREADABLE_RECORDS_PASSED as i64 + 1],
                     |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()?;
-            let Some((id, json)) = row else {
-                return Ok(None);
+                )?;
+                rows.collect::<Result<_, _>>()?
             };
-            let mut record: BuildRecord = match self.decode("build record", &json) {
-                Ok(record) => record,
-                Err(error) => {
-                    failure = Some(error);
-                    return Ok(None);
+            let readable = candidates.into_iter().find_map(|(id, json)| {
+                match self.decode::<BuildRecord>("build record", &json) {
+                    Ok(record) => Some((id, record)),
+                    Err(error) => {
+                        super::pass_over_unreadable(&id, &error);
+                        None
+                    }
                 }
+            });
+            let Some((id, mut record)) = readable else {
+                return Ok(None);
             };
             record.claimed(now);
             let json = match self.encode("build record", &record) {
