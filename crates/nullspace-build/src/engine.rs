@@ -647,10 +647,14 @@ impl Engine {
                     let (path, origin) = if proven_here && present {
                         progress(total);
                         (self.blobs.path(&descriptor.digest), LayerOrigin::Local)
-                    } else if let Some(path) = self
-                        .shared_layer(owner, proven_here, descriptor, present, &progress)
-                        .await?
-                    {
+                    } else if let Some(path) = match from_registry {
+                        // A local image (BuildKit's output) brings its own layers.
+                        true => {
+                            self.shared_layer(owner, proven_here, descriptor, present, &progress)
+                                .await?
+                        }
+                        false => None,
+                    } {
                         (path, LayerOrigin::Shared)
                     } else {
                         let path = self
@@ -674,12 +678,22 @@ impl Engine {
                             crate::gc::touch(&path);
                         }
                         (LayerOrigin::Registry, Some(owner), Some(storage)) => {
-                            // Sharing is an optimisation: a failure costs other hosts a
-                            // download, not this build.
-                            if let Err(error) = storage.put_layer_blob(owner, &digest, &path).await
-                            {
-                                tracing::warn!(%digest, %error, "could not share a layer");
-                            }
+                            // In the background: sharing is an optimisation, and neither its time
+                            // nor its failure (other hosts download the layer themselves) is
+                            // this build's.
+                            let (storage, owner, digest, path) = (
+                                storage.clone(),
+                                owner.to_string(),
+                                digest.clone(),
+                                path.clone(),
+                            );
+                            tokio::spawn(async move {
+                                if let Err(error) =
+                                    storage.put_layer_blob(&owner, &digest, &path).await
+                                {
+                                    tracing::warn!(%digest, %error, "could not share a layer");
+                                }
+                            });
                         }
                         _ => {}
                     }
@@ -720,11 +734,11 @@ impl Engine {
             .collect())
     }
 
-    /// The layer `descriptor` from the deployment's shared storage, when there is one and the
-    /// build may have it: without an `owner` (a single-tenant build), when the owner's access
-    /// was proven on this host, or when the owner's own verified registry download of it is
-    /// recorded there. `None` sends the caller to the registry, also when the shared copy
-    /// failed (which is logged).
+    /// The registry layer `descriptor` from the deployment's shared storage, when there is one
+    /// and the build may have it: without an `owner` (a single-tenant build), when the owner's
+    /// access was proven on this host, or when the owner's own verified registry download of it
+    /// is recorded there. `None` sends the caller to the registry, also when the shared copy
+    /// failed (which is logged). Never used for local images.
     async fn shared_layer(
         &self,
         owner: Option<&str>,

@@ -493,6 +493,25 @@ async fn builds_spread_over_two_workers_survive_one_and_cross_hosts() {
     )
     .await;
     assert_eq!((code, &body["missing"]), (200, &json!([])), "{body}");
+    // Many digests at once are answered from one listing of the owner's uploads.
+    let unknown: Vec<String> = (0..40)
+        .map(|n| {
+            format!(
+                "sha256:{}",
+                hex::encode(Sha256::digest(format!("never {n}")))
+            )
+        })
+        .collect();
+    let mut asked = unknown.clone();
+    asked.push(digest.clone());
+    let (code, body) = call(
+        reqwest::Method::POST,
+        &format!("{}/v1/templates/build-context/blobs/missing", api2.url),
+        ALICE,
+        Some(json!({ "digests": asked })),
+    )
+    .await;
+    assert_eq!((code, &body["missing"]), (200, &json!(unknown)), "{body}");
     let head = |key: &'static str| {
         client()
             .head(format!(

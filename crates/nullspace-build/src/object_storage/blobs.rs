@@ -47,6 +47,28 @@ impl ObjectStorage {
             .await
     }
 
+    /// The digests (`sha256:<hex>`) of every context blob `owner` uploaded: one listing, for
+    /// questions about many digests at once.
+    pub async fn context_blobs_of(
+        &self,
+        owner: &str,
+    ) -> Result<std::collections::HashSet<String>, StorageError> {
+        use futures_util::TryStreamExt as _;
+        let prefix = self.key(&["context", owner, "sha256"]);
+        let listed: Vec<object_store::ObjectMeta> = self
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(Self::service(&prefix))?;
+        Ok(listed
+            .iter()
+            .filter_map(|meta| meta.location.filename())
+            .filter(|hex| hex_of(&format!("sha256:{hex}")).is_ok())
+            .map(|hex| format!("sha256:{hex}"))
+            .collect())
+    }
+
     /// Streams the context blob `digest` of `owner` into `sink` (which checks the digest, as a
     /// context blob upload does); an error when the store has none or the sink refuses.
     pub async fn get_context_blob(
@@ -96,8 +118,9 @@ impl ObjectStorage {
 
     /// Brings the shared layer blob `digest` of `size` bytes into `blobs`, checked against
     /// both while it streams; `progress` gets the bytes so far. `None` when the store has no
-    /// such layer. A stored blob that does not match is deleted (it is re-shared by the next
-    /// registry download) and reported.
+    /// such layer. A stored object whose bytes do not hash to its key is deleted (the next
+    /// registry download shares it again) and reported; a size that differs from `size` (which
+    /// the image's manifest gives) is reported without touching the object.
     pub async fn fetch_layer_blob(
         &self,
         digest: &Digest,
@@ -110,37 +133,52 @@ impl ObjectStorage {
             key: key.to_string(),
             message,
         };
-        let mut writer = blobs
-            .writer(digest, size)
-            .map_err(|e| corrupt(e.to_string()))?;
-        let mut received = 0u64;
-        let fetched = self
-            .get_into(&key, &mut |bytes| {
-                writer.write(bytes).map_err(|e| e.to_string())?;
-                received += bytes.len() as u64;
-                progress(received);
-                Ok(())
-            })
-            .await;
-        let checked = match fetched {
-            Ok(false) => return Ok(None),
-            Ok(true) => writer.commit().map_err(|e| corrupt(e.to_string())),
-            Err(error) => Err(error),
+        let local = |error: nullspace_oci::Error| StorageError::Io {
+            path: blobs.root().to_path_buf(),
+            source: std::io::Error::other(error.to_string()),
         };
-        match checked {
+        let result = match self.store.get(&key).await {
+            Ok(result) => result,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(error) => return Err(Self::service(&key)(error)),
+        };
+        if result.meta.size != size {
+            return Err(corrupt(format!(
+                "{} bytes stored, the image's manifest says {size}",
+                result.meta.size
+            )));
+        }
+        let mut writer = blobs.writer(digest, size).map_err(local)?;
+        let mut received = 0u64;
+        let mut stream = result.into_stream();
+        while let Some(bytes) = stream.next().await {
+            let bytes = bytes.map_err(Self::service(&key))?;
+            writer.write(&bytes).map_err(|error| match error {
+                nullspace_oci::Error::BlobSizeMismatch { .. } => corrupt(error.to_string()),
+                other => local(other),
+            })?;
+            received += bytes.len() as u64;
+            progress(received);
+        }
+        match writer.commit() {
             Ok(path) => Ok(Some(path)),
-            Err(error @ StorageError::Corrupt { .. }) => {
+            Err(error @ nullspace_oci::Error::BlobDigestMismatch { .. }) => {
                 if let Err(delete) = self.store.delete(&key).await {
                     tracing::warn!(%key, error = %delete, "could not delete a corrupt shared layer");
                 }
-                Err(error)
+                Err(corrupt(error.to_string()))
             }
-            Err(error) => Err(error),
+            Err(error @ nullspace_oci::Error::BlobSizeMismatch { .. }) => {
+                Err(corrupt(error.to_string()))
+            }
+            Err(error) => Err(local(error)),
         }
     }
 
     /// Sends the file at `path` to `key` (once: a present object is kept), streamed in parts
-    /// of [`PART_SIZE`] with a bounded number in flight; a failed upload leaves no parts.
+    /// of [`PART_SIZE`] with a bounded number in flight. A read or part failure aborts the
+    /// upload; parts of a failed completion (or of an upload whose caller went away) are left
+    /// to the bucket's rule for incomplete multipart uploads.
     async fn put_file(&self, key: &ObjectPath, path: &Path) -> Result<(), StorageError> {
         use tokio::io::AsyncReadExt as _;
         if self.exists(key).await? {
@@ -236,6 +274,11 @@ mod tests {
             .get_context_blob("bob", &digest, &mut |_| Ok(()))
             .await
             .is_err());
+        assert!(store.has_context_blob("alice", &digest).await.unwrap());
+        assert!(!store.has_context_blob("bob", &digest).await.unwrap());
+        let listed = store.context_blobs_of("alice").await.unwrap();
+        assert_eq!(listed.into_iter().collect::<Vec<_>>(), vec![digest.clone()]);
+        assert!(store.context_blobs_of("bob").await.unwrap().is_empty());
     }
 
     #[tokio::test]
@@ -293,13 +336,15 @@ mod tests {
         assert!(matches!(error, StorageError::Corrupt { .. }), "{error}");
         assert!(!other.contains(&digest));
         assert!(!object.exists());
-        // One byte too many is refused while it streams.
-        std::fs::write(&object, [content.as_slice(), b"x"].concat()).unwrap();
+        // A size that differs from the manifest's is refused, and the object is left alone
+        // (the manifest, which a tenant writes, may be the wrong one).
+        std::fs::write(&object, &content).unwrap();
         let error = store
-            .fetch_layer_blob(&digest, size, &other, &none)
+            .fetch_layer_blob(&digest, size - 1, &other, &none)
             .await
             .unwrap_err();
-        assert!(error.to_string().contains("size"), "{error}");
+        assert!(error.to_string().contains("manifest says"), "{error}");
+        assert!(object.exists());
         assert!(!other.contains(&digest));
         assert_eq!(
             std::fs::read_dir(other.root().join("tmp")).unwrap().count(),

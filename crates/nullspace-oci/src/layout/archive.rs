@@ -22,7 +22,8 @@ pub fn open_oci_archive(
     platform: &Platform,
     store: &BlobStore,
 ) -> Result<ResolvedImage, Error> {
-    let small = import_tar(tar_path, store, &["oci-layout", "index.json"], true)?.small;
+    let contents = import_tar(tar_path, store, &["oci-layout", "index.json"], true)?;
+    let small = &contents.small;
     let get = |name: &str| {
         small.get(name).ok_or_else(|| Error::InvalidLocalImage {
             path: tar_path.to_owned(),
@@ -39,13 +40,18 @@ pub fn open_oci_archive(
         &read_blob,
         ImageSource::OciArchive(tar_path.to_owned()),
     )?;
+    // Every layer must come in the archive itself: the store is shared, and a manifest naming
+    // a digest the archive does not bring must never be completed with someone else's blob.
     for l in &image.manifest.layers {
-        if !store.contains_sized(&l.digest, l.size)
-            && !media_types::is_non_distributable(&l.media_type)
-        {
+        if !contents.blobs.contains(&l.digest) || !store.contains_sized(&l.digest, l.size) {
+            let hint = if media_types::is_non_distributable(&l.media_type) {
+                " (a non-distributable layer: local images must bring it)"
+            } else {
+                ""
+            };
             return Err(Error::InvalidLocalImage {
                 path: tar_path.to_owned(),
-                reason: format!("layer {} is missing from the archive", l.digest),
+                reason: format!("layer {} is missing from the archive{hint}", l.digest),
             });
         }
     }
@@ -58,6 +64,8 @@ pub(crate) struct TarContents {
     pub small: HashMap<String, Vec<u8>>,
     /// Other regular files: name → (digest, size) in the store (docker archives only).
     pub files: HashMap<String, (Digest, u64)>,
+    /// The blobs the tar brought (`blobs/<alg>/<hex>` entries, OCI archives only).
+    pub blobs: std::collections::HashSet<Digest>,
 }
 
 /// Streams once through a tar: files named in `small_names` are kept in memory; with
@@ -78,6 +86,7 @@ pub(crate) fn import_tar(
     let mut out = TarContents {
         small: HashMap::new(),
         files: HashMap::new(),
+        blobs: std::collections::HashSet::new(),
     };
     let entries = archive
         .entries()
@@ -115,6 +124,7 @@ pub(crate) fn import_tar(
                 .parse()
                 .map_err(|e| invalid(format!("{name}: {e}")))?;
             store.import(&mut entry, &digest, size)?;
+            out.blobs.insert(digest);
         } else {
             let (digest, n) = store.import_unverified(&mut entry)?;
             out.files.insert(name, (digest, n));

@@ -62,6 +62,9 @@ pub async fn missing_blobs(
 
 /// Object storage questions in flight at once for one request.
 const PARALLEL_STORAGE_CHECKS: usize = 16;
+/// Past this many digests missing here, one listing of the owner's uploads answers instead of
+/// a request per digest (a tenant naming 200,000 digests costs a listing, not 200,000 calls).
+const HEAD_QUESTIONS_AT_MOST: usize = 32;
 
 /// Which of `digests` (once each) the owner has not uploaded: neither to this process nor,
 /// where there is object storage, to any API process of the deployment.
@@ -79,16 +82,32 @@ pub(super) async fn missing_context_blobs(
     let Some(objects) = state.runner.objects() else {
         return Ok(missing_here);
     };
+    let storage_failed = |error: nullspace_build::object_storage::StorageError| {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "object_storage_failed",
+            format!(
+                "asking the shared storage which build-context files you uploaded failed: {error}"
+            ),
+        )
+    };
+    if missing_here.len() > HEAD_QUESTIONS_AT_MOST {
+        // One listing of the owner's uploads instead of a request per digest.
+        let uploaded = objects
+            .context_blobs_of(owner)
+            .await
+            .map_err(storage_failed)?;
+        return Ok(missing_here
+            .into_iter()
+            .filter(|digest| !uploaded.contains(digest))
+            .collect());
+    }
     let shared: Vec<Option<String>> = stream::iter(missing_here)
         .map(|digest| async move {
             match objects.has_context_blob(owner, &digest).await {
                 Ok(true) => Ok(None),
                 Ok(false) => Ok(Some(digest)),
-                Err(error) => Err(ApiError::new(
-                    StatusCode::BAD_GATEWAY,
-                    "object_storage_failed",
-                    format!("blob {digest}: asking the shared storage failed: {error}"),
-                )),
+                Err(error) => Err(storage_failed(error)),
             }
         })
         .buffered(PARALLEL_STORAGE_CHECKS)

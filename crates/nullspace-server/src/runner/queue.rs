@@ -195,7 +195,8 @@ impl Runner {
     }
 
     fn reap_once(&self, grace: Duration) -> Result<usize, StoreError> {
-        let mut changed = self.end_orphaned_held_builds(grace)?;
+        // Apart from the takeovers: its failures (one unreadable record) must not stop them.
+        let mut changed = self.end_orphaned_held_builds(grace);
         for lapsed in self.store.expired_leases(grace)? {
             if lapsed.worker == self.deployment.instance
                 && lock(&self.running).contains_key(&lapsed.id)
@@ -251,28 +252,43 @@ impl Runner {
     /// Says this process is alive, then ends the `waiting` builds whose request-time
     /// credentials were in the memory of a process silent for a lease and `grace`: no other
     /// process may run them (the credentials never reach the store), so they would wait for
-    /// ever.
-    fn end_orphaned_held_builds(&self, grace: Duration) -> Result<usize, StoreError> {
-        self.store.heartbeat(&self.deployment.instance)?;
-        let mut ended = 0;
-        for id in self
+    /// ever. Failures are logged, build by build.
+    fn end_orphaned_held_builds(&self, grace: Duration) -> usize {
+        if let Err(error) = self.store.heartbeat(&self.deployment.instance) {
+            tracing::warn!("recording this process as alive: {error}");
+        }
+        let orphaned = match self
             .store
-            .orphaned_held_builds(self.deployment.lease + grace)?
+            .orphaned_held_builds(self.deployment.lease + grace)
         {
-            let record = self.store.build(None, &id)?;
-            let message = "base-image credentials, registry credentials and build secrets are held in memory only, and the server process that took them stopped before a worker started the build; retry with fresh base_image_auth, registry_auth and build_secrets";
-            if self.fail(
+            Ok(orphaned) => orphaned,
+            Err(error) => {
+                tracing::warn!("looking for builds held by stopped processes: {error}");
+                return 0;
+            }
+        };
+        let message = "base-image credentials, registry credentials and build secrets are held in memory only, and the server process that took them stopped before a worker started the build; retry with fresh base_image_auth, registry_auth and build_secrets";
+        let mut ended = 0;
+        for id in orphaned {
+            let record = self.store.build(None, &id).ok().flatten();
+            match self.fail(
                 &id,
                 record.as_ref(),
                 FailurePhase::Prepare,
                 message,
                 &ids::now_rfc3339(),
-            )? {
-                tracing::warn!("build {id}: the process holding its credentials stopped; ended");
-                ended += 1;
+            ) {
+                Ok(true) => {
+                    tracing::warn!(
+                        "build {id}: the process holding its credentials stopped; ended"
+                    );
+                    ended += 1;
+                }
+                Ok(false) => {}
+                Err(error) => tracing::warn!("build {id}: ending it: {error}"),
             }
         }
-        Ok(ended)
+        ended
     }
 
     /// Stops claiming; waits up to the drain timeout for running builds, then stops the rest

@@ -371,8 +371,9 @@ pub trait BuildStore: Send + Sync + 'static {
     ) -> Result<Requeue, StoreError>;
     /// Records that process `instance` is alive (now, by the database's clock).
     fn heartbeat(&self, instance: &str) -> Result<(), StoreError>;
-    /// `waiting` builds whose request-time credentials are held by a process not heard from
-    /// for `silent_for`: nobody else may claim them, and their credentials died with it.
+    /// `waiting` builds whose request-time credentials are held by a process whose last
+    /// heartbeat is older than `silent_for`: nobody else may claim them, and their credentials
+    /// died with it. A holder that never wrote a heartbeat (an older version) is not judged.
     fn orphaned_held_builds(&self, silent_for: Duration) -> Result<Vec<String>, StoreError>;
     /// How many builds wait and run.
     fn queue_depth(&self) -> Result<QueueDepth, StoreError>;

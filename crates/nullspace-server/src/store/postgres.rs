@@ -550,10 +550,11 @@ impl BuildStore for PgStore {
             )
             .await
             .map_err(pg("recording a heartbeat"))?;
-            // Processes that stopped long ago are forgotten (their held builds are found
-            // without their row all the same).
+            // Processes that stopped long ago are forgotten, once nothing waits for them.
             c.execute(
-                "DELETE FROM instances WHERE seen_at < now() - interval '7 days'",
+                "DELETE FROM instances i WHERE i.seen_at < now() - interval '7 days'
+                   AND NOT EXISTS (SELECT 1 FROM api_builds b
+                                   WHERE b.status = 'waiting' AND b.holder = i.name)",
                 &[],
             )
             .await
@@ -566,9 +567,11 @@ impl BuildStore for PgStore {
         self.with(move |c| async move {
             let rows = c
                 .query(
-                    "SELECT b.id FROM api_builds b LEFT JOIN instances i ON i.name = b.holder
-                     WHERE b.status = 'waiting' AND b.holder IS NOT NULL
-                       AND (i.seen_at IS NULL OR i.seen_at < now() - make_interval(secs => $1))
+                    // Only holders that ever wrote a heartbeat are judged: a process of an
+                    // older version (a rolling upgrade) writes none and is not taken for dead.
+                    "SELECT b.id FROM api_builds b JOIN instances i ON i.name = b.holder
+                     WHERE b.status = 'waiting'
+                       AND i.seen_at < now() - make_interval(secs => $1)
                      ORDER BY b.seq",
                     &[&seconds(silent_for)],
                 )

@@ -170,8 +170,9 @@ impl BuildStore for SqliteStore {
         let mut failure: Option<StoreError> = None;
         let claimed = self.with(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            // The oldest claimable build this process can read (see the PostgreSQL store).
-            let candidates: Vec<(String, String)> = {
+            // The oldest claimable build this process can read (see the PostgreSQL store),
+            // records decoded one at a time.
+            let readable = {
                 let mut statement = tx.prepare(
                     "SELECT b.id, b.record FROM api_builds b
                      WHERE b.status = 'waiting' AND (b.holder IS NULL OR b.holder = ?1)
@@ -179,21 +180,22 @@ impl BuildStore for SqliteStore {
                          SELECT 1 FROM api_builds d WHERE d.id = b.wait_for AND d.status IN ('waiting', 'building')))
                      ORDER BY b.seq LIMIT ?2",
                 )?;
-                let rows = statement.query_map(
-                    params![worker, super::UNREADABLE_RECORDS_PASSED as i64 + 1],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )?;
-                rows.collect::<Result<_, _>>()?
-            };
-            let readable = candidates.into_iter().find_map(|(id, json)| {
-                match self.decode::<BuildRecord>("build record", &json) {
-                    Ok(record) => Some((id, record)),
-                    Err(error) => {
-                        super::pass_over_unreadable(&id, &error);
-                        None
+                let mut rows = statement
+                    .query(params![worker, super::UNREADABLE_RECORDS_PASSED as i64 + 1])?;
+                let mut readable = None;
+                while let Some(row) = rows.next()? {
+                    let id: String = row.get(0)?;
+                    let json: String = row.get(1)?;
+                    match self.decode::<BuildRecord>("build record", &json) {
+                        Ok(record) => {
+                            readable = Some((id, record));
+                            break;
+                        }
+                        Err(error) => super::pass_over_unreadable(&id, &error),
                     }
                 }
-            });
+                readable
+            };
             let Some((id, mut record)) = readable else {
                 return Ok(None);
             };
