@@ -155,6 +155,32 @@ fn oci_archive_round_trip() {
     assert!(open_oci_archive(&bogus, None, &Platform::host(), &store).is_err());
 }
 
+/// The blob store is shared by owners: an archive that names a layer without bringing it is
+/// refused even when the store already holds that layer (someone else's), whatever its media
+/// type says.
+#[test]
+fn an_oci_archive_must_bring_its_own_layers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mine, _) = build_layout(dir.path());
+    let sdir = tempfile::tempdir().unwrap();
+    let store = BlobStore::new(sdir.path()).unwrap();
+    // Another owner's build left the layer in the store.
+    let layer = Digest::sha256_of(&mine.layers[0]);
+    store
+        .import(&mine.layers[0][..], &layer, mine.layers[0].len() as u64)
+        .unwrap();
+    std::fs::remove_file(dir.path().join("blobs/sha256").join(layer.hex())).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let tar_path = out.path().join("image.tar");
+    tar_dir(dir.path(), &tar_path);
+    let err = open_oci_archive(&tar_path, None, &Platform::host(), &store).unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidLocalImage { .. })
+            && err.to_string().contains(&format!("{layer} is missing")),
+        "{err}"
+    );
+}
+
 #[test]
 fn docker_archive_synthesises_manifest() {
     let host = Platform::host();
